@@ -1,0 +1,1023 @@
+//! One guild's replica: the set of ops received so far and everything derived from it.
+//!
+//! Everything here is a deterministic function of the set of valid ops: `Guild::insert` in any
+//! order, any number of times, ends in the same `state_hash`. Incremental insertion is the fast
+//! path; whenever an op can change the verdict of ops already held (a removal, an equivocation)
+//! the guild re-resolves from scratch with the reference algorithm of `spec/auth.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::bitset::BitSet;
+use crate::body::{Body, ChannelKind};
+use crate::error::AuthError;
+use crate::history::{History, MessageView};
+use crate::hlc::Hlc;
+use crate::id::{ChannelId, GuildId, MessageId, OpId, UserId, sha256};
+use crate::limits;
+use crate::meta::{self, MetaDoc, MetaValue};
+use crate::op::{Envelope, Op, VerifiedOp};
+use crate::perm::Permissions;
+use crate::state::GuildState;
+
+/// Why an op was refused outright. Unlike an authorization verdict, these are faults of the op
+/// (or of whoever sent it), independent of what else the guild holds.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InsertError {
+    #[error("the op belongs to another guild")]
+    WrongGuild,
+    #[error("prev is not the author's op at seq - 1")]
+    BrokenChain,
+    #[error("deps may only cite guild-state ops")]
+    DepNotGuildState,
+    #[error("the op's timestamp is not after those of its prev and deps")]
+    CausalityViolation,
+    #[error("the op cites older guild-state heads than the author's previous op")]
+    DepsRegressed,
+    #[error("too many ops are waiting for missing predecessors")]
+    PendingFull,
+}
+
+impl InsertError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            InsertError::WrongGuild => "wrong_guild",
+            InsertError::BrokenChain => "broken_chain",
+            InsertError::DepNotGuildState => "dep_not_guild_state",
+            InsertError::CausalityViolation => "causality_violation",
+            InsertError::DepsRegressed => "deps_regressed",
+            InsertError::PendingFull => "pending_full",
+        }
+    }
+}
+
+/// Two different ops by one author at one seq: proof that the author's key signed a fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EquivocationProof {
+    pub author: UserId,
+    pub seq: u64,
+    pub first: Op,
+    pub second: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid(AuthError),
+    /// A content op whose target (message or thread) has not arrived.
+    Waiting(OpId),
+    /// Not on the author's canonical chain: the author equivocated and this fork lost.
+    Forked,
+}
+
+impl Verdict {
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Verdict::Valid)
+    }
+}
+
+/// What an insertion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Already held: nothing changed.
+    Duplicate,
+    /// Held back until these predecessors arrive.
+    Pending { missing: Vec<OpId> },
+    /// Accepted into the guild (valid or not); `changes` lists every op whose verdict changed,
+    /// this one and any released from pending included, in order.
+    Applied { changes: Vec<(OpId, Verdict)> },
+}
+
+#[derive(Debug)]
+struct ControlNode {
+    id: OpId,
+    hlc: Hlc,
+    /// Every guild-state op reachable through deps (this op's causal past).
+    past: BitSet,
+    has_children: bool,
+}
+
+#[derive(Debug, Default)]
+struct Chain {
+    /// seq → ops at that seq; more than one is an equivocation.
+    ops: BTreeMap<u64, Vec<OpId>>,
+}
+
+/// The cap on ops held waiting for predecessors.
+pub const MAX_PENDING: usize = 100_000;
+
+pub struct Guild {
+    id: GuildId,
+    ops: HashMap<OpId, VerifiedOp>,
+    verdicts: HashMap<OpId, Verdict>,
+    chains: HashMap<UserId, Chain>,
+    canonical: HashMap<OpId, bool>,
+    control: Vec<ControlNode>,
+    control_index: HashMap<OpId, usize>,
+    control_order: BTreeMap<(Hlc, OpId), usize>,
+    meta_changes: HashMap<automerge::ChangeHash, usize>,
+    meta: MetaDoc,
+    current: GuildState,
+    states_at: HashMap<Vec<usize>, Arc<(BitSet, GuildState)>>,
+    history: History,
+    /// Content ops keyed by the message or thread they refer to.
+    dependents: HashMap<OpId, Vec<OpId>>,
+    pending: HashMap<OpId, VerifiedOp>,
+    waiting_on: HashMap<OpId, Vec<OpId>>,
+    equivocations: Vec<EquivocationProof>,
+}
+
+impl Guild {
+    /// A replica holding just the guild's genesis op.
+    pub fn new(genesis: VerifiedOp) -> Result<Guild, InsertError> {
+        let Body::Genesis { name } = &genesis.envelope().body else {
+            return Err(InsertError::WrongGuild);
+        };
+        let id = genesis.id();
+        let env = genesis.envelope();
+        let current = GuildState::genesis(id, env.author, name, env.hlc);
+        let mut guild = Guild {
+            id,
+            ops: HashMap::new(),
+            verdicts: HashMap::new(),
+            chains: HashMap::new(),
+            canonical: HashMap::new(),
+            control: Vec::new(),
+            control_index: HashMap::new(),
+            control_order: BTreeMap::new(),
+            meta_changes: HashMap::new(),
+            meta: MetaDoc::new(),
+            current,
+            states_at: HashMap::new(),
+            history: History::default(),
+            dependents: HashMap::new(),
+            pending: HashMap::new(),
+            waiting_on: HashMap::new(),
+            equivocations: Vec::new(),
+        };
+        guild.add_op(genesis);
+        guild.verdicts.insert(id, Verdict::Valid);
+        Ok(guild)
+    }
+
+    pub fn id(&self) -> GuildId {
+        self.id
+    }
+
+    /// The current guild state: every valid guild-state op folded in (hlc, op id) order.
+    pub fn state(&self) -> &GuildState {
+        &self.current
+    }
+
+    pub fn meta(&self) -> &MetaDoc {
+        &self.meta
+    }
+
+    pub fn op(&self, id: &OpId) -> Option<&VerifiedOp> {
+        self.ops.get(id)
+    }
+
+    pub fn verdict(&self, id: &OpId) -> Option<&Verdict> {
+        self.verdicts.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn equivocations(&self) -> &[EquivocationProof] {
+        &self.equivocations
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Highest seq held per author (a version vector for catch-up).
+    pub fn version_vector(&self) -> BTreeMap<UserId, u64> {
+        self.chains
+            .iter()
+            .filter_map(|(a, c)| c.ops.keys().next_back().map(|s| (*a, *s)))
+            .collect()
+    }
+
+    /// The author's latest op on their canonical chain: (seq, id, hlc).
+    pub fn chain_head(&self, author: &UserId) -> Option<(u64, OpId, Hlc)> {
+        let chain = self.chains.get(author)?;
+        chain.ops.iter().rev().find_map(|(seq, ids)| {
+            ids.iter()
+                .find(|id| self.canonical.get(id).copied().unwrap_or(false))
+                .map(|id| (*seq, *id, self.ops[id].envelope().hlc))
+        })
+    }
+
+    /// Guild-state ops nothing else cites yet, newest 16 first by (hlc, id), sorted by id:
+    /// what a new op should put in `deps`.
+    pub fn heads(&self) -> Vec<OpId> {
+        let mut heads: Vec<&ControlNode> =
+            self.control.iter().filter(|n| !n.has_children).collect();
+        heads.sort_by_key(|n| std::cmp::Reverse((n.hlc, n.id)));
+        heads.truncate(limits::MAX_DEPS);
+        let mut ids: Vec<OpId> = heads.into_iter().map(|n| n.id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The envelope of `author`'s next op in this guild: next seq, prev, current heads and a
+    /// timestamp after all of them (and at `now_ms` if the clock is ahead).
+    pub fn next_envelope(&self, author: UserId, now_ms: u64, body: Body) -> Envelope {
+        let head = self.chain_head(&author);
+        let deps = self.heads();
+        let seen = deps
+            .iter()
+            .map(|d| self.ops[d].envelope().hlc)
+            .chain(head.map(|h| h.2))
+            .max()
+            .unwrap_or_default();
+        Envelope {
+            guild: self.id,
+            author,
+            seq: head.map_or(1, |h| h.0 + 1),
+            prev: head.map(|h| h.1),
+            hlc: Hlc::next(seen, now_ms),
+            deps,
+            body,
+        }
+    }
+
+    /// Ops by `author` with seq in `from..=to` on any fork, for catch-up.
+    pub fn ops_by_author(&self, author: &UserId, from: u64, to: u64) -> Vec<&VerifiedOp> {
+        self.chains
+            .get(author)
+            .into_iter()
+            .flat_map(|c| c.ops.range(from..=to))
+            .flat_map(|(_, ids)| ids.iter().map(|id| &self.ops[id]))
+            .collect()
+    }
+
+    /// Adds an op (whose signature was verified) to the guild.
+    pub fn insert(&mut self, op: VerifiedOp) -> Result<Inserted, InsertError> {
+        if op.guild() != self.id {
+            return Err(InsertError::WrongGuild);
+        }
+        let id = op.id();
+        if self.ops.contains_key(&id) || self.pending.contains_key(&id) {
+            return Ok(Inserted::Duplicate);
+        }
+        let missing = self.missing_predecessors(op.envelope());
+        if !missing.is_empty() {
+            if self.pending.len() >= MAX_PENDING {
+                return Err(InsertError::PendingFull);
+            }
+            for m in &missing {
+                self.waiting_on.entry(*m).or_default().push(id);
+            }
+            self.pending.insert(id, op);
+            return Ok(Inserted::Pending { missing });
+        }
+        self.check_links(op.envelope())?;
+        let mut changes = Vec::new();
+        let mut ready = vec![op];
+        while let Some(op) = ready.pop() {
+            let id = op.id();
+            if self.check_links(op.envelope()).is_ok() {
+                changes.extend(self.accept(op));
+            }
+            for waiter in self.waiting_on.remove(&id).unwrap_or_default() {
+                let still_missing = self
+                    .pending
+                    .get(&waiter)
+                    .map(|w| self.missing_predecessors(w.envelope()));
+                if still_missing.is_some_and(|m| m.is_empty()) {
+                    ready.extend(self.pending.remove(&waiter));
+                }
+            }
+        }
+        Ok(Inserted::Applied { changes })
+    }
+
+    fn missing_predecessors(&self, env: &Envelope) -> Vec<OpId> {
+        env.prev
+            .iter()
+            .chain(&env.deps)
+            .filter(|id| !self.ops.contains_key(id))
+            .copied()
+            .collect()
+    }
+
+    /// The rules linking an op to its predecessors (all present): the hash chain, deps citing
+    /// guild-state ops, timestamps after the predecessors', deps that never regress.
+    fn check_links(&self, env: &Envelope) -> Result<(), InsertError> {
+        let mut required = Vec::new();
+        if let Some(prev) = &env.prev {
+            let p = self.ops[prev].envelope();
+            if p.author != env.author || p.seq + 1 != env.seq {
+                return Err(InsertError::BrokenChain);
+            }
+            if p.hlc >= env.hlc {
+                return Err(InsertError::CausalityViolation);
+            }
+            required.extend(p.deps.iter().copied());
+            if p.body.is_control() {
+                required.push(*prev);
+            }
+        }
+        let mut past = BitSet::default();
+        for dep in &env.deps {
+            let Some(&idx) = self.control_index.get(dep) else {
+                return Err(InsertError::DepNotGuildState);
+            };
+            if self.control[idx].hlc >= env.hlc {
+                return Err(InsertError::CausalityViolation);
+            }
+            past.union_with(&self.control[idx].past);
+            past.insert(idx);
+        }
+        if required
+            .iter()
+            .any(|r| !past.contains(self.control_index[r]))
+        {
+            return Err(InsertError::DepsRegressed);
+        }
+        Ok(())
+    }
+
+    fn add_op(&mut self, op: VerifiedOp) -> bool {
+        let id = op.id();
+        let env = op.envelope().clone();
+        let seq_ops = self
+            .chains
+            .entry(env.author)
+            .or_default()
+            .ops
+            .entry(env.seq)
+            .or_default();
+        seq_ops.push(id);
+        let equivocated = seq_ops.len() > 1;
+        if equivocated {
+            let first = self.ops[&seq_ops[0]].op().clone();
+            self.equivocations.push(EquivocationProof {
+                author: env.author,
+                seq: env.seq,
+                first,
+                second: op.op().clone(),
+            });
+        }
+        if env.body.is_control() {
+            let idx = self.control.len();
+            let mut past = BitSet::default();
+            for dep in &env.deps {
+                let d = self.control_index[dep];
+                past.union_with(&self.control[d].past);
+                past.insert(d);
+                self.control[d].has_children = true;
+            }
+            self.control.push(ControlNode {
+                id,
+                hlc: env.hlc,
+                past,
+                has_children: false,
+            });
+            self.control_index.insert(id, idx);
+            self.control_order.insert((env.hlc, id), idx);
+            if let Body::MetaChange { change } = &env.body
+                && let Ok((hash, _)) = meta::change_deps(change)
+            {
+                self.meta_changes.entry(hash).or_insert(idx);
+            }
+        }
+        // Messages name their channel; only a thread (a content op) needs the back-reference.
+        if let Some(target) = content_target(&env.body)
+            && !self.control_index.contains_key(&target)
+        {
+            self.dependents.entry(target).or_default().push(id);
+        }
+        let on_chain = !equivocated
+            && env
+                .prev
+                .is_none_or(|p| self.canonical.get(&p).copied().unwrap_or(false));
+        self.canonical.insert(id, on_chain);
+        self.ops.insert(id, op);
+        equivocated
+    }
+
+    fn accept(&mut self, op: VerifiedOp) -> Vec<(OpId, Verdict)> {
+        let id = op.id();
+        let body = op.envelope().body.clone();
+        let equivocated = self.add_op(op);
+        if equivocated || body.removal().is_some() || !self.canonical[&id] {
+            return self.resolve_all();
+        }
+        let verdict = if body.is_control() {
+            let idx = self.control_index[&id];
+            let invalid = self.invalid_control();
+            let verdict = match self.judge_control(idx, &invalid, None) {
+                Ok(()) => self.apply_meta(id, &body),
+                Err(e) => Verdict::Invalid(e),
+            };
+            if verdict.is_valid() {
+                self.refold_current();
+            }
+            verdict
+        } else {
+            self.judge_content(id)
+        };
+        self.verdicts.insert(id, verdict.clone());
+        let mut changes = vec![(id, verdict.clone())];
+        if !body.is_control() {
+            self.index_content(id, &verdict);
+            changes.extend(self.rejudge_dependents(id));
+        }
+        changes
+    }
+
+    fn apply_meta(&mut self, id: OpId, body: &Body) -> Verdict {
+        match body {
+            Body::MetaChange { change } => match self.meta.apply(id, change) {
+                Ok(()) => Verdict::Valid,
+                Err(e) => Verdict::Invalid(e),
+            },
+            _ => Verdict::Valid,
+        }
+    }
+
+    fn invalid_control(&self) -> BitSet {
+        let mut invalid = BitSet::default();
+        for (i, node) in self.control.iter().enumerate() {
+            if self.verdicts.get(&node.id).is_some_and(|v| !v.is_valid()) {
+                invalid.insert(i);
+            }
+        }
+        invalid
+    }
+
+    /// The state folded from the valid guild-state ops in `past`, in (hlc, id) order.
+    fn fold(&self, past: &BitSet, invalid: &BitSet) -> GuildState {
+        let genesis = self.ops[&self.id].envelope();
+        let Body::Genesis { name } = &genesis.body else {
+            unreachable!("a guild starts with its genesis op")
+        };
+        let mut state = GuildState::genesis(self.id, genesis.author, name, genesis.hlc);
+        for &idx in self.control_order.values() {
+            if past.contains(idx) && !invalid.contains(idx) {
+                let op = &self.ops[&self.control[idx].id];
+                let env = op.envelope();
+                state.apply(op.id(), &env.author, &env.body, env.hlc);
+            }
+        }
+        state
+    }
+
+    fn refold_current(&mut self) {
+        let mut all = BitSet::default();
+        for i in 0..self.control.len() {
+            all.insert(i);
+        }
+        self.current = self.fold(&all, &self.invalid_control());
+    }
+
+    /// The valid removals (ban, kick, demotion) targeting `author` that an op by `author` at
+    /// `seq` with causal past `past` did not see, skipping those `exempt` (mutual removal).
+    fn concurrent_removals(
+        &self,
+        author: &UserId,
+        seq: u64,
+        past: &BitSet,
+        invalid: &BitSet,
+        exempt_remover: Option<UserId>,
+    ) -> Vec<usize> {
+        self.control_order
+            .values()
+            .copied()
+            .filter(|&idx| !invalid.contains(idx) && !past.contains(idx))
+            .filter(|&idx| {
+                let env = self.ops[&self.control[idx].id].envelope();
+                match env.body.removal() {
+                    Some((target, cutoff)) => {
+                        target == *author && seq > cutoff && Some(env.author) != exempt_remover
+                    }
+                    None => false,
+                }
+            })
+            .collect()
+    }
+
+    /// Judges a guild-state op: authorized in the state of its valid causal past, with every
+    /// concurrent removal of its author applied first (strong removal).
+    fn judge_control(
+        &self,
+        idx: usize,
+        invalid: &BitSet,
+        base: Option<&GuildState>,
+    ) -> Result<(), AuthError> {
+        let node = &self.control[idx];
+        let op = &self.ops[&node.id];
+        let env = op.envelope();
+        if matches!(env.body, Body::Genesis { .. }) {
+            return Ok(());
+        }
+        let mut state = match base {
+            Some(s) => s.clone(),
+            None => self.fold(&node.past, invalid),
+        };
+        // Mutual removal: a removal is not undone by a concurrent removal of its author by its
+        // own target; both apply.
+        let exempt = env.body.removal().map(|(target, _)| target);
+        for r in self.concurrent_removals(&env.author, env.seq, &node.past, invalid, exempt) {
+            let rop = &self.ops[&self.control[r].id];
+            let renv = rop.envelope();
+            state.apply(rop.id(), &renv.author, &renv.body, renv.hlc);
+        }
+        state.authorize(&env.author, &env.body, env.hlc)?;
+        if let Body::MetaChange { change } = &env.body {
+            let (_, deps) = meta::change_deps(change)?;
+            for dep in deps {
+                match self.meta_changes.get(&dep) {
+                    Some(&d) if node.past.contains(d) && !invalid.contains(d) => {}
+                    Some(&d) => return Err(AuthError::InvalidDependency(self.control[d].id)),
+                    None => {
+                        return Err(AuthError::BadMetaChange(format!(
+                            "depends on the unknown change {dep}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state at a set of deps, cached: most content ops share the same few.
+    fn state_at(&mut self, deps: &[OpId]) -> Arc<(BitSet, GuildState)> {
+        let key: Vec<usize> = deps.iter().map(|d| self.control_index[d]).collect();
+        if let Some(s) = self.states_at.get(&key) {
+            return s.clone();
+        }
+        let mut past = BitSet::default();
+        for &d in &key {
+            past.union_with(&self.control[d].past);
+            past.insert(d);
+        }
+        let state = self.fold(&past, &self.invalid_control());
+        let entry = Arc::new((past, state));
+        self.states_at.insert(key, entry.clone());
+        entry
+    }
+
+    fn judge_content(&mut self, id: OpId) -> Verdict {
+        if !self.canonical.get(&id).copied().unwrap_or(false) {
+            return Verdict::Forked;
+        }
+        let env = self.ops[&id].envelope().clone();
+        let at = self.state_at(&env.deps);
+        let (past, base) = (&at.0, &at.1);
+        let invalid = self.invalid_control();
+        let removals = self.concurrent_removals(&env.author, env.seq, past, &invalid, None);
+        let mut owned;
+        let state = if removals.is_empty() {
+            base
+        } else {
+            owned = base.clone();
+            for r in removals {
+                let rop = &self.ops[&self.control[r].id];
+                let renv = rop.envelope();
+                owned.apply(rop.id(), &renv.author, &renv.body, renv.hlc);
+            }
+            &owned
+        };
+        match self.authorize_content(state, &env) {
+            Ok(()) => Verdict::Valid,
+            Err(ContentError::Auth(e)) => Verdict::Invalid(e),
+            Err(ContentError::Waiting(target)) => Verdict::Waiting(target),
+        }
+    }
+
+    /// Where a message lives for permission purposes: its channel, or a thread's parent.
+    fn resolve_channel(
+        &self,
+        state: &GuildState,
+        channel: &ChannelId,
+    ) -> Result<(ChannelId, bool), ContentError> {
+        if state.channels.contains_key(channel) {
+            return Ok((*channel, false));
+        }
+        match self.ops.get(channel).map(|op| &op.envelope().body) {
+            Some(Body::ThreadCreate {
+                channel: parent, ..
+            }) => match self.verdicts.get(channel) {
+                Some(Verdict::Valid) => Ok((*parent, true)),
+                _ => Err(ContentError::Auth(AuthError::InvalidDependency(*channel))),
+            },
+            Some(_) => Err(ContentError::Auth(AuthError::UnknownChannel)),
+            None => Err(ContentError::Waiting(*channel)),
+        }
+    }
+
+    fn target_message(&self, message: &MessageId) -> Result<(&Envelope, ChannelId), ContentError> {
+        let Some(op) = self.ops.get(message) else {
+            return Err(ContentError::Waiting(*message));
+        };
+        let env = op.envelope();
+        match (&env.body, self.verdicts.get(message)) {
+            (Body::MessageCreate { channel, .. }, Some(Verdict::Valid)) => Ok((env, *channel)),
+            (Body::MessageCreate { .. }, _) => {
+                Err(ContentError::Auth(AuthError::InvalidDependency(*message)))
+            }
+            _ => Err(ContentError::Auth(AuthError::BadRequest(
+                "the target is not a message",
+            ))),
+        }
+    }
+
+    fn authorize_content(&self, state: &GuildState, env: &Envelope) -> Result<(), ContentError> {
+        if state.bans.contains_key(&env.author) {
+            return Err(AuthError::Banned.into());
+        }
+        if !state.is_member(&env.author) {
+            return Err(AuthError::NotMember.into());
+        }
+        let in_channel = |channel: &ChannelId, needed: Permissions| -> Result<(), ContentError> {
+            let (parent, is_thread) = self.resolve_channel(state, channel)?;
+            let kind = state.channels.get(&parent).map(|c| c.kind);
+            if kind != Some(ChannelKind::Text) {
+                return Err(AuthError::WrongChannelKind.into());
+            }
+            let needed = if is_thread && needed.contains(Permissions::SEND_MESSAGES) {
+                (needed - Permissions::SEND_MESSAGES) | Permissions::SEND_MESSAGES_IN_THREADS
+            } else {
+                needed
+            };
+            state.require_in_channel(&env.author, &parent, needed | Permissions::VIEW_CHANNEL)?;
+            Ok(())
+        };
+        match &env.body {
+            Body::MessageCreate { channel, .. } => in_channel(channel, Permissions::SEND_MESSAGES),
+            Body::ThreadCreate {
+                channel, message, ..
+            } => {
+                if let Some(m) = message {
+                    let (_, c) = self.target_message(m)?;
+                    if c != *channel {
+                        return Err(
+                            AuthError::BadRequest("the message is not in that channel").into()
+                        );
+                    }
+                }
+                match self.resolve_channel(state, channel)? {
+                    (_, true) => Err(AuthError::BadRequest("threads cannot be nested").into()),
+                    _ => in_channel(channel, Permissions::CREATE_PUBLIC_THREADS),
+                }
+            }
+            Body::MessageEdit { message, .. } => {
+                let (target, channel) = self.target_message(message)?;
+                if target.author != env.author {
+                    return Err(AuthError::NotAuthor.into());
+                }
+                in_channel(&channel, Permissions::empty())
+            }
+            Body::MessageDelete { message } => {
+                let (target, channel) = self.target_message(message)?;
+                if target.author == env.author {
+                    Ok(())
+                } else {
+                    in_channel(&channel, Permissions::MANAGE_MESSAGES)
+                }
+            }
+            Body::ReactionAdd { message, .. } => {
+                let (_, channel) = self.target_message(message)?;
+                in_channel(
+                    &channel,
+                    Permissions::ADD_REACTIONS | Permissions::READ_MESSAGE_HISTORY,
+                )
+            }
+            Body::ReactionRemove { message, .. } => {
+                let (_, channel) = self.target_message(message)?;
+                in_channel(&channel, Permissions::empty())
+            }
+            Body::Pin { message } | Body::Unpin { message } => {
+                let (_, channel) = self.target_message(message)?;
+                in_channel(&channel, Permissions::PIN_MESSAGES)
+                    .or_else(|_| in_channel(&channel, Permissions::MANAGE_MESSAGES))
+            }
+            _ => Err(AuthError::BadRequest("not a content op").into()),
+        }
+    }
+
+    fn index_content(&mut self, id: OpId, verdict: &Verdict) {
+        let env = self.ops[&id].envelope();
+        match &env.body {
+            Body::MessageCreate { channel, .. } => {
+                if verdict.is_valid() {
+                    self.history.insert_message(*channel, env.hlc, id);
+                } else {
+                    self.history.remove_message(*channel, env.hlc, id);
+                }
+            }
+            Body::ThreadCreate { channel, .. } => {
+                self.history.set_thread(*channel, id, verdict.is_valid());
+            }
+            _ => {}
+        }
+    }
+
+    /// Re-judges the content ops that refer to `target` after its verdict changed, and theirs.
+    fn rejudge_dependents(&mut self, target: OpId) -> Vec<(OpId, Verdict)> {
+        let mut changes = Vec::new();
+        let mut queue = vec![target];
+        while let Some(t) = queue.pop() {
+            for dep in self.dependents.get(&t).cloned().unwrap_or_default() {
+                let verdict = self.judge_content(dep);
+                if self.verdicts.get(&dep) != Some(&verdict) {
+                    self.index_content(dep, &verdict);
+                    self.verdicts.insert(dep, verdict.clone());
+                    changes.push((dep, verdict));
+                    queue.push(dep);
+                }
+            }
+        }
+        changes
+    }
+
+    /// The reference algorithm: canonical chains, then guild-state ops to a fixed point of
+    /// strong removal, then the metadata document, then every content op.
+    fn resolve_all(&mut self) -> Vec<(OpId, Verdict)> {
+        let before = std::mem::take(&mut self.verdicts);
+        self.recompute_canonical();
+        self.states_at.clear();
+
+        let mut invalid = BitSet::default();
+        for (i, node) in self.control.iter().enumerate() {
+            if !self.canonical[&node.id] {
+                invalid.insert(i);
+            }
+        }
+        let mut errors: HashMap<usize, AuthError> = HashMap::new();
+        loop {
+            let mut changed = false;
+            let mut previous: Option<(usize, GuildState)> = None;
+            let order: Vec<usize> = self.control_order.values().copied().collect();
+            for idx in order {
+                let base = previous.as_ref().and_then(|(p, state)| {
+                    let mut expected = self.control[*p].past.clone();
+                    expected.insert(*p);
+                    expected.same_as(&self.control[idx].past).then(|| {
+                        let mut s = state.clone();
+                        if !invalid.contains(*p) {
+                            let op = &self.ops[&self.control[*p].id];
+                            let env = op.envelope();
+                            s.apply(op.id(), &env.author, &env.body, env.hlc);
+                        }
+                        s
+                    })
+                });
+                let base = base.unwrap_or_else(|| self.fold(&self.control[idx].past, &invalid));
+                if !invalid.contains(idx)
+                    && let Err(e) = self.judge_control(idx, &invalid, Some(&base))
+                {
+                    invalid.insert(idx);
+                    errors.insert(idx, e);
+                    changed = true;
+                }
+                previous = Some((idx, base));
+            }
+            if !changed {
+                break;
+            }
+        }
+
+        self.meta = MetaDoc::new();
+        let order: Vec<usize> = self.control_order.values().copied().collect();
+        for idx in order {
+            let id = self.control[idx].id;
+            let verdict = if !self.canonical[&id] {
+                Verdict::Forked
+            } else if let Some(e) = errors.remove(&idx) {
+                Verdict::Invalid(e)
+            } else if invalid.contains(idx) {
+                Verdict::Forked
+            } else {
+                let body = self.ops[&id].envelope().body.clone();
+                self.apply_meta(id, &body)
+            };
+            self.verdicts.insert(id, verdict);
+        }
+        self.refold_current();
+
+        self.history = History::default();
+        let mut content: Vec<(Hlc, OpId)> = self
+            .ops
+            .values()
+            .filter(|op| !op.envelope().body.is_control())
+            .map(|op| (op.envelope().hlc, op.id()))
+            .collect();
+        content.sort();
+        for (_, id) in &content {
+            let verdict = self.judge_content(*id);
+            self.index_content(*id, &verdict);
+            self.verdicts.insert(*id, verdict);
+        }
+        // Targets can sort after the ops that refer to them (a reaction on a message that
+        // arrived late with an older timestamp); settle those.
+        for (_, id) in &content {
+            if self.verdicts[id].is_valid() {
+                self.rejudge_dependents(*id);
+            }
+        }
+
+        let mut changes: Vec<(OpId, Verdict)> = self
+            .verdicts
+            .iter()
+            .filter(|(id, v)| before.get(id) != Some(v))
+            .map(|(id, v)| (*id, v.clone()))
+            .collect();
+        changes.sort_by_key(|(id, _)| (self.ops[id].envelope().hlc, *id));
+        changes
+    }
+
+    /// Each author's canonical chain: from seq 1, the lowest op id among the ops extending the
+    /// chosen predecessor.
+    fn recompute_canonical(&mut self) {
+        self.canonical.clear();
+        for chain in self.chains.values() {
+            let mut prev: Option<OpId> = None;
+            let mut broken = false;
+            for ids in chain.ops.values() {
+                let chosen = if broken {
+                    None
+                } else {
+                    ids.iter()
+                        .filter(|id| self.ops[*id].envelope().prev == prev)
+                        .min()
+                        .copied()
+                };
+                for id in ids {
+                    self.canonical.insert(*id, Some(*id) == chosen);
+                }
+                broken = chosen.is_none();
+                prev = chosen;
+            }
+        }
+    }
+
+    /// Messages of a channel or thread in order, oldest first, strictly between the cursors.
+    pub fn messages(
+        &self,
+        channel: &ChannelId,
+        before: Option<(Hlc, MessageId)>,
+        after: Option<(Hlc, MessageId)>,
+        limit: usize,
+    ) -> Vec<MessageView> {
+        self.history
+            .page(channel, before, after, limit, |id| self.message(id))
+    }
+
+    /// A message as clients see it, or `None` if it is unknown, invalid or deleted.
+    pub fn message(&self, id: &MessageId) -> Option<MessageView> {
+        if self.verdicts.get(id) != Some(&Verdict::Valid) {
+            return None;
+        }
+        let op = &self.ops[id];
+        let env = op.envelope();
+        let Body::MessageCreate {
+            channel,
+            content,
+            reply_to,
+        } = &env.body
+        else {
+            return None;
+        };
+        let mut view = MessageView {
+            id: *id,
+            channel: *channel,
+            author: env.author,
+            hlc: env.hlc,
+            content: content.clone(),
+            edited_at: None,
+            reply_to: *reply_to,
+            reactions: BTreeMap::new(),
+            pinned: false,
+            thread: None,
+        };
+        let mut edit = (env.hlc, *id);
+        let mut reactions: BTreeMap<(String, UserId), ((Hlc, OpId), bool)> = BTreeMap::new();
+        let mut pin: Option<((Hlc, OpId), bool)> = None;
+        for dep in self.dependents.get(id).into_iter().flatten() {
+            if self.verdicts.get(dep) != Some(&Verdict::Valid) {
+                continue;
+            }
+            let denv = self.ops[dep].envelope();
+            let key = (denv.hlc, *dep);
+            match &denv.body {
+                Body::MessageDelete { .. } => return None,
+                Body::MessageEdit { content, .. } if key > edit => {
+                    edit = key;
+                    view.content = content.clone();
+                    view.edited_at = Some(denv.hlc);
+                }
+                Body::ReactionAdd { emoji, .. } | Body::ReactionRemove { emoji, .. } => {
+                    let added = matches!(denv.body, Body::ReactionAdd { .. });
+                    let slot = reactions
+                        .entry((emoji.clone(), denv.author))
+                        .or_insert((key, added));
+                    if key >= slot.0 {
+                        *slot = (key, added);
+                    }
+                }
+                Body::Pin { .. } | Body::Unpin { .. } => {
+                    let pinned = matches!(denv.body, Body::Pin { .. });
+                    if pin.is_none_or(|(k, _)| key > k) {
+                        pin = Some((key, pinned));
+                    }
+                }
+                Body::ThreadCreate { .. } => {
+                    view.thread = Some(view.thread.map_or(*dep, |t: OpId| t.min(*dep)));
+                }
+                _ => {}
+            }
+        }
+        for ((emoji, user), (_, added)) in reactions {
+            if added {
+                view.reactions.entry(emoji).or_default().insert(user);
+            }
+        }
+        view.pinned = pin.is_some_and(|(_, p)| p);
+        Some(view)
+    }
+
+    /// Threads of a channel: (thread id, name), in creation order.
+    pub fn threads(&self, channel: &ChannelId) -> Vec<(OpId, String)> {
+        self.history
+            .threads(channel)
+            .into_iter()
+            .filter_map(|id| match &self.ops[&id].envelope().body {
+                Body::ThreadCreate { name, .. } => Some((id, name.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A digest of everything materialized: guild state, metadata, every channel's history and
+    /// the set of valid ops. Equal on every replica holding the same ops.
+    pub fn state_hash(&self) -> [u8; 32] {
+        #[derive(Serialize)]
+        struct Snapshot<'a> {
+            state: &'a GuildState,
+            meta: BTreeMap<String, MetaValue>,
+            channels: BTreeMap<ChannelId, Vec<MessageView>>,
+            valid: BTreeSet<OpId>,
+        }
+        let channels = self
+            .history
+            .channels()
+            .map(|c| (c, self.messages(&c, None, None, usize::MAX)))
+            .collect();
+        let snapshot = Snapshot {
+            state: &self.current,
+            meta: self.meta.entries(),
+            channels,
+            valid: self
+                .verdicts
+                .iter()
+                .filter(|(_, v)| v.is_valid())
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        let json = serde_json::to_vec(&snapshot).expect("snapshot serializes");
+        sha256(&[&json])
+    }
+}
+
+enum ContentError {
+    Auth(AuthError),
+    Waiting(OpId),
+}
+
+impl From<AuthError> for ContentError {
+    fn from(e: AuthError) -> Self {
+        ContentError::Auth(e)
+    }
+}
+
+/// The message or thread a content op refers to and must wait for.
+fn content_target(body: &Body) -> Option<OpId> {
+    match body {
+        Body::MessageEdit { message, .. }
+        | Body::MessageDelete { message }
+        | Body::ReactionAdd { message, .. }
+        | Body::ReactionRemove { message, .. }
+        | Body::Pin { message }
+        | Body::Unpin { message }
+        | Body::ThreadCreate {
+            message: Some(message),
+            ..
+        } => Some(*message),
+        Body::MessageCreate { channel, .. } => Some(*channel),
+        _ => None,
+    }
+}

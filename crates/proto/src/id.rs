@@ -1,0 +1,171 @@
+//! Identities and ids: users are ed25519 public keys, everything else is named by the hash of
+//! the op that created it. Both have a stable text form: 64 lowercase hex digits.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum IdParseError {
+    #[error("an id is 64 hex digits, got {0} characters")]
+    Length(usize),
+    #[error("an id is lowercase hex digits")]
+    NotHex,
+    #[error("not a valid ed25519 public key")]
+    NotAKey,
+}
+
+macro_rules! hash_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            pub const fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), &hex::encode(self.0)[..12])
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdParseError;
+            fn from_str(s: &str) -> Result<Self, IdParseError> {
+                parse_hex32(s).map(Self)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hash_id!(
+    /// The SHA-256 of an op's canonical unsigned bytes (see `spec/ops.md`). Guilds, channels,
+    /// roles, invites, threads and messages are named by the id of the op that created them.
+    OpId
+);
+
+hash_id!(
+    /// A user: the 32 bytes of their ed25519 public key. Nothing ties it to a node, so a user
+    /// who exports their key keeps their identity on another node.
+    UserId
+);
+
+pub type GuildId = OpId;
+pub type ChannelId = OpId;
+pub type RoleId = OpId;
+pub type MessageId = OpId;
+pub type InviteId = OpId;
+
+fn parse_hex32(s: &str) -> Result<[u8; 32], IdParseError> {
+    if s.len() != 64 {
+        return Err(IdParseError::Length(s.len()));
+    }
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(IdParseError::NotHex);
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| IdParseError::NotHex)?;
+    Ok(out)
+}
+
+impl UserId {
+    pub fn verifying_key(&self) -> Result<VerifyingKey, IdParseError> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| IdParseError::NotAKey)
+    }
+}
+
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// A user's (or node's) secret signing key. The node stores it; the core only signs with it.
+#[derive(Clone)]
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl Keypair {
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        Self {
+            signing: SigningKey::from_bytes(&secret),
+        }
+    }
+
+    pub fn secret(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    pub fn user_id(&self) -> UserId {
+        UserId(self.signing.verifying_key().to_bytes())
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair({:?})", self.user_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_form_round_trips_and_rejects_garbage() {
+        let id = OpId([0xab; 32]);
+        let text = id.to_string();
+        assert_eq!(text, "ab".repeat(32));
+        assert_eq!(text.parse::<OpId>(), Ok(id));
+        assert_eq!("abc".parse::<OpId>(), Err(IdParseError::Length(3)));
+        assert_eq!("AB".repeat(32).parse::<OpId>(), Err(IdParseError::NotHex));
+        assert_eq!("zz".repeat(32).parse::<OpId>(), Err(IdParseError::NotHex));
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<OpId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn user_id_is_the_public_key() {
+        let kp = Keypair::from_secret([7; 32]);
+        let user = kp.user_id();
+        assert_eq!(user.verifying_key().unwrap().to_bytes(), user.0);
+    }
+}

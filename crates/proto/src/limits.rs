@@ -1,0 +1,20 @@
+//! Size limits every node enforces, checked while decoding, before any signature is verified.
+
+/// A whole signed op on the wire (the gossipsub default transmit size).
+pub const MAX_OP_BYTES: usize = 64 * 1024;
+/// An op body's encoded fields.
+pub const MAX_BODY_BYTES: usize = 48 * 1024;
+/// Causal deps per op.
+pub const MAX_DEPS: usize = 16;
+/// Message content: 4,000 characters, and at most this many bytes of UTF-8.
+pub const MAX_CONTENT_CHARS: usize = 4_000;
+pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
+/// Guild, channel, role and thread names: 1 to 100 characters.
+pub const MAX_NAME_CHARS: usize = 100;
+pub const MAX_NAME_BYTES: usize = 400;
+pub const MAX_REASON_BYTES: usize = 2_048;
+pub const MAX_EMOJI_BYTES: usize = 64;
+pub const MAX_INVITE_SECRET_BYTES: usize = 64;
+pub const MAX_META_CHANGE_BYTES: usize = 32 * 1024;
+/// Values written into the metadata document (topics, descriptions, icon URLs).
+pub const MAX_META_VALUE_CHARS: usize = 1_024;

@@ -1,0 +1,266 @@
+//! The guild's cosmetic metadata: a flat Automerge map (guild name and description, channel
+//! names, topics, positions and categories, role names and colors, nicknames).
+//!
+//! Only metadata lives in Automerge: its per-key merge cannot express "a removal invalidates the
+//! removed member's concurrent actions", so who-may-do-what lives in `state` (see
+//! `spec/auth.md`). Keys are flat (`channel.<id>.topic`) so that two members editing at once
+//! never create rival nested objects, and every key maps to exactly one permission check.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
+use serde::Serialize;
+
+use crate::error::AuthError;
+use crate::id::{OpId, UserId};
+use crate::limits;
+use crate::perm::Permissions;
+use crate::state::GuildState;
+
+/// A value in the metadata document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum MetaValue {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Guild,
+    Channel(OpId),
+    Role(OpId),
+    Member(UserId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Name,
+    Text,
+    Id,
+    Position,
+    Color,
+}
+
+fn parse_key(key: &str) -> Result<(Scope, Shape), String> {
+    let bad = || format!("unknown metadata key {key:?}");
+    let parts: Vec<&str> = key.split('.').collect();
+    let id = |s: &str| s.parse::<OpId>().map_err(|_| bad());
+    Ok(match parts.as_slice() {
+        ["guild", "name"] => (Scope::Guild, Shape::Name),
+        ["guild", "description" | "icon"] => (Scope::Guild, Shape::Text),
+        ["guild", "system_channel"] => (Scope::Guild, Shape::Id),
+        ["channel", c, "name"] => (Scope::Channel(id(c)?), Shape::Name),
+        ["channel", c, "topic"] => (Scope::Channel(id(c)?), Shape::Text),
+        ["channel", c, "position"] => (Scope::Channel(id(c)?), Shape::Position),
+        ["channel", c, "parent"] => (Scope::Channel(id(c)?), Shape::Id),
+        ["role", r, "name"] => (Scope::Role(id(r)?), Shape::Name),
+        ["role", r, "color"] => (Scope::Role(id(r)?), Shape::Color),
+        ["member", u, "nick"] => (Scope::Member(u.parse().map_err(|_| bad())?), Shape::Name),
+        _ => return Err(bad()),
+    })
+}
+
+fn check_value(key: &str, shape: Shape, value: &ScalarValue) -> Result<(), String> {
+    let ok = match (shape, value) {
+        (Shape::Name, ScalarValue::Str(s)) => crate::validate::check_body(&crate::Body::Genesis {
+            name: s.to_string(),
+        })
+        .is_ok(),
+        (Shape::Text, ScalarValue::Str(s)) => s.chars().count() <= limits::MAX_META_VALUE_CHARS,
+        (Shape::Id, ScalarValue::Str(s)) => s.parse::<OpId>().is_ok(),
+        (Shape::Position, ScalarValue::Int(i)) => (0..=i64::from(u32::MAX)).contains(i),
+        (Shape::Color, ScalarValue::Int(i)) => (0..=0xff_ffff).contains(i),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid value for {key:?}"))
+    }
+}
+
+pub fn actor_for(user: &UserId) -> ActorId {
+    ActorId::from(&user.0[..])
+}
+
+/// Decodes a metadata change and checks its shape: authored by `author`'s actor, root-level
+/// scalar puts and deletes of known keys only.
+fn decode_change(author: &UserId, bytes: &[u8]) -> Result<(Change, Vec<(String, Scope)>), String> {
+    let change =
+        Change::from_bytes(bytes.to_vec()).map_err(|e| format!("not an Automerge change: {e}"))?;
+    if change.actor_id() != &actor_for(author) {
+        return Err("the change's actor is not the op's author".into());
+    }
+    let expanded = change.decode();
+    let mut keys = Vec::new();
+    for op in &expanded.operations {
+        let key = match (&op.obj, &op.key, op.insert) {
+            (automerge::legacy::ObjectId::Root, automerge::legacy::Key::Map(k), false) => {
+                k.to_string()
+            }
+            _ => return Err("only keys of the root map may be written".into()),
+        };
+        let (scope, shape) = parse_key(&key)?;
+        match &op.action {
+            automerge::legacy::OpType::Put(value) => check_value(&key, shape, value)?,
+            automerge::legacy::OpType::Delete => {}
+            _ => {
+                return Err(format!(
+                    "only scalar puts and deletes are allowed, at {key:?}"
+                ));
+            }
+        }
+        keys.push((key, scope));
+    }
+    if keys.is_empty() {
+        return Err("the change writes nothing".into());
+    }
+    Ok((change, keys))
+}
+
+/// Authorizes a metadata change key by key against the guild state at the op's causal deps.
+pub fn authorize_change(
+    state: &GuildState,
+    author: &UserId,
+    bytes: &[u8],
+) -> Result<(), AuthError> {
+    let (_, keys) = decode_change(author, bytes).map_err(AuthError::BadMetaChange)?;
+    for (_, scope) in keys {
+        match scope {
+            Scope::Guild => {
+                require(state.permissions(author), Permissions::MANAGE_GUILD)?;
+            }
+            Scope::Channel(channel) => {
+                state.require_in_channel(author, &channel, Permissions::MANAGE_CHANNELS)?;
+            }
+            Scope::Role(role) => {
+                require(state.permissions(author), Permissions::MANAGE_ROLES)?;
+                let r = state.roles.get(&role).ok_or(AuthError::UnknownRole)?;
+                if role == state.id {
+                    return Err(AuthError::EveryoneRole);
+                }
+                if u64::from(r.position) >= state.top_position(author) {
+                    return Err(AuthError::Hierarchy);
+                }
+            }
+            Scope::Member(member) => {
+                if !state.is_member(&member) {
+                    return Err(AuthError::UnknownMember);
+                }
+                if member == *author {
+                    require(state.permissions(author), Permissions::CHANGE_NICKNAME)?;
+                } else {
+                    require(state.permissions(author), Permissions::MANAGE_NICKNAMES)?;
+                    if member == state.owner
+                        || state.top_position(&member) >= state.top_position(author)
+                    {
+                        return Err(AuthError::Hierarchy);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn require(have: Permissions, needed: Permissions) -> Result<(), AuthError> {
+    if have.contains(needed) {
+        Ok(())
+    } else {
+        Err(AuthError::MissingPermission(needed - have))
+    }
+}
+
+/// The Automerge hashes a change depends on, or an error if the bytes are not a change.
+pub fn change_deps(bytes: &[u8]) -> Result<(ChangeHash, Vec<ChangeHash>), AuthError> {
+    let change = Change::from_bytes(bytes.to_vec())
+        .map_err(|e| AuthError::BadMetaChange(format!("not an Automerge change: {e}")))?;
+    Ok((change.hash(), change.deps().to_vec()))
+}
+
+/// The metadata document of one guild, built from its valid metadata changes.
+#[derive(Debug, Default)]
+pub struct MetaDoc {
+    doc: AutoCommit,
+    applied: HashMap<ChangeHash, OpId>,
+}
+
+impl MetaDoc {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a change whose op is authorized. Fails (and changes nothing) if an Automerge
+    /// dependency is missing, i.e. its op was invalid, or Automerge refuses the change.
+    pub fn apply(&mut self, op: OpId, bytes: &[u8]) -> Result<(), AuthError> {
+        let change = Change::from_bytes(bytes.to_vec())
+            .map_err(|e| AuthError::BadMetaChange(e.to_string()))?;
+        if let Some(missing) = change.deps().iter().find(|d| !self.applied.contains_key(d)) {
+            return Err(AuthError::BadMetaChange(format!(
+                "depends on the unknown or invalid change {missing}"
+            )));
+        }
+        let hash = change.hash();
+        if self.applied.contains_key(&hash) {
+            return Err(AuthError::BadMetaChange("duplicate change".into()));
+        }
+        self.doc
+            .apply_changes([change])
+            .map_err(|e| AuthError::BadMetaChange(e.to_string()))?;
+        self.applied.insert(hash, op);
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Option<MetaValue> {
+        match self.doc.get(ROOT, key).ok().flatten()?.0 {
+            automerge::Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(s) => Some(MetaValue::Str(s.to_string())),
+                ScalarValue::Int(i) => Some(MetaValue::Int(*i)),
+                _ => None,
+            },
+            automerge::Value::Object(ObjType::Map) | automerge::Value::Object(_) => None,
+        }
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            MetaValue::Str(s) => Some(s),
+            MetaValue::Int(_) => None,
+        }
+    }
+
+    pub fn get_int(&self, key: &str) -> Option<i64> {
+        match self.get(key)? {
+            MetaValue::Int(i) => Some(i),
+            MetaValue::Str(_) => None,
+        }
+    }
+
+    /// Every key and its current value, sorted: the document's materialized content.
+    pub fn entries(&self) -> BTreeMap<String, MetaValue> {
+        self.doc
+            .keys(ROOT)
+            .filter_map(|k| self.get(&k).map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Builds (but does not apply) a change by `author` that puts the given values; `None`
+    /// deletes a key. The change depends on everything applied so far.
+    pub fn make_change(&self, author: &UserId, edits: &[(&str, Option<MetaValue>)]) -> Vec<u8> {
+        let mut fork = self.doc.clone().with_actor(actor_for(author));
+        for (key, value) in edits {
+            let result = match value {
+                Some(MetaValue::Str(s)) => fork.put(ROOT, *key, s.as_str()),
+                Some(MetaValue::Int(i)) => fork.put(ROOT, *key, *i),
+                None => fork.delete(ROOT, *key),
+            };
+            result.expect("writes to the root map of a local fork cannot fail");
+        }
+        fork.commit();
+        fork.get_last_local_change()
+            .map(|mut c| c.bytes().into_owned())
+            .unwrap_or_default()
+    }
+}

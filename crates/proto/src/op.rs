@@ -1,0 +1,288 @@
+//! The op envelope: the signed, hash-chained unit of replication, and its canonical bytes.
+
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use thiserror::Error;
+
+use crate::body::Body;
+use crate::hlc::Hlc;
+use crate::id::{GuildId, Keypair, OpId, UserId, sha256};
+use crate::limits;
+use crate::wire::{DecodeError, Reader, Writer};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+const OP_ID_DOMAIN: &[u8] = b"guildhall/op-id/v1\0";
+const SIGNATURE_DOMAIN: &[u8] = b"guildhall/op-sig/v1\0";
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OpError {
+    #[error("op is {0} bytes, more than the limit of {max}", max = limits::MAX_OP_BYTES)]
+    TooLarge(usize),
+    #[error("unknown protocol version {0}")]
+    UnknownVersion(u8),
+    #[error("cannot decode op: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("malformed op: {0}")]
+    Malformed(&'static str),
+    #[error("signature does not verify for the op's author")]
+    BadSignature,
+    #[error("the signing key is not the op's author")]
+    WrongSigner,
+}
+
+impl OpError {
+    /// A stable machine-readable code for clients, peers and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpError::TooLarge(_) => "op_too_large",
+            OpError::UnknownVersion(_) => "unknown_version",
+            OpError::Decode(_) => "malformed_op",
+            OpError::Malformed(_) => "malformed_op",
+            OpError::BadSignature => "bad_signature",
+            OpError::WrongSigner => "wrong_signer",
+        }
+    }
+}
+
+/// Everything an op says, before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The guild: the id of its genesis op; all zeros in the genesis op itself.
+    pub guild: GuildId,
+    pub author: UserId,
+    /// Position in the author's log for this guild, from 1.
+    pub seq: u64,
+    /// The id of the author's op at `seq - 1`; `None` exactly when `seq == 1`.
+    pub prev: Option<OpId>,
+    pub hlc: Hlc,
+    /// Guild-state heads the author had seen, strictly ascending, at most 16.
+    pub deps: Vec<OpId>,
+    pub body: Body,
+}
+
+impl Envelope {
+    pub fn encode_unsigned(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(PROTOCOL_VERSION);
+        w.fixed(&self.guild.0);
+        w.fixed(&self.author.0);
+        w.uint(self.seq);
+        if let Some(prev) = &self.prev {
+            w.fixed(&prev.0);
+        }
+        w.u64_be(self.hlc.0);
+        w.uint(self.deps.len() as u64);
+        for dep in &self.deps {
+            w.fixed(&dep.0);
+        }
+        self.body.encode(&mut w);
+        w.into_bytes()
+    }
+
+    pub fn is_genesis(&self) -> bool {
+        matches!(self.body, Body::Genesis { .. })
+    }
+
+    /// Shape rules that need nothing but the op itself.
+    pub fn check_well_formed(&self) -> Result<(), OpError> {
+        let malformed = |why| Err(OpError::Malformed(why));
+        if self.seq == 0 {
+            return malformed("seq starts at 1");
+        }
+        if (self.seq == 1) != self.prev.is_none() {
+            return malformed("prev is present exactly when seq > 1");
+        }
+        if self.deps.len() > limits::MAX_DEPS {
+            return malformed("more than 16 deps");
+        }
+        if self.deps.windows(2).any(|w| w[0] >= w[1]) {
+            return malformed("deps must be strictly ascending");
+        }
+        if self.is_genesis() {
+            if self.guild != OpId::default() || self.seq != 1 || !self.deps.is_empty() {
+                return malformed("genesis has a zero guild, seq 1 and no deps");
+            }
+        } else if self.guild == OpId::default() {
+            return malformed("only genesis has a zero guild id");
+        } else if self.deps.is_empty() {
+            return malformed("every op but genesis cites at least one guild-state op");
+        }
+        crate::validate::check_body(&self.body).map_err(OpError::Malformed)
+    }
+
+    pub fn sign(self, key: &Keypair) -> Result<Op, OpError> {
+        if key.user_id() != self.author {
+            return Err(OpError::WrongSigner);
+        }
+        self.check_well_formed()?;
+        let unsigned = self.encode_unsigned();
+        if unsigned.len() + 64 > limits::MAX_OP_BYTES {
+            return Err(OpError::TooLarge(unsigned.len() + 64));
+        }
+        let id = op_id_of(&unsigned);
+        let signature = key.signing_key().sign(&signing_message(&id)).to_bytes();
+        Ok(Op {
+            envelope: self,
+            unsigned,
+            signature,
+            id,
+        })
+    }
+}
+
+fn op_id_of(unsigned: &[u8]) -> OpId {
+    OpId(sha256(&[OP_ID_DOMAIN, unsigned]))
+}
+
+fn signing_message(id: &OpId) -> Vec<u8> {
+    [SIGNATURE_DOMAIN, &id.0].concat()
+}
+
+/// A decoded, well-formed op whose signature has not been checked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    envelope: Envelope,
+    unsigned: Vec<u8>,
+    signature: [u8; 64],
+    id: OpId,
+}
+
+impl Op {
+    pub fn decode(bytes: &[u8]) -> Result<Op, OpError> {
+        if bytes.len() > limits::MAX_OP_BYTES {
+            return Err(OpError::TooLarge(bytes.len()));
+        }
+        let mut r = Reader::new(bytes);
+        let version = r.u8("version")?;
+        if version != PROTOCOL_VERSION {
+            return Err(OpError::UnknownVersion(version));
+        }
+        let guild = OpId(r.array("guild")?);
+        let author = UserId(r.array("author")?);
+        let seq = r.uint("seq")?;
+        let prev = if seq > 1 {
+            Some(OpId(r.array("prev")?))
+        } else {
+            None
+        };
+        let hlc = Hlc(r.u64_be("hlc")?);
+        let n_deps = r.uint("deps")?;
+        if n_deps > limits::MAX_DEPS as u64 {
+            return Err(OpError::Malformed("more than 16 deps"));
+        }
+        let deps = (0..n_deps)
+            .map(|_| r.array("dep").map(OpId))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = Body::decode(&mut r)?;
+        let unsigned_len = r.position();
+        let signature = r.array::<64>("signature")?;
+        r.finish()?;
+        let envelope = Envelope {
+            guild,
+            author,
+            seq,
+            prev,
+            hlc,
+            deps,
+            body,
+        };
+        envelope.check_well_formed()?;
+        let unsigned = bytes[..unsigned_len].to_vec();
+        Ok(Op {
+            id: op_id_of(&unsigned),
+            envelope,
+            unsigned,
+            signature,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        [&self.unsigned[..], &self.signature[..]].concat()
+    }
+
+    pub fn id(&self) -> OpId {
+        self.id
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    pub fn unsigned_bytes(&self) -> &[u8] {
+        &self.unsigned
+    }
+
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// The guild this op belongs to: for genesis, its own id.
+    pub fn guild(&self) -> GuildId {
+        if self.envelope.is_genesis() {
+            self.id
+        } else {
+            self.envelope.guild
+        }
+    }
+
+    fn key(&self) -> Result<VerifyingKey, OpError> {
+        let key = self
+            .envelope
+            .author
+            .verifying_key()
+            .map_err(|_| OpError::BadSignature)?;
+        if key.is_weak() {
+            return Err(OpError::BadSignature);
+        }
+        Ok(key)
+    }
+
+    pub fn verify(self) -> Result<VerifiedOp, OpError> {
+        let key = self.key()?;
+        key.verify_strict(
+            &signing_message(&self.id),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| OpError::BadSignature)?;
+        Ok(VerifiedOp(self))
+    }
+}
+
+/// Verifies many ops at once (ed25519 batch verification, about 2.5 times faster than one by
+/// one). A batch with any bad signature falls back to one-by-one checks, so each op gets its
+/// own verdict.
+pub fn verify_batch(ops: Vec<Op>) -> Vec<Result<VerifiedOp, OpError>> {
+    let keys: Result<Vec<VerifyingKey>, OpError> = ops.iter().map(Op::key).collect();
+    if let Ok(keys) = keys {
+        let messages: Vec<Vec<u8>> = ops.iter().map(|op| signing_message(&op.id)).collect();
+        let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let signatures: Vec<Signature> = ops
+            .iter()
+            .map(|op| Signature::from_bytes(&op.signature))
+            .collect();
+        if ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok() {
+            return ops.into_iter().map(|op| Ok(VerifiedOp(op))).collect();
+        }
+    }
+    ops.into_iter().map(Op::verify).collect()
+}
+
+/// An op whose signature verified against its author. Only this type enters a guild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedOp(Op);
+
+impl VerifiedOp {
+    pub fn op(&self) -> &Op {
+        &self.0
+    }
+
+    pub fn into_op(self) -> Op {
+        self.0
+    }
+}
+
+impl std::ops::Deref for VerifiedOp {
+    type Target = Op;
+    fn deref(&self) -> &Op {
+        &self.0
+    }
+}

@@ -1,0 +1,527 @@
+//! Guild state (who may do what) and the pure authorize-then-apply step for guild-state ops.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::body::{Body, ChannelKind, OverwriteTarget};
+use crate::error::AuthError;
+use crate::hlc::Hlc;
+use crate::id::{ChannelId, GuildId, InviteId, OpId, RoleId, UserId, sha256};
+use crate::perm::{Permissions, base_permissions, channel_permissions};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub color: u32,
+    pub permissions: Permissions,
+    /// Hierarchy: higher manages lower. @everyone is 0.
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub roles: BTreeSet<RoleId>,
+    pub joined_at: Hlc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Overwrite {
+    pub allow: Permissions,
+    pub deny: Permissions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Channel {
+    pub kind: ChannelKind,
+    pub name: String,
+    pub parent: Option<ChannelId>,
+    pub position: u32,
+    #[serde(serialize_with = "serialize_overwrites")]
+    pub overwrites: BTreeMap<OverwriteTarget, Overwrite>,
+}
+
+fn serialize_overwrites<S: serde::Serializer>(
+    overwrites: &BTreeMap<OverwriteTarget, Overwrite>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(overwrites.iter())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invite {
+    pub creator: UserId,
+    #[serde(skip)]
+    pub secret_hash: [u8; 32],
+    pub max_uses: u32,
+    pub expires_at_ms: u64,
+    pub uses: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BanRecord {
+    pub by: UserId,
+    pub reason: String,
+}
+
+/// The authorization-relevant state of a guild, folded from its valid guild-state ops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuildState {
+    pub id: GuildId,
+    pub name: String,
+    pub owner: UserId,
+    pub roles: BTreeMap<RoleId, Role>,
+    pub members: BTreeMap<UserId, Member>,
+    pub channels: BTreeMap<ChannelId, Channel>,
+    pub bans: BTreeMap<UserId, BanRecord>,
+    pub invites: BTreeMap<InviteId, Invite>,
+}
+
+impl GuildState {
+    /// The state right after genesis: the creator owns the guild and is its only member;
+    /// @everyone (whose id is the guild id) has the default permissions.
+    pub fn genesis(id: GuildId, owner: UserId, name: &str, at: Hlc) -> Self {
+        let everyone = Role {
+            name: "@everyone".into(),
+            color: 0,
+            permissions: Permissions::DEFAULT_EVERYONE,
+            position: 0,
+        };
+        GuildState {
+            id,
+            name: name.to_owned(),
+            owner,
+            roles: BTreeMap::from([(id, everyone)]),
+            members: BTreeMap::from([(
+                owner,
+                Member {
+                    roles: BTreeSet::new(),
+                    joined_at: at,
+                },
+            )]),
+            channels: BTreeMap::new(),
+            bans: BTreeMap::new(),
+            invites: BTreeMap::new(),
+        }
+    }
+
+    pub fn everyone_role(&self) -> Option<&Role> {
+        self.roles.get(&self.id)
+    }
+
+    pub fn is_member(&self, user: &UserId) -> bool {
+        self.members.contains_key(user)
+    }
+
+    /// A member's place in the hierarchy: the highest position among their roles; the owner is
+    /// above everyone.
+    pub fn top_position(&self, user: &UserId) -> u64 {
+        if *user == self.owner {
+            return u64::MAX;
+        }
+        self.members
+            .get(user)
+            .into_iter()
+            .flat_map(|m| m.roles.iter())
+            .filter_map(|r| self.roles.get(r))
+            .map(|r| u64::from(r.position))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn permissions(&self, user: &UserId) -> Permissions {
+        base_permissions(self, user)
+    }
+
+    pub fn channel_permissions(&self, user: &UserId, channel: &ChannelId) -> Permissions {
+        self.channels
+            .get(channel)
+            .map(|c| channel_permissions(self, user, c))
+            .unwrap_or_default()
+    }
+
+    fn require(&self, user: &UserId, needed: Permissions) -> Result<Permissions, AuthError> {
+        let have = self.permissions(user);
+        if have.contains(needed) {
+            Ok(have)
+        } else {
+            Err(AuthError::MissingPermission(needed - have))
+        }
+    }
+
+    pub fn require_in_channel(
+        &self,
+        user: &UserId,
+        channel: &ChannelId,
+        needed: Permissions,
+    ) -> Result<Permissions, AuthError> {
+        if !self.channels.contains_key(channel) {
+            return Err(AuthError::UnknownChannel);
+        }
+        let have = self.channel_permissions(user, channel);
+        if have.contains(needed) {
+            Ok(have)
+        } else {
+            Err(AuthError::MissingPermission(needed - have))
+        }
+    }
+
+    fn below_author(&self, author: &UserId, position: u64) -> Result<(), AuthError> {
+        if position < self.top_position(author) {
+            Ok(())
+        } else {
+            Err(AuthError::Hierarchy)
+        }
+    }
+
+    fn role(&self, role: &RoleId) -> Result<&Role, AuthError> {
+        self.roles.get(role).ok_or(AuthError::UnknownRole)
+    }
+
+    fn manageable_role(&self, author: &UserId, role: &RoleId) -> Result<&Role, AuthError> {
+        if *role == self.id {
+            return Err(AuthError::EveryoneRole);
+        }
+        let r = self.role(role)?;
+        self.below_author(author, r.position.into())?;
+        Ok(r)
+    }
+
+    fn manageable_member(&self, author: &UserId, member: &UserId) -> Result<(), AuthError> {
+        if *member == self.owner {
+            return Err(AuthError::OwnerImmune);
+        }
+        if member == author {
+            return Err(AuthError::SelfTarget);
+        }
+        self.below_author(author, self.top_position(member))
+    }
+
+    fn grantable(have: Permissions, wanted: Permissions) -> Result<(), AuthError> {
+        let missing = wanted - have;
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AuthError::CannotGrant(missing))
+        }
+    }
+
+    /// Whether `author` may perform guild-state op `body` (with id `id`, at `hlc`) in this state.
+    pub fn authorize(&self, author: &UserId, body: &Body, hlc: Hlc) -> Result<(), AuthError> {
+        if let Body::Join { .. } = body {
+            return self.authorize_join(author, body, hlc);
+        }
+        if self.bans.contains_key(author) {
+            return Err(AuthError::Banned);
+        }
+        if !self.is_member(author) {
+            return Err(AuthError::NotMember);
+        }
+        match body {
+            Body::Genesis { .. } => Err(AuthError::BadRequest("a guild has one genesis")),
+            Body::Leave if *author == self.owner => Err(AuthError::OwnerImmune),
+            Body::MetaChange { change } => crate::meta::authorize_change(self, author, change),
+            Body::Leave => Ok(()),
+            Body::RoleCreate {
+                permissions,
+                position,
+                ..
+            } => {
+                let have = self.require(author, Permissions::MANAGE_ROLES)?;
+                if *position == 0 {
+                    return Err(AuthError::EveryoneRole);
+                }
+                self.below_author(author, (*position).into())?;
+                Self::grantable(have, Permissions::from_bits_retain(*permissions))
+            }
+            Body::RoleUpdate {
+                role,
+                permissions,
+                position,
+            } => {
+                let have = self.require(author, Permissions::MANAGE_ROLES)?;
+                let old = if *role == self.id {
+                    if *position != 0 {
+                        return Err(AuthError::EveryoneRole);
+                    }
+                    self.role(role)?
+                } else {
+                    if *position == 0 {
+                        return Err(AuthError::EveryoneRole);
+                    }
+                    self.below_author(author, (*position).into())?;
+                    self.manageable_role(author, role)?
+                };
+                let added = Permissions::from_bits_retain(*permissions) - old.permissions;
+                Self::grantable(have, added)
+            }
+            Body::RoleDelete { role } => {
+                self.require(author, Permissions::MANAGE_ROLES)?;
+                self.manageable_role(author, role).map(|_| ())
+            }
+            Body::MemberRoleGrant { member, role }
+            | Body::MemberRoleRevoke { member, role, .. } => {
+                self.require(author, Permissions::MANAGE_ROLES)?;
+                self.manageable_role(author, role)?;
+                let target = self.members.get(member).ok_or(AuthError::UnknownMember)?;
+                if member != author && *member != self.owner {
+                    self.below_author(author, self.top_position(member))?;
+                }
+                if matches!(body, Body::MemberRoleRevoke { .. }) && !target.roles.contains(role) {
+                    return Err(AuthError::RoleNotHeld);
+                }
+                Ok(())
+            }
+            Body::ChannelCreate { kind, parent, .. } => {
+                self.require(author, Permissions::MANAGE_CHANNELS)?;
+                match (kind, parent) {
+                    (_, None) => Ok(()),
+                    (ChannelKind::Category, Some(_)) => {
+                        Err(AuthError::BadRequest("a category cannot have a parent"))
+                    }
+                    (_, Some(p)) => match self.channels.get(p) {
+                        Some(c) if c.kind == ChannelKind::Category => Ok(()),
+                        Some(_) => Err(AuthError::WrongChannelKind),
+                        None => Err(AuthError::UnknownChannel),
+                    },
+                }
+            }
+            Body::ChannelDelete { channel } => self
+                .require_in_channel(author, channel, Permissions::MANAGE_CHANNELS)
+                .map(|_| ()),
+            Body::OverwriteSet {
+                channel,
+                target,
+                allow,
+                deny,
+            } => {
+                let have = self.require_in_channel(author, channel, Permissions::MANAGE_ROLES)?;
+                if allow & deny != 0 {
+                    return Err(AuthError::BadRequest(
+                        "a bit cannot be both allowed and denied",
+                    ));
+                }
+                if let OverwriteTarget::Role(role) = target {
+                    let r = self.role(role)?;
+                    if *role != self.id {
+                        self.below_author(author, r.position.into())?;
+                    }
+                }
+                Self::grantable(have, Permissions::from_bits_retain(allow | deny))
+            }
+            Body::OverwriteClear { channel, target } => {
+                self.require_in_channel(author, channel, Permissions::MANAGE_ROLES)?;
+                match self.channels[channel].overwrites.contains_key(target) {
+                    true => Ok(()),
+                    false => Err(AuthError::UnknownOverwrite),
+                }
+            }
+            Body::InviteCreate { .. } => self
+                .require(author, Permissions::CREATE_INSTANT_INVITE)
+                .map(|_| ()),
+            Body::InviteRevoke { invite } => {
+                let inv = self.invites.get(invite).ok_or(AuthError::UnknownInvite)?;
+                if inv.creator == *author {
+                    Ok(())
+                } else {
+                    self.require(author, Permissions::MANAGE_GUILD).map(|_| ())
+                }
+            }
+            Body::Kick { member, .. } => {
+                self.require(author, Permissions::KICK_MEMBERS)?;
+                if !self.is_member(member) {
+                    return Err(AuthError::UnknownMember);
+                }
+                self.manageable_member(author, member)
+            }
+            Body::Ban { member, .. } => {
+                self.require(author, Permissions::BAN_MEMBERS)?;
+                if self.bans.contains_key(member) {
+                    return Err(AuthError::Banned);
+                }
+                self.manageable_member(author, member)
+            }
+            Body::Unban { member } => {
+                self.require(author, Permissions::BAN_MEMBERS)?;
+                match self.bans.contains_key(member) {
+                    true => Ok(()),
+                    false => Err(AuthError::NotBanned),
+                }
+            }
+            Body::Join { .. } => unreachable!("handled above"),
+            _ => Err(AuthError::BadRequest("not a guild-state op")),
+        }
+    }
+
+    fn authorize_join(&self, author: &UserId, body: &Body, hlc: Hlc) -> Result<(), AuthError> {
+        let Body::Join { invite, secret } = body else {
+            unreachable!("only called for joins")
+        };
+        if self.bans.contains_key(author) {
+            return Err(AuthError::Banned);
+        }
+        if self.is_member(author) {
+            return Err(AuthError::AlreadyMember);
+        }
+        let inv = self.invites.get(invite).ok_or(AuthError::UnknownInvite)?;
+        if sha256(&[secret]) != inv.secret_hash {
+            return Err(AuthError::InviteSecretMismatch);
+        }
+        if inv.expires_at_ms != 0 && hlc.ms() >= inv.expires_at_ms {
+            return Err(AuthError::InviteExpired);
+        }
+        if inv.max_uses != 0 && inv.uses >= inv.max_uses {
+            return Err(AuthError::InviteExhausted);
+        }
+        Ok(())
+    }
+
+    /// Applies an authorized guild-state op. `id` names what the op creates.
+    pub fn apply(&mut self, id: OpId, author: &UserId, body: &Body, hlc: Hlc) {
+        match body {
+            Body::Genesis { .. } | Body::MetaChange { .. } => {}
+            Body::RoleCreate {
+                name,
+                permissions,
+                color,
+                position,
+            } => {
+                self.roles.insert(
+                    id,
+                    Role {
+                        name: name.clone(),
+                        color: *color,
+                        permissions: Permissions::from_bits_retain(*permissions),
+                        position: *position,
+                    },
+                );
+            }
+            Body::RoleUpdate {
+                role,
+                permissions,
+                position,
+            } => {
+                if let Some(r) = self.roles.get_mut(role) {
+                    r.permissions = Permissions::from_bits_retain(*permissions);
+                    r.position = *position;
+                }
+            }
+            Body::RoleDelete { role } => {
+                self.roles.remove(role);
+                for m in self.members.values_mut() {
+                    m.roles.remove(role);
+                }
+                for c in self.channels.values_mut() {
+                    c.overwrites.remove(&OverwriteTarget::Role(*role));
+                }
+            }
+            Body::MemberRoleGrant { member, role } => {
+                if let Some(m) = self.members.get_mut(member) {
+                    m.roles.insert(*role);
+                }
+            }
+            Body::MemberRoleRevoke { member, role, .. } => {
+                if let Some(m) = self.members.get_mut(member) {
+                    m.roles.remove(role);
+                }
+            }
+            Body::ChannelCreate {
+                kind,
+                name,
+                parent,
+                position,
+            } => {
+                self.channels.insert(
+                    id,
+                    Channel {
+                        kind: *kind,
+                        name: name.clone(),
+                        parent: *parent,
+                        position: *position,
+                        overwrites: BTreeMap::new(),
+                    },
+                );
+            }
+            Body::ChannelDelete { channel } => {
+                self.channels.remove(channel);
+                for c in self.channels.values_mut() {
+                    if c.parent == Some(*channel) {
+                        c.parent = None;
+                    }
+                }
+            }
+            Body::OverwriteSet {
+                channel,
+                target,
+                allow,
+                deny,
+            } => {
+                if let Some(c) = self.channels.get_mut(channel) {
+                    c.overwrites.insert(
+                        *target,
+                        Overwrite {
+                            allow: Permissions::from_bits_retain(*allow),
+                            deny: Permissions::from_bits_retain(*deny),
+                        },
+                    );
+                }
+            }
+            Body::OverwriteClear { channel, target } => {
+                if let Some(c) = self.channels.get_mut(channel) {
+                    c.overwrites.remove(target);
+                }
+            }
+            Body::InviteCreate {
+                secret_hash,
+                max_uses,
+                expires_at_ms,
+            } => {
+                self.invites.insert(
+                    id,
+                    Invite {
+                        creator: *author,
+                        secret_hash: *secret_hash,
+                        max_uses: *max_uses,
+                        expires_at_ms: *expires_at_ms,
+                        uses: 0,
+                    },
+                );
+            }
+            Body::InviteRevoke { invite } => {
+                self.invites.remove(invite);
+            }
+            Body::Join { invite, .. } => {
+                if let Some(inv) = self.invites.get_mut(invite) {
+                    inv.uses += 1;
+                }
+                self.members.insert(
+                    *author,
+                    Member {
+                        roles: BTreeSet::new(),
+                        joined_at: hlc,
+                    },
+                );
+            }
+            Body::Leave => {
+                self.members.remove(author);
+            }
+            Body::Kick { member, .. } => {
+                self.members.remove(member);
+            }
+            Body::Ban { member, reason, .. } => {
+                self.members.remove(member);
+                self.bans.insert(
+                    *member,
+                    BanRecord {
+                        by: *author,
+                        reason: reason.clone(),
+                    },
+                );
+            }
+            Body::Unban { member } => {
+                self.bans.remove(member);
+            }
+            _ => {}
+        }
+    }
+}

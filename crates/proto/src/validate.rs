@@ -1,0 +1,54 @@
+//! Field rules for op bodies that hold on every node, whatever the guild state.
+
+use crate::body::Body;
+use crate::limits;
+
+fn check_name(name: &str) -> Result<(), &'static str> {
+    let chars = name.chars().count();
+    if name.trim().is_empty() {
+        return Err("names must not be blank");
+    }
+    if chars > limits::MAX_NAME_CHARS {
+        return Err("names are at most 100 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("names must not contain control characters");
+    }
+    Ok(())
+}
+
+pub fn check_content(content: &str) -> Result<(), &'static str> {
+    if content.trim().is_empty() {
+        return Err("message content must not be blank");
+    }
+    if content.chars().count() > limits::MAX_CONTENT_CHARS {
+        return Err("message content is at most 4000 characters");
+    }
+    Ok(())
+}
+
+fn check_emoji(emoji: &str) -> Result<(), &'static str> {
+    if emoji.is_empty()
+        || emoji.len() > limits::MAX_EMOJI_BYTES
+        || emoji.chars().any(char::is_whitespace)
+    {
+        return Err("an emoji is 1 to 64 bytes without whitespace");
+    }
+    Ok(())
+}
+
+pub fn check_body(body: &Body) -> Result<(), &'static str> {
+    match body {
+        Body::Genesis { name }
+        | Body::RoleCreate { name, .. }
+        | Body::ChannelCreate { name, .. }
+        | Body::ThreadCreate { name, .. } => check_name(name),
+        Body::MetaChange { change } if change.is_empty() => Err("empty metadata change"),
+        Body::Join { secret, .. } if secret.is_empty() => Err("an invite secret is required"),
+        Body::MessageCreate { content, .. } | Body::MessageEdit { content, .. } => {
+            check_content(content)
+        }
+        Body::ReactionAdd { emoji, .. } | Body::ReactionRemove { emoji, .. } => check_emoji(emoji),
+        _ => Ok(()),
+    }
+}
