@@ -28,6 +28,12 @@ impl BitSet {
         }
     }
 
+    pub fn intersect_with(&mut self, other: &BitSet) {
+        for (i, a) in self.words.iter_mut().enumerate() {
+            *a &= other.words.get(i).copied().unwrap_or(0);
+        }
+    }
+
     fn trimmed(&self) -> &[u64] {
         let end = self
             .words

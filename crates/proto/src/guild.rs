@@ -91,7 +91,7 @@ pub enum Inserted {
     Applied { changes: Vec<(OpId, Verdict)> },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ControlNode {
     id: OpId,
     hlc: Hlc,
@@ -100,7 +100,7 @@ struct ControlNode {
     has_children: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Chain {
     /// seq → ops at that seq; more than one is an equivocation.
     ops: BTreeMap<u64, Vec<OpId>>,
@@ -109,6 +109,10 @@ struct Chain {
 /// The cap on ops held waiting for predecessors.
 pub const MAX_PENDING: usize = 100_000;
 
+/// The cap on re-judging rounds while the set of honored removals settles.
+const MAX_REMOVAL_ROUNDS: usize = 8;
+
+#[derive(Clone)]
 pub struct Guild {
     id: GuildId,
     ops: HashMap<OpId, VerifiedOp>,
@@ -128,6 +132,8 @@ pub struct Guild {
     pending: HashMap<OpId, VerifiedOp>,
     waiting_on: HashMap<OpId, Vec<OpId>>,
     equivocations: Vec<EquivocationProof>,
+    /// The removals honored against concurrent ops: the fixed point found by `resolve_all`.
+    effective_removals: BitSet,
 }
 
 impl Guild {
@@ -157,6 +163,7 @@ impl Guild {
             pending: HashMap::new(),
             waiting_on: HashMap::new(),
             equivocations: Vec::new(),
+            effective_removals: BitSet::default(),
         };
         guild.add_op(genesis);
         guild.verdicts.insert(id, Verdict::Valid);
@@ -178,6 +185,11 @@ impl Guild {
 
     pub fn op(&self, id: &OpId) -> Option<&VerifiedOp> {
         self.ops.get(id)
+    }
+
+    /// Every op held (not those pending), in no particular order.
+    pub fn ops(&self) -> impl Iterator<Item = &VerifiedOp> {
+        self.ops.values()
     }
 
     pub fn verdict(&self, id: &OpId) -> Option<&Verdict> {
@@ -418,7 +430,7 @@ impl Guild {
         let verdict = if body.is_control() {
             let idx = self.control_index[&id];
             let invalid = self.invalid_control();
-            let verdict = match self.judge_control(idx, &invalid, None) {
+            let verdict = match self.judge_control(idx, &invalid, &self.effective_removals, None) {
                 Ok(()) => self.apply_meta(id, &body),
                 Err(e) => Verdict::Invalid(e),
             };
@@ -483,20 +495,21 @@ impl Guild {
         self.current = self.fold(&all, &self.invalid_control());
     }
 
-    /// The valid removals (ban, kick, demotion) targeting `author` that an op by `author` at
-    /// `seq` with causal past `past` did not see, skipping those `exempt` (mutual removal).
+    /// The honored removals (ban, kick, demotion) targeting `author` that an op by `author` at
+    /// `seq` with causal past `past` did not see, skipping those by `exempt_remover` (mutual
+    /// removal).
     fn concurrent_removals(
         &self,
         author: &UserId,
         seq: u64,
         past: &BitSet,
-        invalid: &BitSet,
+        effective: &BitSet,
         exempt_remover: Option<UserId>,
     ) -> Vec<usize> {
         self.control_order
             .values()
             .copied()
-            .filter(|&idx| !invalid.contains(idx) && !past.contains(idx))
+            .filter(|&idx| effective.contains(idx) && !past.contains(idx))
             .filter(|&idx| {
                 let env = self.ops[&self.control[idx].id].envelope();
                 match env.body.removal() {
@@ -515,6 +528,7 @@ impl Guild {
         &self,
         idx: usize,
         invalid: &BitSet,
+        effective: &BitSet,
         base: Option<&GuildState>,
     ) -> Result<(), AuthError> {
         let node = &self.control[idx];
@@ -530,7 +544,7 @@ impl Guild {
         // Mutual removal: a removal is not undone by a concurrent removal of its author by its
         // own target; both apply.
         let exempt = env.body.removal().map(|(target, _)| target);
-        for r in self.concurrent_removals(&env.author, env.seq, &node.past, invalid, exempt) {
+        for r in self.concurrent_removals(&env.author, env.seq, &node.past, effective, exempt) {
             let rop = &self.ops[&self.control[r].id];
             let renv = rop.envelope();
             state.apply(rop.id(), &renv.author, &renv.body, renv.hlc);
@@ -577,8 +591,8 @@ impl Guild {
         let env = self.ops[&id].envelope().clone();
         let at = self.state_at(&env.deps);
         let (past, base) = (&at.0, &at.1);
-        let invalid = self.invalid_control();
-        let removals = self.concurrent_removals(&env.author, env.seq, past, &invalid, None);
+        let removals =
+            self.concurrent_removals(&env.author, env.seq, past, &self.effective_removals, None);
         let mut owned;
         let state = if removals.is_empty() {
             base
@@ -744,6 +758,44 @@ impl Guild {
         changes
     }
 
+    /// One pass over the guild-state ops in (hlc, id) order, honoring the removals in
+    /// `effective`: which ops are invalid, and why.
+    fn judge_all_control(
+        &self,
+        forked: &BitSet,
+        effective: &BitSet,
+    ) -> (BitSet, HashMap<usize, AuthError>) {
+        let mut invalid = forked.clone();
+        let mut errors = HashMap::new();
+        let mut previous: Option<(usize, GuildState)> = None;
+        for &idx in self.control_order.values() {
+            // In a linear history each op's past is its predecessor's plus the predecessor:
+            // extend that state instead of folding from genesis.
+            let base = previous.as_ref().and_then(|(p, state)| {
+                let mut expected = self.control[*p].past.clone();
+                expected.insert(*p);
+                expected.same_as(&self.control[idx].past).then(|| {
+                    let mut s = state.clone();
+                    if !invalid.contains(*p) {
+                        let op = &self.ops[&self.control[*p].id];
+                        let env = op.envelope();
+                        s.apply(op.id(), &env.author, &env.body, env.hlc);
+                    }
+                    s
+                })
+            });
+            let base = base.unwrap_or_else(|| self.fold(&self.control[idx].past, &invalid));
+            if !invalid.contains(idx)
+                && let Err(e) = self.judge_control(idx, &invalid, effective, Some(&base))
+            {
+                invalid.insert(idx);
+                errors.insert(idx, e);
+            }
+            previous = Some((idx, base));
+        }
+        (invalid, errors)
+    }
+
     /// The reference algorithm: canonical chains, then guild-state ops to a fixed point of
     /// strong removal, then the metadata document, then every content op.
     fn resolve_all(&mut self) -> Vec<(OpId, Verdict)> {
@@ -751,45 +803,41 @@ impl Guild {
         self.recompute_canonical();
         self.states_at.clear();
 
-        let mut invalid = BitSet::default();
+        let mut forked = BitSet::default();
+        let mut removals = Vec::new();
         for (i, node) in self.control.iter().enumerate() {
             if !self.canonical[&node.id] {
-                invalid.insert(i);
+                forked.insert(i);
+            }
+            if self.ops[&node.id].envelope().body.removal().is_some() {
+                removals.push(i);
             }
         }
-        let mut errors: HashMap<usize, AuthError> = HashMap::new();
-        loop {
-            let mut changed = false;
-            let mut previous: Option<(usize, GuildState)> = None;
-            let order: Vec<usize> = self.control_order.values().copied().collect();
-            for idx in order {
-                let base = previous.as_ref().and_then(|(p, state)| {
-                    let mut expected = self.control[*p].past.clone();
-                    expected.insert(*p);
-                    expected.same_as(&self.control[idx].past).then(|| {
-                        let mut s = state.clone();
-                        if !invalid.contains(*p) {
-                            let op = &self.ops[&self.control[*p].id];
-                            let env = op.envelope();
-                            s.apply(op.id(), &env.author, &env.body, env.hlc);
-                        }
-                        s
-                    })
-                });
-                let base = base.unwrap_or_else(|| self.fold(&self.control[idx].past, &invalid));
-                if !invalid.contains(idx)
-                    && let Err(e) = self.judge_control(idx, &invalid, Some(&base))
-                {
-                    invalid.insert(idx);
-                    errors.insert(idx, e);
-                    changed = true;
+        // Which removals cut concurrent ops depends on which removals are valid, which depends
+        // on the removals cutting them. Start from none and re-judge with the removals found
+        // valid until that set settles; a cycle of removals that never settles keeps only those
+        // valid in both of the last two rounds.
+        let mut effective = BitSet::default();
+        let mut rounds = 0;
+        let (invalid, mut errors) = loop {
+            let (invalid, errors) = self.judge_all_control(&forked, &effective);
+            let mut valid_removals = BitSet::default();
+            for &r in &removals {
+                if !invalid.contains(r) {
+                    valid_removals.insert(r);
                 }
-                previous = Some((idx, base));
             }
-            if !changed {
-                break;
+            rounds += 1;
+            if valid_removals.same_as(&effective) {
+                break (invalid, errors);
             }
-        }
+            if rounds == MAX_REMOVAL_ROUNDS {
+                effective.intersect_with(&valid_removals);
+                break self.judge_all_control(&forked, &effective);
+            }
+            effective = valid_removals;
+        };
+        self.effective_removals = effective;
 
         self.meta = MetaDoc::new();
         let order: Vec<usize> = self.control_order.values().copied().collect();

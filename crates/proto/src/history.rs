@@ -24,7 +24,7 @@ pub struct MessageView {
     pub thread: Option<OpId>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct History {
     channels: BTreeMap<ChannelId, BTreeSet<(Hlc, MessageId)>>,
     threads: BTreeMap<ChannelId, BTreeSet<OpId>>,

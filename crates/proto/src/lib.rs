@@ -20,3 +20,6 @@ pub use body::{Body, ChannelKind, OverwriteTarget};
 pub use hlc::Hlc;
 pub use id::{ChannelId, GuildId, InviteId, Keypair, MessageId, OpId, RoleId, UserId};
 pub use op::{Envelope, Op, OpError, VerifiedOp, verify_batch};
+
+#[cfg(test)]
+mod tests;

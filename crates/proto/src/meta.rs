@@ -181,7 +181,7 @@ pub fn change_deps(bytes: &[u8]) -> Result<(ChangeHash, Vec<ChangeHash>), AuthEr
 }
 
 /// The metadata document of one guild, built from its valid metadata changes.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MetaDoc {
     doc: AutoCommit,
     applied: HashMap<ChangeHash, OpId>,
@@ -254,7 +254,8 @@ impl MetaDoc {
             let result = match value {
                 Some(MetaValue::Str(s)) => fork.put(ROOT, *key, s.as_str()),
                 Some(MetaValue::Int(i)) => fork.put(ROOT, *key, *i),
-                None => fork.delete(ROOT, *key),
+                None if fork.get(ROOT, *key).ok().flatten().is_some() => fork.delete(ROOT, *key),
+                None => Ok(()),
             };
             result.expect("writes to the root map of a local fork cannot fail");
         }

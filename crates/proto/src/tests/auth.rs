@@ -1,0 +1,819 @@
+//! One test per authorization rule of `spec/auth.md`.
+
+use super::*;
+use crate::body::OverwriteTarget;
+use crate::error::AuthError;
+use crate::meta::MetaValue;
+use crate::perm::Permissions as P;
+
+/// Owner 1 with a #general channel and an invite; users 2 and 3 joined.
+fn guild_with_members() -> (Replica, ChannelId, OpId) {
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    let invite = r.invite(&key(1));
+    r.join(&key(2), invite);
+    r.join(&key(3), invite);
+    (r, general, invite)
+}
+
+fn role(r: &mut Replica, who: u8, name: &str, perms: P, position: u32) -> OpId {
+    r.ok(
+        &key(who),
+        Body::RoleCreate {
+            name: name.into(),
+            permissions: perms.bits(),
+            color: 0,
+            position,
+        },
+    )
+}
+
+fn grant(r: &mut Replica, who: u8, member: u8, role: OpId) -> (OpId, Verdict) {
+    r.act(
+        &key(who),
+        Body::MemberRoleGrant {
+            member: user(member),
+            role,
+        },
+    )
+}
+
+fn invalid(e: AuthError) -> Verdict {
+    Verdict::Invalid(e)
+}
+
+#[test]
+fn members_send_and_strangers_cannot() {
+    let (mut r, general, _) = guild_with_members();
+    assert_eq!(r.say(&key(2), general, "hi").1, Verdict::Valid);
+    assert_eq!(
+        r.say(&key(9), general, "hi").1,
+        invalid(AuthError::NotMember)
+    );
+    let msgs = r.guild.messages(&general, None, None, 50);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].content, "hi");
+}
+
+#[test]
+fn invites_check_secret_expiry_uses_and_revocation() {
+    let mut r = Replica::new(&key(1));
+    let bad = r.act(
+        &key(2),
+        Body::Join {
+            invite: r.guild.id(),
+            secret: SECRET.to_vec(),
+        },
+    );
+    assert_eq!(bad.1, invalid(AuthError::UnknownInvite));
+
+    let invite = r.ok(
+        &key(1),
+        Body::InviteCreate {
+            secret_hash: sha256(&[SECRET]),
+            max_uses: 1,
+            expires_at_ms: 5_000,
+        },
+    );
+    let wrong = r.act(
+        &key(2),
+        Body::Join {
+            invite,
+            secret: b"guess".to_vec(),
+        },
+    );
+    assert_eq!(wrong.1, invalid(AuthError::InviteSecretMismatch));
+    r.join(&key(2), invite);
+    let join = Body::Join {
+        invite,
+        secret: SECRET.to_vec(),
+    };
+    assert_eq!(
+        r.act(&key(3), join.clone()).1,
+        invalid(AuthError::InviteExhausted)
+    );
+    assert_eq!(
+        r.act(&key(2), join.clone()).1,
+        invalid(AuthError::AlreadyMember)
+    );
+
+    let timed = r.ok(
+        &key(1),
+        Body::InviteCreate {
+            secret_hash: sha256(&[SECRET]),
+            max_uses: 0,
+            expires_at_ms: 5_000,
+        },
+    );
+    r.now = 6_000;
+    let late = Body::Join {
+        invite: timed,
+        secret: SECRET.to_vec(),
+    };
+    assert_eq!(r.act(&key(3), late).1, invalid(AuthError::InviteExpired));
+
+    let open = r.invite(&key(1));
+    assert_eq!(
+        r.act(&key(2), Body::InviteRevoke { invite: open }).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_GUILD))
+    );
+    r.ok(&key(1), Body::InviteRevoke { invite: open });
+    let revoked = Body::Join {
+        invite: open,
+        secret: SECRET.to_vec(),
+    };
+    assert_eq!(r.act(&key(4), revoked).1, invalid(AuthError::UnknownInvite));
+}
+
+#[test]
+fn channel_management_needs_manage_channels() {
+    let (mut r, general, _) = guild_with_members();
+    let create = Body::ChannelCreate {
+        kind: ChannelKind::Voice,
+        name: "voice".into(),
+        parent: None,
+        position: 1,
+    };
+    assert_eq!(
+        r.act(&key(2), create.clone()).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_CHANNELS))
+    );
+    let mods = role(&mut r, 1, "mods", P::MANAGE_CHANNELS, 1);
+    grant(&mut r, 1, 2, mods);
+    let voice = r.ok(&key(2), create);
+    assert_eq!(
+        r.say(&key(2), voice, "hello?").1,
+        invalid(AuthError::WrongChannelKind)
+    );
+    r.ok(&key(2), Body::ChannelDelete { channel: general });
+    assert_eq!(
+        r.say(&key(3), general, "gone").1,
+        invalid(AuthError::UnknownChannel)
+    );
+    let nested = Body::ChannelCreate {
+        kind: ChannelKind::Text,
+        name: "child".into(),
+        parent: Some(voice),
+        position: 0,
+    };
+    assert_eq!(
+        r.act(&key(1), nested).1,
+        invalid(AuthError::WrongChannelKind)
+    );
+}
+
+#[test]
+fn role_hierarchy_and_grantable_bits() {
+    let (mut r, _, _) = guild_with_members();
+    let admin_bits = P::MANAGE_ROLES | P::KICK_MEMBERS;
+    let mods = role(&mut r, 1, "mods", admin_bits, 5);
+    let low = role(&mut r, 1, "low", P::empty(), 2);
+    grant(&mut r, 1, 2, mods);
+
+    let at_own_level = Body::RoleCreate {
+        name: "peer".into(),
+        permissions: 0,
+        color: 0,
+        position: 5,
+    };
+    assert_eq!(
+        r.act(&key(2), at_own_level).1,
+        invalid(AuthError::Hierarchy)
+    );
+    let too_strong = Body::RoleCreate {
+        name: "bans".into(),
+        permissions: P::BAN_MEMBERS.bits(),
+        color: 0,
+        position: 3,
+    };
+    assert_eq!(
+        r.act(&key(2), too_strong).1,
+        invalid(AuthError::CannotGrant(P::BAN_MEMBERS))
+    );
+    let edit_own = Body::RoleUpdate {
+        role: mods,
+        permissions: admin_bits.bits(),
+        position: 4,
+    };
+    assert_eq!(r.act(&key(2), edit_own).1, invalid(AuthError::Hierarchy));
+
+    assert_eq!(grant(&mut r, 2, 3, low).1, Verdict::Valid);
+    assert_eq!(grant(&mut r, 2, 3, mods).1, invalid(AuthError::Hierarchy));
+    assert_eq!(
+        grant(&mut r, 3, 3, low).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_ROLES))
+    );
+    let everyone = r.guild.id();
+    assert_eq!(
+        grant(&mut r, 1, 3, everyone).1,
+        invalid(AuthError::EveryoneRole)
+    );
+    assert_eq!(
+        r.act(&key(1), Body::RoleDelete { role: everyone }).1,
+        invalid(AuthError::EveryoneRole)
+    );
+    let revoke_unheld = Body::MemberRoleRevoke {
+        member: user(3),
+        role: mods,
+        cutoff: 0,
+    };
+    assert_eq!(
+        r.act(&key(1), revoke_unheld).1,
+        invalid(AuthError::RoleNotHeld)
+    );
+
+    // Removing bits you lack is allowed; adding them is not.
+    let everyone_update = |perms: P| Body::RoleUpdate {
+        role: everyone,
+        permissions: perms.bits(),
+        position: 0,
+    };
+    let fewer = P::DEFAULT_EVERYONE - P::ADD_REACTIONS;
+    assert_eq!(r.act(&key(2), everyone_update(fewer)).1, Verdict::Valid);
+    assert_eq!(
+        r.act(&key(2), everyone_update(fewer | P::MANAGE_GUILD)).1,
+        invalid(AuthError::CannotGrant(P::MANAGE_GUILD))
+    );
+}
+
+#[test]
+fn administrator_has_every_bit_but_not_rank() {
+    let (mut r, general, _) = guild_with_members();
+    let admins = role(&mut r, 1, "admins", P::ADMINISTRATOR, 3);
+    let senior = role(&mut r, 1, "senior", P::empty(), 4);
+    grant(&mut r, 1, 2, admins);
+    grant(&mut r, 1, 3, senior);
+    assert_eq!(r.guild.state().permissions(&user(2)), P::all());
+    let deny_all = Body::OverwriteSet {
+        channel: general,
+        target: OverwriteTarget::Member(user(2)),
+        allow: 0,
+        deny: P::all().bits(),
+    };
+    r.ok(&key(1), deny_all);
+    assert_eq!(
+        r.say(&key(2), general, "admins see through overwrites").1,
+        Verdict::Valid
+    );
+    let kick = Body::Kick {
+        member: user(3),
+        cutoff: r.cutoff(&key(3)),
+        reason: String::new(),
+    };
+    assert_eq!(r.act(&key(2), kick).1, invalid(AuthError::Hierarchy));
+    let kick_owner = Body::Kick {
+        member: user(1),
+        cutoff: 0,
+        reason: String::new(),
+    };
+    assert_eq!(
+        r.act(&key(2), kick_owner).1,
+        invalid(AuthError::OwnerImmune)
+    );
+}
+
+#[test]
+fn overwrites_resolve_everyone_then_roles_then_member() {
+    let (mut r, general, _) = guild_with_members();
+    let speakers = role(&mut r, 1, "speakers", P::empty(), 1);
+    grant(&mut r, 1, 3, speakers);
+    let set = |target, allow: P, deny: P| Body::OverwriteSet {
+        channel: general,
+        target,
+        allow: allow.bits(),
+        deny: deny.bits(),
+    };
+    let everyone = OverwriteTarget::Role(r.guild.id());
+    r.ok(&key(1), set(everyone, P::empty(), P::SEND_MESSAGES));
+    assert_eq!(
+        r.say(&key(2), general, "muted").1,
+        invalid(AuthError::MissingPermission(P::SEND_MESSAGES))
+    );
+    r.ok(
+        &key(1),
+        set(
+            OverwriteTarget::Role(speakers),
+            P::SEND_MESSAGES,
+            P::empty(),
+        ),
+    );
+    assert_eq!(
+        r.say(&key(3), general, "role allow beats everyone deny").1,
+        Verdict::Valid
+    );
+    r.ok(
+        &key(1),
+        set(
+            OverwriteTarget::Member(user(3)),
+            P::empty(),
+            P::SEND_MESSAGES,
+        ),
+    );
+    assert_eq!(
+        r.say(&key(3), general, "member deny beats role allow").1,
+        invalid(AuthError::MissingPermission(P::SEND_MESSAGES))
+    );
+    r.ok(
+        &key(1),
+        set(
+            OverwriteTarget::Member(user(2)),
+            P::SEND_MESSAGES,
+            P::empty(),
+        ),
+    );
+    assert_eq!(r.say(&key(2), general, "member allow").1, Verdict::Valid);
+
+    r.ok(&key(1), set(everyone, P::empty(), P::VIEW_CHANNEL));
+    assert_eq!(
+        r.guild.state().channel_permissions(&user(2), &general),
+        P::empty(),
+        "without VIEW_CHANNEL nothing is allowed in the channel"
+    );
+    assert_eq!(
+        r.act(
+            &key(2),
+            Body::OverwriteClear {
+                channel: general,
+                target: everyone
+            }
+        )
+        .1,
+        invalid(AuthError::MissingPermission(P::MANAGE_ROLES))
+    );
+    let both = set(everyone, P::SEND_MESSAGES, P::SEND_MESSAGES);
+    assert!(matches!(
+        r.act(&key(1), both).1,
+        Verdict::Invalid(AuthError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn messages_edit_delete_react_pin_and_reply() {
+    let (mut r, general, _) = guild_with_members();
+    let (m, _) = r.say(&key(2), general, "first");
+    let edit = |content: &str| Body::MessageEdit {
+        message: m,
+        content: content.into(),
+    };
+    assert_eq!(
+        r.act(&key(3), edit("hijack")).1,
+        invalid(AuthError::NotAuthor)
+    );
+    r.ok(&key(2), edit("first, edited"));
+    r.ok(&key(2), edit("first, edited twice"));
+    let react = |emoji: &str, add: bool| match add {
+        true => Body::ReactionAdd {
+            message: m,
+            emoji: emoji.into(),
+        },
+        false => Body::ReactionRemove {
+            message: m,
+            emoji: emoji.into(),
+        },
+    };
+    r.ok(&key(3), react("👍", true));
+    r.ok(&key(2), react("👍", true));
+    r.ok(&key(2), react("👍", false));
+    r.ok(&key(1), react("🎉", true));
+    assert_eq!(
+        r.act(&key(3), Body::Pin { message: m }).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_MESSAGES))
+    );
+    r.ok(&key(1), Body::Pin { message: m });
+    let reply = r.ok(
+        &key(3),
+        Body::MessageCreate {
+            channel: general,
+            content: "a reply".into(),
+            reply_to: Some(m),
+        },
+    );
+
+    let view = r.guild.message(&m).unwrap();
+    assert_eq!(view.content, "first, edited twice");
+    assert!(view.edited_at.is_some());
+    assert_eq!(
+        view.reactions["👍"].iter().collect::<Vec<_>>(),
+        vec![&user(3)]
+    );
+    assert_eq!(view.reactions["🎉"].len(), 1);
+    assert!(view.pinned);
+    assert_eq!(r.guild.message(&reply).unwrap().reply_to, Some(m));
+
+    assert_eq!(
+        r.act(&key(3), Body::MessageDelete { message: m }).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_MESSAGES))
+    );
+    r.ok(&key(1), Body::MessageDelete { message: m });
+    assert!(
+        r.guild.message(&m).is_none(),
+        "a delete wins over everything"
+    );
+    assert_eq!(
+        r.act(&key(2), edit("too late")).1,
+        Verdict::Valid,
+        "edits after a delete are kept but hidden"
+    );
+    assert!(r.guild.message(&m).is_none());
+    assert_eq!(r.guild.messages(&general, None, None, 50).len(), 1);
+}
+
+#[test]
+fn threads_inherit_parent_permissions() {
+    let (mut r, general, _) = guild_with_members();
+    let (m, _) = r.say(&key(2), general, "let's discuss");
+    let thread = r.ok(
+        &key(3),
+        Body::ThreadCreate {
+            channel: general,
+            name: "discussion".into(),
+            message: Some(m),
+        },
+    );
+    assert_eq!(r.say(&key(2), thread, "in thread").1, Verdict::Valid);
+    assert_eq!(r.guild.message(&m).unwrap().thread, Some(thread));
+    assert_eq!(
+        r.guild.threads(&general),
+        vec![(thread, "discussion".to_string())]
+    );
+    r.ok(
+        &key(1),
+        Body::OverwriteSet {
+            channel: general,
+            target: OverwriteTarget::Member(user(2)),
+            allow: 0,
+            deny: P::SEND_MESSAGES_IN_THREADS.bits(),
+        },
+    );
+    assert_eq!(
+        r.say(&key(2), thread, "no longer").1,
+        invalid(AuthError::MissingPermission(P::SEND_MESSAGES_IN_THREADS))
+    );
+    assert_eq!(
+        r.say(&key(2), general, "still in the channel").1,
+        Verdict::Valid
+    );
+    assert_eq!(r.guild.messages(&thread, None, None, 10).len(), 1);
+}
+
+#[test]
+fn kick_ban_unban_and_rejoin() {
+    let (mut r, general, invite) = guild_with_members();
+    let ban = Body::Ban {
+        member: user(2),
+        cutoff: r.cutoff(&key(2)),
+        reason: "spam".into(),
+    };
+    assert_eq!(
+        r.act(&key(3), ban.clone()).1,
+        invalid(AuthError::MissingPermission(P::BAN_MEMBERS))
+    );
+    r.ok(&key(1), ban);
+    assert_eq!(
+        r.say(&key(2), general, "still here?").1,
+        invalid(AuthError::Banned)
+    );
+    let rejoin = Body::Join {
+        invite,
+        secret: SECRET.to_vec(),
+    };
+    assert_eq!(r.act(&key(2), rejoin.clone()).1, invalid(AuthError::Banned));
+    r.ok(&key(1), Body::Unban { member: user(2) });
+    r.ok(&key(2), rejoin);
+    assert_eq!(r.say(&key(2), general, "back").1, Verdict::Valid);
+
+    let kick = Body::Kick {
+        member: user(3),
+        cutoff: r.cutoff(&key(3)),
+        reason: String::new(),
+    };
+    r.ok(&key(1), kick);
+    assert_eq!(
+        r.say(&key(3), general, "kicked").1,
+        invalid(AuthError::NotMember)
+    );
+    r.join(&key(3), invite);
+    assert_eq!(r.say(&key(3), general, "rejoined").1, Verdict::Valid);
+    assert_eq!(
+        r.act(&key(1), Body::Leave).1,
+        invalid(AuthError::OwnerImmune)
+    );
+    r.ok(&key(3), Body::Leave);
+    assert_eq!(
+        r.say(&key(3), general, "left").1,
+        invalid(AuthError::NotMember)
+    );
+}
+
+#[test]
+fn ban_beats_concurrent_messages_beyond_the_cut() {
+    let (mut a, general, _) = guild_with_members();
+    let (before, _) = a.say(&key(2), general, "seen by the moderator");
+    let mut b = a.clone();
+    // On node B, user 2 keeps talking; on node A, the owner bans user 2 concurrently.
+    let (during, v) = b.say(&key(2), general, "spam 1");
+    assert_eq!(v, Verdict::Valid, "valid where the ban is not yet known");
+    let (during2, _) = b.say(&key(2), general, "spam 2");
+    a.ok(
+        &key(1),
+        Body::Ban {
+            member: user(2),
+            cutoff: a.cutoff(&key(2)),
+            reason: "spam".into(),
+        },
+    );
+    a.sync_from(&b);
+    b.sync_from(&a);
+    for r in [&a, &b] {
+        assert_eq!(r.verdict(&before), Verdict::Valid);
+        assert_eq!(r.verdict(&during), invalid(AuthError::Banned));
+        assert_eq!(r.verdict(&during2), invalid(AuthError::Banned));
+        assert_eq!(r.guild.messages(&general, None, None, 50).len(), 1);
+    }
+    assert_eq!(a.guild.state_hash(), b.guild.state_hash());
+}
+
+#[test]
+fn mutual_concurrent_bans_both_apply() {
+    let (mut a, general, _) = guild_with_members();
+    let x = role(&mut a, 1, "x", P::BAN_MEMBERS, 3);
+    let y = role(&mut a, 1, "y", P::BAN_MEMBERS, 2);
+    grant(&mut a, 1, 2, x);
+    grant(&mut a, 1, 3, y);
+    let mut b = a.clone();
+    // Node B: the owner raises role y above x, and 3 (now senior) bans 2.
+    b.ok(
+        &key(1),
+        Body::RoleUpdate {
+            role: y,
+            permissions: P::BAN_MEMBERS.bits(),
+            position: 4,
+        },
+    );
+    let ban_2 = ban(&mut b, 3, 2);
+    let (msg_3, _) = b.say(&key(3), general, "3 after banning 2");
+    // Node A, concurrently: 2 (senior in A's view) bans 3, then talks.
+    let ban_3 = ban(&mut a, 2, 3);
+    let (msg_2, _) = a.say(&key(2), general, "2 after banning 3");
+    a.sync_from(&b);
+    b.sync_from(&a);
+    for r in [&a, &b] {
+        assert_eq!(r.verdict(&ban_2), Verdict::Valid);
+        assert_eq!(r.verdict(&ban_3), Verdict::Valid);
+        assert!(!r.verdict(&msg_2).is_valid());
+        assert!(!r.verdict(&msg_3).is_valid());
+        assert!(r.guild.state().bans.contains_key(&user(2)));
+        assert!(r.guild.state().bans.contains_key(&user(3)));
+    }
+    assert_eq!(a.guild.state_hash(), b.guild.state_hash());
+}
+
+fn ban(r: &mut Replica, who: u8, member: u8) -> OpId {
+    let cutoff = r.cutoff(&key(member));
+    r.ok(
+        &key(who),
+        Body::Ban {
+            member: user(member),
+            cutoff,
+            reason: String::new(),
+        },
+    )
+}
+
+#[test]
+fn a_removal_cut_by_a_concurrent_removal_does_not_cut_others() {
+    let (mut a, general, invite) = guild_with_members();
+    a.join(&key(4), invite);
+    let senior = role(&mut a, 1, "senior", P::BAN_MEMBERS, 3);
+    let junior = role(&mut a, 1, "junior", P::BAN_MEMBERS, 2);
+    grant(&mut a, 1, 2, senior);
+    grant(&mut a, 1, 3, junior);
+    let (mut b, mut c) = (a.clone(), a.clone());
+    // Concurrently: 2 bans 3; 3 bans 4; 4 talks.
+    let ban_3 = ban(&mut a, 2, 3);
+    let ban_4 = ban(&mut b, 3, 4);
+    let (msg_4, _) = c.say(&key(4), general, "still here");
+    for r in [&mut a, &mut b, &mut c] {
+        let (x, y) = (r.clone(), r.clone());
+        r.sync_from(&x);
+        r.sync_from(&y);
+    }
+    let (a0, b0, c0) = (a.clone(), b.clone(), c.clone());
+    for r in [&mut a, &mut b, &mut c] {
+        r.sync_from(&a0);
+        r.sync_from(&b0);
+        r.sync_from(&c0);
+    }
+    for r in [&a, &b, &c] {
+        assert_eq!(r.verdict(&ban_3), Verdict::Valid);
+        assert_eq!(r.verdict(&ban_4), invalid(AuthError::Banned));
+        assert_eq!(r.verdict(&msg_4), Verdict::Valid);
+        assert!(r.guild.state().is_member(&user(4)));
+    }
+    assert_eq!(a.guild.state_hash(), b.guild.state_hash());
+    assert_eq!(a.guild.state_hash(), c.guild.state_hash());
+}
+
+#[test]
+fn a_cycle_of_concurrent_bans_resolves_the_same_everywhere() {
+    let (mut a, _, invite) = guild_with_members();
+    a.join(&key(4), invite);
+    let mods = role(&mut a, 1, "mods", P::BAN_MEMBERS, 3);
+    for m in 2..=4 {
+        grant(&mut a, 1, m, mods);
+    }
+    // Equal rank: nobody outranks anyone, so promote each in their own replica first.
+    let mut replicas = vec![a.clone(), a.clone(), a.clone()];
+    let bans: Vec<OpId> = [(2, 3), (3, 4), (4, 2)]
+        .into_iter()
+        .zip(replicas.iter_mut())
+        .map(|((who, target), r)| {
+            let top = role(r, 1, "top", P::BAN_MEMBERS, 4);
+            grant(r, 1, who, top);
+            ban(r, who, target)
+        })
+        .collect();
+    let snapshot = replicas.clone();
+    for r in &mut replicas {
+        for other in snapshot.iter().rev() {
+            r.sync_from(other);
+        }
+    }
+    let hash = replicas[0].guild.state_hash();
+    for r in &replicas {
+        assert_eq!(r.guild.state_hash(), hash);
+        let verdicts: Vec<Verdict> = bans.iter().map(|b| r.verdict(b)).collect();
+        assert_eq!(
+            verdicts,
+            bans.iter()
+                .map(|b| replicas[0].verdict(b))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn demotion_invalidates_concurrent_use_of_the_role_only() {
+    let (mut a, general, _) = guild_with_members();
+    let mods = role(&mut a, 1, "mods", P::BAN_MEMBERS, 1);
+    grant(&mut a, 1, 2, mods);
+    let mut b = a.clone();
+    let revoke = a.ok(
+        &key(1),
+        Body::MemberRoleRevoke {
+            member: user(2),
+            role: mods,
+            cutoff: a.cutoff(&key(2)),
+        },
+    );
+    // Concurrently, 2 bans 3 and keeps chatting.
+    let ban = b.ok(
+        &key(2),
+        Body::Ban {
+            member: user(3),
+            cutoff: b.cutoff(&key(3)),
+            reason: String::new(),
+        },
+    );
+    let (chat, _) = b.say(&key(2), general, "still a member");
+    a.sync_from(&b);
+    b.sync_from(&a);
+    for r in [&a, &b] {
+        assert_eq!(r.verdict(&revoke), Verdict::Valid);
+        assert_eq!(
+            r.verdict(&ban),
+            invalid(AuthError::MissingPermission(P::BAN_MEMBERS))
+        );
+        assert_eq!(r.verdict(&chat), Verdict::Valid);
+        assert!(r.guild.state().is_member(&user(3)));
+    }
+    assert_eq!(a.guild.state_hash(), b.guild.state_hash());
+}
+
+#[test]
+fn a_late_ban_hides_what_the_banned_member_enabled() {
+    // 2 (a moderator) grants 3 a role that lets 3 post in a locked channel; 2's grant was
+    // concurrent with 2's own ban, so it is void, and so are 3's posts that relied on it.
+    let (mut a, _, _) = guild_with_members();
+    let locked = a.text_channel(&key(1), "locked");
+    let mods = role(&mut a, 1, "mods", P::MANAGE_ROLES | P::BAN_MEMBERS, 3);
+    let posters = role(&mut a, 1, "posters", P::empty(), 1);
+    grant(&mut a, 1, 2, mods);
+    a.ok(
+        &key(1),
+        Body::OverwriteSet {
+            channel: locked,
+            target: OverwriteTarget::Role(a.guild.id()),
+            allow: 0,
+            deny: P::SEND_MESSAGES.bits(),
+        },
+    );
+    a.ok(
+        &key(1),
+        Body::OverwriteSet {
+            channel: locked,
+            target: OverwriteTarget::Role(posters),
+            allow: P::SEND_MESSAGES.bits(),
+            deny: 0,
+        },
+    );
+    let mut b = a.clone();
+    let (grant_op, _) = grant(&mut b, 2, 3, posters);
+    let (post, v) = b.say(&key(3), locked, "thanks to my new role");
+    assert_eq!(v, Verdict::Valid);
+    a.ok(
+        &key(1),
+        Body::Ban {
+            member: user(2),
+            cutoff: a.cutoff(&key(2)),
+            reason: String::new(),
+        },
+    );
+    a.sync_from(&b);
+    b.sync_from(&a);
+    for r in [&a, &b] {
+        assert_eq!(r.verdict(&grant_op), invalid(AuthError::Banned));
+        assert_eq!(
+            r.verdict(&post),
+            invalid(AuthError::MissingPermission(P::SEND_MESSAGES))
+        );
+        assert!(r.guild.messages(&locked, None, None, 10).is_empty());
+    }
+}
+
+#[test]
+fn metadata_changes_are_checked_key_by_key() {
+    let (mut r, general, _) = guild_with_members();
+    let change = |r: &Replica, who: u8, key: &str, value: MetaValue| Body::MetaChange {
+        change: r
+            .guild
+            .meta()
+            .make_change(&user(who), &[(key, Some(value))]),
+    };
+    let rename = change(&r, 2, "guild.name", MetaValue::Str("mine now".into()));
+    assert_eq!(
+        r.act(&key(2), rename).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_GUILD))
+    );
+    let rename = change(&r, 1, "guild.name", MetaValue::Str("Renamed".into()));
+    r.ok(&key(1), rename);
+    assert_eq!(
+        r.guild.meta().get_str("guild.name").as_deref(),
+        Some("Renamed")
+    );
+
+    let topic_key = format!("channel.{general}.topic");
+    let topic = change(&r, 2, &topic_key, MetaValue::Str("hi".into()));
+    assert_eq!(
+        r.act(&key(2), topic).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_CHANNELS))
+    );
+    let nick = change(
+        &r,
+        2,
+        &format!("member.{}.nick", user(2)),
+        MetaValue::Str("two".into()),
+    );
+    r.ok(&key(2), nick);
+    let other_nick = change(
+        &r,
+        2,
+        &format!("member.{}.nick", user(3)),
+        MetaValue::Str("x".into()),
+    );
+    assert_eq!(
+        r.act(&key(2), other_nick).1,
+        invalid(AuthError::MissingPermission(P::MANAGE_NICKNAMES))
+    );
+
+    let forged_actor = change(&r, 1, "guild.name", MetaValue::Str("forged".into()));
+    assert!(matches!(
+        r.act(&key(2), forged_actor).1,
+        Verdict::Invalid(AuthError::BadMetaChange(_))
+    ));
+    let unknown_key = change(&r, 1, "guild.secret_plans", MetaValue::Str("x".into()));
+    assert!(matches!(
+        r.act(&key(1), unknown_key).1,
+        Verdict::Invalid(AuthError::BadMetaChange(_))
+    ));
+    let bad_value = change(&r, 1, "guild.name", MetaValue::Int(7));
+    assert!(matches!(
+        r.act(&key(1), bad_value).1,
+        Verdict::Invalid(AuthError::BadMetaChange(_))
+    ));
+
+    let high = role(&mut r, 1, "high", P::MANAGE_ROLES, 5);
+    let low = role(&mut r, 1, "low", P::MANAGE_ROLES, 2);
+    grant(&mut r, 1, 2, low);
+    let recolor = change(
+        &r,
+        2,
+        &format!("role.{high}.color"),
+        MetaValue::Int(0xff0000),
+    );
+    assert_eq!(r.act(&key(2), recolor).1, invalid(AuthError::Hierarchy));
+    assert_eq!(
+        r.guild.meta().get_str("guild.name").as_deref(),
+        Some("Renamed")
+    );
+}

@@ -1,0 +1,144 @@
+//! Unit and property tests of the core, with a small kit for building guild histories.
+
+mod auth;
+mod convergence;
+mod encoding;
+
+use crate::body::{Body, ChannelKind};
+use crate::guild::{Guild, Inserted, Verdict};
+use crate::hlc::Hlc;
+use crate::id::{ChannelId, Keypair, OpId, UserId, sha256};
+use crate::op::{Envelope, VerifiedOp};
+
+pub const SECRET: &[u8] = b"open sesame";
+
+pub fn key(n: u8) -> Keypair {
+    Keypair::from_secret([n; 32])
+}
+
+pub fn user(n: u8) -> UserId {
+    key(n).user_id()
+}
+
+pub fn genesis(owner: &Keypair, name: &str) -> VerifiedOp {
+    Envelope {
+        guild: OpId::default(),
+        author: owner.user_id(),
+        seq: 1,
+        prev: None,
+        hlc: Hlc::from_parts(1_000, 0),
+        deps: vec![],
+        body: Body::Genesis { name: name.into() },
+    }
+    .sign(owner)
+    .unwrap()
+    .verify()
+    .unwrap()
+}
+
+/// One node's replica of a guild, with a clock that moves forward one millisecond per op.
+#[derive(Clone)]
+pub struct Replica {
+    pub guild: Guild,
+    pub now: u64,
+}
+
+impl Replica {
+    pub fn new(owner: &Keypair) -> Replica {
+        Replica {
+            guild: Guild::new(genesis(owner, "test guild")).unwrap(),
+            now: 2_000,
+        }
+    }
+
+    pub fn make(&mut self, who: &Keypair, body: Body) -> VerifiedOp {
+        self.now += 1;
+        self.guild
+            .next_envelope(who.user_id(), self.now, body)
+            .sign(who)
+            .unwrap()
+            .verify()
+            .unwrap()
+    }
+
+    /// Authors an op on this replica and returns its id and verdict.
+    pub fn act(&mut self, who: &Keypair, body: Body) -> (OpId, Verdict) {
+        let op = self.make(who, body);
+        let id = op.id();
+        match self.guild.insert(op).unwrap() {
+            Inserted::Applied { .. } => {}
+            other => panic!("own op not applied: {other:?}"),
+        }
+        (id, self.guild.verdict(&id).unwrap().clone())
+    }
+
+    /// Like `act`, but the op must be valid.
+    pub fn ok(&mut self, who: &Keypair, body: Body) -> OpId {
+        let (id, verdict) = self.act(who, body);
+        assert_eq!(verdict, Verdict::Valid, "{id:?}");
+        id
+    }
+
+    /// Receives every op `other` holds.
+    pub fn sync_from(&mut self, other: &Replica) {
+        for op in other.guild.ops() {
+            self.guild.insert(op.clone()).unwrap();
+        }
+        self.now = self.now.max(other.now);
+    }
+
+    pub fn verdict(&self, id: &OpId) -> Verdict {
+        self.guild.verdict(id).cloned().expect("op is held")
+    }
+
+    pub fn text_channel(&mut self, who: &Keypair, name: &str) -> ChannelId {
+        self.ok(
+            who,
+            Body::ChannelCreate {
+                kind: ChannelKind::Text,
+                name: name.into(),
+                parent: None,
+                position: 0,
+            },
+        )
+    }
+
+    pub fn invite(&mut self, who: &Keypair) -> OpId {
+        self.ok(
+            who,
+            Body::InviteCreate {
+                secret_hash: sha256(&[SECRET]),
+                max_uses: 0,
+                expires_at_ms: 0,
+            },
+        )
+    }
+
+    pub fn join(&mut self, who: &Keypair, invite: OpId) -> OpId {
+        self.ok(
+            who,
+            Body::Join {
+                invite,
+                secret: SECRET.to_vec(),
+            },
+        )
+    }
+
+    pub fn say(&mut self, who: &Keypair, channel: ChannelId, text: &str) -> (OpId, Verdict) {
+        self.act(
+            who,
+            Body::MessageCreate {
+                channel,
+                content: text.into(),
+                reply_to: None,
+            },
+        )
+    }
+
+    /// The seq of `member`'s latest op this replica holds: the cutoff a removal carries.
+    pub fn cutoff(&self, member: &Keypair) -> u64 {
+        self.guild
+            .chain_head(&member.user_id())
+            .map_or(0, |(seq, _, _)| seq)
+    }
+}
