@@ -316,12 +316,14 @@ impl Guild {
     }
 
     fn missing_predecessors(&self, env: &Envelope) -> Vec<OpId> {
-        env.prev
+        let missing: BTreeSet<OpId> = env
+            .prev
             .iter()
             .chain(&env.deps)
             .filter(|id| !self.ops.contains_key(id))
             .copied()
-            .collect()
+            .collect();
+        missing.into_iter().collect()
     }
 
     /// The rules linking an op to its predecessors (all present): the hash chain, deps citing

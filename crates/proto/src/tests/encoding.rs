@@ -1,1 +1,279 @@
+//! Envelope faults: each one a clear error with a stable code, never a panic.
 
+use proptest::prelude::*;
+
+use super::*;
+use crate::guild::InsertError;
+use crate::limits;
+use crate::op::{Op, OpError, verify_batch};
+
+fn message_envelope(r: &Replica, who: &Keypair, text: &str) -> Envelope {
+    r.guild.next_envelope(
+        who.user_id(),
+        r.now + 1,
+        Body::MessageCreate {
+            channel: r.guild.id(),
+            content: text.into(),
+            reply_to: None,
+        },
+    )
+}
+
+fn signed_wire(r: &Replica, text: &str) -> Vec<u8> {
+    message_envelope(r, &key(1), text)
+        .sign(&key(1))
+        .unwrap()
+        .encode()
+}
+
+#[test]
+fn decode_encode_is_the_identity_and_ids_are_stable() {
+    let r = Replica::new(&key(1));
+    let wire = signed_wire(&r, "hello");
+    let op = Op::decode(&wire).unwrap();
+    assert_eq!(op.encode(), wire);
+    let again = Op::decode(&op.encode()).unwrap();
+    assert_eq!(again.id(), op.id());
+    assert!(op.verify().is_ok());
+}
+
+#[test]
+fn a_flipped_signature_bit_is_a_bad_signature() {
+    let r = Replica::new(&key(1));
+    let mut wire = signed_wire(&r, "hello");
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    let err = Op::decode(&wire).unwrap().verify().unwrap_err();
+    assert_eq!(err, OpError::BadSignature);
+    assert_eq!(err.code(), "bad_signature");
+}
+
+#[test]
+fn a_tampered_body_or_author_no_longer_verifies() {
+    let r = Replica::new(&key(1));
+    let wire = signed_wire(&r, "hello");
+    let at = wire.windows(5).position(|w| w == b"hello").unwrap();
+    let mut tampered = wire.clone();
+    tampered[at] = b'j';
+    assert_eq!(
+        Op::decode(&tampered).unwrap().verify().unwrap_err(),
+        OpError::BadSignature
+    );
+    // Claiming another author: bytes 33..65 are the author key.
+    let mut impostor = wire;
+    impostor[33..65].copy_from_slice(&user(2).0);
+    assert_eq!(
+        Op::decode(&impostor).unwrap().verify().unwrap_err(),
+        OpError::BadSignature
+    );
+}
+
+#[test]
+fn signing_for_another_author_is_refused() {
+    let r = Replica::new(&key(1));
+    let env = message_envelope(&r, &key(1), "hello");
+    let err = env.sign(&key(2)).unwrap_err();
+    assert_eq!(err, OpError::WrongSigner);
+    assert_eq!(err.code(), "wrong_signer");
+}
+
+#[test]
+fn unknown_version_oversized_and_trailing_bytes_are_refused() {
+    let r = Replica::new(&key(1));
+    let wire = signed_wire(&r, "hello");
+    let mut v2 = wire.clone();
+    v2[0] = 2;
+    let err = Op::decode(&v2).unwrap_err();
+    assert_eq!(err, OpError::UnknownVersion(2));
+    assert_eq!(err.code(), "unknown_version");
+
+    let mut trailing = wire.clone();
+    trailing.push(0);
+    assert_eq!(Op::decode(&trailing).unwrap_err().code(), "malformed_op");
+    assert_eq!(
+        Op::decode(&wire[..wire.len() - 1]).unwrap_err().code(),
+        "malformed_op"
+    );
+
+    let huge = vec![1u8; limits::MAX_OP_BYTES + 1];
+    let err = Op::decode(&huge).unwrap_err();
+    assert_eq!(err, OpError::TooLarge(limits::MAX_OP_BYTES + 1));
+    assert_eq!(err.code(), "op_too_large");
+
+    let too_long = "x".repeat(limits::MAX_CONTENT_CHARS + 1);
+    let env = message_envelope(&r, &key(1), &too_long);
+    assert_eq!(env.sign(&key(1)).unwrap_err().code(), "malformed_op");
+}
+
+#[test]
+fn envelope_shape_rules() {
+    let r = Replica::new(&key(1));
+    let base = message_envelope(&r, &key(1), "hi");
+    let refused = |env: Envelope| env.sign(&key(1)).unwrap_err();
+    let mut e = base.clone();
+    e.seq = 0;
+    assert!(matches!(refused(e), OpError::Malformed(_)));
+    let mut e = base.clone();
+    e.prev = None;
+    assert!(
+        matches!(refused(e), OpError::Malformed(_)),
+        "seq 2 needs prev"
+    );
+    let mut e = base.clone();
+    e.seq = 1;
+    assert!(
+        matches!(refused(e), OpError::Malformed(_)),
+        "seq 1 has no prev"
+    );
+    let mut e = base.clone();
+    e.deps = vec![OpId([2; 32]), OpId([1; 32])];
+    assert!(matches!(refused(e), OpError::Malformed(_)), "deps ascend");
+    let mut e = base.clone();
+    e.deps = (0..=limits::MAX_DEPS as u8)
+        .map(|i| OpId([i; 32]))
+        .collect();
+    assert!(matches!(refused(e), OpError::Malformed(_)), "too many deps");
+    let mut e = base.clone();
+    e.deps.clear();
+    assert!(matches!(refused(e), OpError::Malformed(_)), "no deps");
+    let mut e = base;
+    e.guild = OpId::default();
+    assert!(matches!(refused(e), OpError::Malformed(_)), "zero guild");
+}
+
+#[test]
+fn batch_verification_pinpoints_the_bad_op() {
+    let r = Replica::new(&key(1));
+    let mut ops: Vec<Op> = (0..8)
+        .map(|i| {
+            message_envelope(&r, &key(1), &format!("message {i}"))
+                .sign(&key(1))
+                .unwrap()
+        })
+        .collect();
+    let mut bad = ops[5].encode();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x80;
+    ops[5] = Op::decode(&bad).unwrap();
+    let results = verify_batch(ops);
+    for (i, res) in results.iter().enumerate() {
+        assert_eq!(res.is_ok(), i != 5, "op {i}");
+    }
+}
+
+#[test]
+fn broken_chains_and_causality_violations_are_refused_on_insert() {
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    let first = r.say(&key(1), general, "one").0;
+
+    let mut env = message_envelope(&r, &key(1), "two");
+    env.prev = Some(general);
+    env.seq = 2;
+    let op = env.sign(&key(1)).unwrap().verify().unwrap();
+    let err = r.guild.insert(op).unwrap_err();
+    assert_eq!(err, InsertError::BrokenChain);
+    assert_eq!(err.code(), "broken_chain");
+
+    let mut env = message_envelope(&r, &key(1), "from the past");
+    env.hlc = Hlc::from_parts(1_500, 0);
+    let op = env.sign(&key(1)).unwrap().verify().unwrap();
+    assert_eq!(
+        r.guild.insert(op).unwrap_err(),
+        InsertError::CausalityViolation
+    );
+
+    let mut env = message_envelope(&r, &key(1), "deps on a message");
+    env.deps = vec![first];
+    let op = env.sign(&key(1)).unwrap().verify().unwrap();
+    assert_eq!(
+        r.guild.insert(op).unwrap_err(),
+        InsertError::DepNotGuildState
+    );
+
+    let other = Replica::new(&key(2));
+    let foreign = message_envelope(&other, &key(2), "elsewhere")
+        .sign(&key(2))
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert_eq!(
+        r.guild.insert(foreign).unwrap_err(),
+        InsertError::WrongGuild
+    );
+}
+
+#[test]
+fn ops_wait_for_missing_predecessors_then_apply() {
+    let mut author = Replica::new(&key(1));
+    let general = author.text_channel(&key(1), "general");
+    let (hello, _) = author.say(&key(1), general, "hello");
+    let mut reader = Replica::new(&key(1));
+    let ops: Vec<VerifiedOp> = author.guild.ops().cloned().collect();
+    let mut later: Vec<VerifiedOp> = ops
+        .iter()
+        .filter(|op| !op.envelope().is_genesis())
+        .cloned()
+        .collect();
+    later.sort_by_key(|op| std::cmp::Reverse(op.envelope().seq));
+    let message = later.remove(0);
+    match reader.guild.insert(message.clone()).unwrap() {
+        Inserted::Pending { missing } => assert_eq!(missing.len(), 1),
+        other => panic!("expected pending, got {other:?}"),
+    }
+    assert_eq!(reader.guild.insert(message).unwrap(), Inserted::Duplicate);
+    let Inserted::Applied { changes } = reader.guild.insert(later.remove(0)).unwrap() else {
+        panic!("the channel applies");
+    };
+    assert_eq!(changes.len(), 2, "the channel and the released message");
+    assert_eq!(reader.verdict(&hello), Verdict::Valid);
+    assert_eq!(reader.guild.state_hash(), author.guild.state_hash());
+}
+
+#[test]
+fn equivocation_is_detected_with_a_proof_and_one_fork_wins_everywhere() {
+    let mut a = Replica::new(&key(1));
+    let general = a.text_channel(&key(1), "general");
+    let mut b = a.clone();
+    let (left, _) = a.say(&key(1), general, "left");
+    let (right, _) = b.say(&key(1), general, "right");
+    a.sync_from(&b);
+    b.sync_from(&a);
+    for r in [&a, &b] {
+        let proofs = r.guild.equivocations();
+        assert_eq!(proofs.len(), 1);
+        let proof = &proofs[0];
+        assert_eq!(proof.author, user(1));
+        assert_eq!(proof.first.envelope().seq, proof.second.envelope().seq);
+        assert_ne!(proof.first.id(), proof.second.id());
+        assert!(proof.first.clone().verify().is_ok() && proof.second.clone().verify().is_ok());
+        let winner = left.min(right);
+        assert_eq!(r.verdict(&winner), Verdict::Valid);
+        assert_eq!(r.verdict(&left.max(right)), Verdict::Forked);
+    }
+    assert_eq!(a.guild.state_hash(), b.guild.state_hash());
+}
+
+proptest! {
+    #[test]
+    fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        if let Ok(op) = Op::decode(&bytes) {
+            prop_assert_eq!(op.encode(), bytes);
+            let _ = op.verify();
+        }
+    }
+
+    #[test]
+    fn mutating_a_valid_op_never_panics_and_never_verifies(
+        position in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+    ) {
+        let r = Replica::new(&key(1));
+        let mut wire = signed_wire(&r, "a message long enough to mutate");
+        let at = position.index(wire.len());
+        wire[at] ^= flip;
+        if let Ok(op) = Op::decode(&wire) {
+            prop_assert!(op.verify().is_err());
+        }
+    }
+}
