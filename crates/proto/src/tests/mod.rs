@@ -3,6 +3,7 @@
 mod auth;
 mod convergence;
 mod encoding;
+mod vectors;
 
 use crate::body::{Body, ChannelKind};
 use crate::guild::{Guild, Inserted, Verdict};
