@@ -33,6 +33,8 @@ pub enum AuthError {
     UnknownInvite,
     #[error("unknown overwrite")]
     UnknownOverwrite,
+    #[error("unknown message")]
+    UnknownMessage,
     #[error("the invite secret does not match")]
     InviteSecretMismatch,
     #[error("the invite has expired")]
@@ -73,6 +75,7 @@ impl AuthError {
             AuthError::UnknownMember => "unknown_member",
             AuthError::UnknownInvite => "unknown_invite",
             AuthError::UnknownOverwrite => "unknown_overwrite",
+            AuthError::UnknownMessage => "unknown_message",
             AuthError::InviteSecretMismatch => "invite_secret_mismatch",
             AuthError::InviteExpired => "invite_expired",
             AuthError::InviteExhausted => "invite_exhausted",

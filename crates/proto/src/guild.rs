@@ -274,6 +274,30 @@ impl Guild {
             .collect()
     }
 
+    /// Whether an op authored here, on top of everything this replica holds (as
+    /// `next_envelope` builds it), would be valid: the check a node makes before signing for a
+    /// client, so that refused requests never enter the log. Exact for such ops, since their
+    /// causal past is every guild-state op held and nothing is concurrent with them yet.
+    pub fn precheck(&self, env: &Envelope) -> Result<(), AuthError> {
+        if env.body.is_control() {
+            self.current.authorize(&env.author, &env.body, env.hlc)?;
+            if let Body::MetaChange { change } = &env.body {
+                let (_, deps) = meta::change_deps(change)?;
+                if let Some(dep) = deps.iter().find(|d| !self.meta_changes.contains_key(d)) {
+                    return Err(AuthError::BadMetaChange(format!(
+                        "depends on the unknown change {dep}"
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        match self.authorize_content(&self.current, env) {
+            Ok(()) => Ok(()),
+            Err(ContentError::Auth(e)) => Err(e),
+            Err(ContentError::Waiting(_)) => Err(AuthError::UnknownMessage),
+        }
+    }
+
     /// Adds an op (whose signature was verified) to the guild.
     pub fn insert(&mut self, op: VerifiedOp) -> Result<Inserted, InsertError> {
         if op.guild() != self.id {

@@ -66,11 +66,18 @@ impl Replica {
     pub fn act(&mut self, who: &Keypair, body: Body) -> (OpId, Verdict) {
         let op = self.make(who, body);
         let id = op.id();
+        let precheck = self.guild.precheck(op.envelope());
         match self.guild.insert(op).unwrap() {
             Inserted::Applied { .. } => {}
             other => panic!("own op not applied: {other:?}"),
         }
-        (id, self.guild.verdict(&id).unwrap().clone())
+        let verdict = self.guild.verdict(&id).unwrap().clone();
+        match (&precheck, &verdict) {
+            (Ok(()), Verdict::Valid) | (Err(_), Verdict::Waiting(_)) => {}
+            (Err(e), Verdict::Invalid(f)) => assert_eq!(e, f, "precheck and verdict agree"),
+            _ => panic!("precheck {precheck:?} but verdict {verdict:?}"),
+        }
+        (id, verdict)
     }
 
     /// Like `act`, but the op must be valid.

@@ -1,0 +1,487 @@
+//! Guildhall's durable store: signed ops per guild, accounts, tokens and send nonces in one redb
+//! file, written through a group-commit thread so that many concurrent writers share one fsync
+//! and each is answered only after its data is durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use guildhall_proto::id::{GuildId, OpId, UserId};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+/// Bumped on every incompatible change to the tables below.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// op id → the op's wire bytes.
+const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ops");
+/// guild id ‖ u64 BE arrival number → op id: each guild's ops in the order they were accepted,
+/// which is an order the core accepts them in again on restart.
+const GUILD_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guild_log");
+/// guild id → ops stored so far.
+const GUILD_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("guild_counts");
+/// username → account record (JSON).
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
+/// user id → username.
+const USERS: TableDefinition<&[u8], &str> = TableDefinition::new("users");
+/// SHA-256 of a bearer token → token record (JSON).
+const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
+/// user id ‖ client nonce → the op id the nonce produced.
+const NONCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nonces");
+
+/// How many queued write jobs one transaction takes at most.
+const MAX_GROUP: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "the database was written by a newer guildhall (schema {found}; this build reads up to \
+         {supported}); upgrade guildhall or point it at another data directory"
+    )]
+    SchemaTooNew { found: u64, supported: u64 },
+    #[error("the username is taken")]
+    UsernameTaken,
+    #[error("no such account")]
+    NoSuchAccount,
+    #[error("storage failure: {0}")]
+    Db(String),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub username: String,
+    pub user_id: UserId,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+    /// The user's ed25519 secret key, sealed with the node's storage key.
+    pub sealed_secret: Vec<u8>,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub username: String,
+    pub user_id: UserId,
+    pub created_ms: u64,
+}
+
+/// One durable change. A job is a list of these, committed together or not at all.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Op {
+        guild: GuildId,
+        id: OpId,
+        bytes: Vec<u8>,
+    },
+    /// Fails the job with `UsernameTaken` if the name exists.
+    CreateAccount(AccountRecord),
+    /// Replaces an existing account (password change, key import).
+    UpdateAccount(AccountRecord),
+    Token {
+        hash: [u8; 32],
+        record: TokenRecord,
+    },
+    RevokeToken {
+        hash: [u8; 32],
+    },
+    /// Every token of a user (logout everywhere).
+    RevokeTokensOf {
+        user: UserId,
+    },
+    Nonce {
+        user: UserId,
+        nonce: String,
+        op: OpId,
+    },
+}
+
+struct Job {
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A handle on the store; clones share the database and the commit thread. When the last clone
+/// is dropped the commit thread finishes its queue and the database file is closed.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    committer: Arc<Committer>,
+}
+
+struct Committer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, refusing one from a newer schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Arc::new(Database::create(path).map_err(db_err)?);
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let found = meta
+                .get("schema_version")
+                .map_err(db_err)?
+                .map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaTooNew {
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(db_err)?;
+                }
+            }
+            txn.open_table(OPS).map_err(db_err)?;
+            txn.open_table(GUILD_LOG).map_err(db_err)?;
+            txn.open_table(GUILD_COUNTS).map_err(db_err)?;
+            txn.open_table(ACCOUNTS).map_err(db_err)?;
+            txn.open_table(USERS).map_err(db_err)?;
+            txn.open_table(TOKENS).map_err(db_err)?;
+            txn.open_table(NONCES).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let (jobs, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || commit_loop(&writer_db, &rx))
+            .map_err(db_err)?;
+        let committer = Arc::new(Committer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        });
+        Ok(Store { db, committer })
+    }
+
+    /// Commits `writes` as one unit and returns once they are durable. Concurrent calls share
+    /// a transaction (group commit).
+    pub async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.committer.submit(Job { writes, reply })?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The write path for callers outside an async runtime (the admin CLI).
+    pub fn write_blocking(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.committer.submit(Job { writes, reply })?;
+        done.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        Ok(meta
+            .get("schema_version")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Every guild with stored ops.
+    pub fn guilds(&self) -> Result<Vec<GuildId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let counts = txn.open_table(GUILD_COUNTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in counts.iter().map_err(db_err)? {
+            let (k, _) = entry.map_err(db_err)?;
+            out.push(OpId(k.value().try_into().map_err(db_err)?));
+        }
+        Ok(out)
+    }
+
+    /// A guild's ops (wire bytes) in the order they were stored.
+    pub fn guild_ops(&self, guild: &GuildId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let log = txn.open_table(GUILD_LOG).map_err(db_err)?;
+        let ops = txn.open_table(OPS).map_err(db_err)?;
+        let start = log_key(guild, 0);
+        let end = log_key(guild, u64::MAX);
+        let mut out = Vec::new();
+        for entry in log
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+        {
+            let (_, id) = entry.map_err(db_err)?;
+            let bytes = ops
+                .get(id.value())
+                .map_err(db_err)?
+                .ok_or_else(|| db_err("guild log names a missing op"))?;
+            out.push(bytes.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn op(&self, id: &OpId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let ops = txn.open_table(OPS).map_err(db_err)?;
+        Ok(ops
+            .get(id.0.as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn account(&self, username: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        accounts
+            .get(username)
+            .map_err(db_err)?
+            .map(|v| serde_json::from_str(v.value()).map_err(db_err))
+            .transpose()
+    }
+
+    pub fn username_of(&self, user: &UserId) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let users = txn.open_table(USERS).map_err(db_err)?;
+        Ok(users
+            .get(user.0.as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value().to_owned()))
+    }
+
+    pub fn accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in accounts.iter().map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(serde_json::from_str(v.value()).map_err(db_err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let tokens = txn.open_table(TOKENS).map_err(db_err)?;
+        tokens
+            .get(hash.as_slice())
+            .map_err(db_err)?
+            .map(|v| serde_json::from_str(v.value()).map_err(db_err))
+            .transpose()
+    }
+
+    pub fn nonce(&self, user: &UserId, nonce: &str) -> Result<Option<OpId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let nonces = txn.open_table(NONCES).map_err(db_err)?;
+        let Some(v) = nonces
+            .get(nonce_key(user, nonce).as_slice())
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(OpId(v.value().try_into().map_err(db_err)?)))
+    }
+}
+
+fn log_key(guild: &GuildId, n: u64) -> Vec<u8> {
+    [&guild.0[..], &n.to_be_bytes()].concat()
+}
+
+fn nonce_key(user: &UserId, nonce: &str) -> Vec<u8> {
+    [&user.0[..], nonce.as_bytes()].concat()
+}
+
+/// Takes every queued job (up to `MAX_GROUP`), applies them in one transaction and answers
+/// each after the commit. A job whose precondition fails is skipped alone.
+fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_group(db, &group);
+        match outcome {
+            Ok(results) => {
+                for (job, result) in group.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = group.len(), "group commit failed");
+                for job in group {
+                    let _ = job.reply.send(Err(StoreError::Db(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+type JobResults = Vec<Result<(), StoreError>>;
+
+fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut results = Vec::with_capacity(group.len());
+    {
+        let mut tables = Tables {
+            ops: txn.open_table(OPS).map_err(db_err)?,
+            log: txn.open_table(GUILD_LOG).map_err(db_err)?,
+            counts: txn.open_table(GUILD_COUNTS).map_err(db_err)?,
+            accounts: txn.open_table(ACCOUNTS).map_err(db_err)?,
+            users: txn.open_table(USERS).map_err(db_err)?,
+            tokens: txn.open_table(TOKENS).map_err(db_err)?,
+            nonces: txn.open_table(NONCES).map_err(db_err)?,
+            new_counts: HashMap::new(),
+        };
+        for job in group {
+            results.push(tables.check(&job.writes).and_then(|()| {
+                for w in &job.writes {
+                    tables.apply(w)?;
+                }
+                Ok(())
+            }));
+        }
+        tables.flush_counts()?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(results)
+}
+
+struct Tables<'t> {
+    ops: redb::Table<'t, &'static [u8], &'static [u8]>,
+    log: redb::Table<'t, &'static [u8], &'static [u8]>,
+    counts: redb::Table<'t, &'static [u8], u64>,
+    accounts: redb::Table<'t, &'static str, &'static str>,
+    users: redb::Table<'t, &'static [u8], &'static str>,
+    tokens: redb::Table<'t, &'static [u8], &'static str>,
+    nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
+    new_counts: HashMap<GuildId, u64>,
+}
+
+impl Tables<'_> {
+    fn check(&self, writes: &[Write]) -> Result<(), StoreError> {
+        for w in writes {
+            match w {
+                Write::CreateAccount(a)
+                    if self
+                        .accounts
+                        .get(a.username.as_str())
+                        .map_err(db_err)?
+                        .is_some() =>
+                {
+                    return Err(StoreError::UsernameTaken);
+                }
+                Write::UpdateAccount(a)
+                    if self
+                        .accounts
+                        .get(a.username.as_str())
+                        .map_err(db_err)?
+                        .is_none() =>
+                {
+                    return Err(StoreError::NoSuchAccount);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, write: &Write) -> Result<(), StoreError> {
+        match write {
+            Write::Op { guild, id, bytes } => {
+                if self.ops.get(id.0.as_slice()).map_err(db_err)?.is_some() {
+                    return Ok(());
+                }
+                self.ops
+                    .insert(id.0.as_slice(), bytes.as_slice())
+                    .map_err(db_err)?;
+                let n = match self.new_counts.get(guild) {
+                    Some(n) => *n,
+                    None => self
+                        .counts
+                        .get(guild.0.as_slice())
+                        .map_err(db_err)?
+                        .map_or(0, |v| v.value()),
+                };
+                self.log
+                    .insert(log_key(guild, n).as_slice(), id.0.as_slice())
+                    .map_err(db_err)?;
+                self.new_counts.insert(*guild, n + 1);
+            }
+            Write::CreateAccount(a) | Write::UpdateAccount(a) => {
+                let json = serde_json::to_string(a).map_err(db_err)?;
+                self.accounts
+                    .insert(a.username.as_str(), json.as_str())
+                    .map_err(db_err)?;
+                self.users
+                    .insert(a.user_id.0.as_slice(), a.username.as_str())
+                    .map_err(db_err)?;
+            }
+            Write::Token { hash, record } => {
+                let json = serde_json::to_string(record).map_err(db_err)?;
+                self.tokens
+                    .insert(hash.as_slice(), json.as_str())
+                    .map_err(db_err)?;
+            }
+            Write::RevokeToken { hash } => {
+                self.tokens.remove(hash.as_slice()).map_err(db_err)?;
+            }
+            Write::RevokeTokensOf { user } => {
+                let mut doomed = Vec::new();
+                for entry in self.tokens.iter().map_err(db_err)? {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let record: TokenRecord = serde_json::from_str(v.value()).map_err(db_err)?;
+                    if record.user_id == *user {
+                        doomed.push(k.value().to_vec());
+                    }
+                }
+                for k in doomed {
+                    self.tokens.remove(k.as_slice()).map_err(db_err)?;
+                }
+            }
+            Write::Nonce { user, nonce, op } => {
+                self.nonces
+                    .insert(nonce_key(user, nonce).as_slice(), op.0.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_counts(&mut self) -> Result<(), StoreError> {
+        for (guild, n) in self.new_counts.drain() {
+            self.counts.insert(guild.0.as_slice(), n).map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+use super::*;
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("guildhall.redb")).unwrap();
+    (dir, store)
+}
+
+fn account(name: &str, key: u8) -> AccountRecord {
+    AccountRecord {
+        username: name.into(),
+        user_id: UserId([key; 32]),
+        password_hash: "$argon2id$test".into(),
+        sealed_secret: vec![key; 8],
+        created_ms: 1,
+    }
+}
+
+fn op(guild: u8, n: u8) -> Write {
+    Write::Op {
+        guild: OpId([guild; 32]),
+        id: OpId([n; 32]),
+        bytes: vec![n; 10],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_commits_and_every_ack_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guildhall.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..200u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(
+                async move { store.write(vec![op(1, n)]).await },
+            ));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    let store = Store::open(&path).unwrap();
+    let ops = store.guild_ops(&OpId([1; 32])).unwrap();
+    assert_eq!(ops.len(), 200);
+    let mut firsts: Vec<u8> = ops.iter().map(|b| b[0]).collect();
+    firsts.sort();
+    assert_eq!(firsts, (0..200).collect::<Vec<u8>>());
+    assert_eq!(store.guilds().unwrap(), vec![OpId([1; 32])]);
+}
+
+#[tokio::test]
+async fn duplicate_ops_are_stored_once_and_order_is_kept_per_guild() {
+    let (_dir, store) = temp_store();
+    store.write(vec![op(1, 10), op(2, 20)]).await.unwrap();
+    store.write(vec![op(1, 11), op(1, 10)]).await.unwrap();
+    let firsts: Vec<u8> = store
+        .guild_ops(&OpId([1; 32]))
+        .unwrap()
+        .iter()
+        .map(|b| b[0])
+        .collect();
+    assert_eq!(firsts, vec![10, 11]);
+    assert_eq!(store.guild_ops(&OpId([2; 32])).unwrap().len(), 1);
+    assert_eq!(store.op(&OpId([20; 32])).unwrap(), Some(vec![20; 10]));
+}
+
+#[tokio::test]
+async fn a_taken_username_fails_only_its_own_job() {
+    let (_dir, store) = temp_store();
+    store
+        .write(vec![Write::CreateAccount(account("ada", 1))])
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        store.write(vec![Write::CreateAccount(account("ada", 2)), op(1, 1)]),
+        store.write(vec![Write::CreateAccount(account("bob", 3))]),
+    );
+    assert!(matches!(a, Err(StoreError::UsernameTaken)));
+    b.unwrap();
+    assert_eq!(
+        store.account("ada").unwrap().unwrap().user_id,
+        UserId([1; 32])
+    );
+    assert_eq!(
+        store.username_of(&UserId([3; 32])).unwrap().as_deref(),
+        Some("bob")
+    );
+    assert!(
+        store.op(&OpId([1; 32])).unwrap().is_none(),
+        "a failed job writes nothing"
+    );
+    assert!(matches!(
+        store
+            .write(vec![Write::UpdateAccount(account("zed", 4))])
+            .await,
+        Err(StoreError::NoSuchAccount)
+    ));
+}
+
+#[tokio::test]
+async fn tokens_and_nonces() {
+    let (_dir, store) = temp_store();
+    let record = TokenRecord {
+        username: "ada".into(),
+        user_id: UserId([1; 32]),
+        created_ms: 5,
+    };
+    store
+        .write(vec![
+            Write::Token {
+                hash: [7; 32],
+                record: record.clone(),
+            },
+            Write::Token {
+                hash: [8; 32],
+                record: record.clone(),
+            },
+            Write::Nonce {
+                user: UserId([1; 32]),
+                nonce: "n1".into(),
+                op: OpId([9; 32]),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.token(&[7; 32]).unwrap(), Some(record));
+    assert_eq!(
+        store.nonce(&UserId([1; 32]), "n1").unwrap(),
+        Some(OpId([9; 32]))
+    );
+    assert_eq!(store.nonce(&UserId([2; 32]), "n1").unwrap(), None);
+    store
+        .write(vec![Write::RevokeToken { hash: [7; 32] }])
+        .await
+        .unwrap();
+    assert!(store.token(&[7; 32]).unwrap().is_none());
+    assert!(store.token(&[8; 32]).unwrap().is_some());
+    store
+        .write(vec![Write::RevokeTokensOf {
+            user: UserId([1; 32]),
+        }])
+        .await
+        .unwrap();
+    assert!(store.token(&[8; 32]).unwrap().is_none());
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guildhall.redb");
+    drop(Store::open(&path).unwrap());
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path).err().expect("refused");
+    assert!(matches!(err, StoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1));
+    assert!(err.to_string().contains("newer guildhall"));
+}
