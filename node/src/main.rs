@@ -1,7 +1,15 @@
-//! The `guildhall` node binary. For now it only reports its version and protocol; the node
-//! itself (store, gateway, federation) lands with the single-node issue.
+//! The `guildhall` node binary: runs a node (`guildhall`), or administers a stopped node's data
+//! directory (`guildhall admin ...`).
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use guildhall_gateway::{Node, NodeConfig, rest};
+use guildhall_proto::id::GuildId;
+use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(
@@ -9,13 +17,202 @@ use clap::Parser;
     version,
     about = "A federated, peer-to-peer community chat node"
 )]
-struct Cli {}
+struct Cli {
+    /// Where the database and keys live (created if missing).
+    #[arg(long, env = "GUILDHALL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address for the REST API and WebSocket gateway.
+    #[arg(long, env = "GUILDHALL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// A TOML file with any of: data_dir, listen, heartbeat_interval_ms, session_ttl_ms,
+    /// user_rate, user_burst, auth_rate, auth_burst. Flags and environment override it.
+    #[arg(long, env = "GUILDHALL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Administer the data directory of a node that is not running.
+    Admin {
+        #[command(subcommand)]
+        action: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create an account.
+    CreateUser {
+        username: String,
+        #[arg(long, env = "GUILDHALL_PASSWORD")]
+        password: String,
+    },
+    /// Create an invite to a guild, as a member of it with this node's account.
+    CreateInvite {
+        guild: GuildId,
+        /// The account creating the invite (needs CREATE_INSTANT_INVITE).
+        #[arg(long)]
+        as_user: String,
+        #[arg(long, default_value_t = 0)]
+        max_uses: u32,
+        /// Seconds until it expires; 0 for never.
+        #[arg(long, default_value_t = 0)]
+        max_age_secs: u64,
+    },
+    /// List the guilds this node holds.
+    ListGuilds,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    heartbeat_interval_ms: Option<u64>,
+    session_ttl_ms: Option<u64>,
+    user_rate: Option<f64>,
+    user_burst: Option<f64>,
+    auth_rate: Option<f64>,
+    auth_burst: Option<f64>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+fn load_file_config(path: Option<&Path>) -> Result<FileConfig, String> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
 
 fn main() {
-    Cli::parse();
-    println!(
-        "guildhall {} (protocol version {})",
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("guildhall: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let file = load_file_config(cli.config.as_deref())?;
+    let data_dir = cli
+        .data_dir
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("guildhall-data"));
+    let mut config = NodeConfig::new(data_dir);
+    if let Some(ms) = file.heartbeat_interval_ms {
+        config.heartbeat_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = file.session_ttl_ms {
+        config.session_ttl = Duration::from_millis(ms);
+    }
+    config.user_rate = file.user_rate.unwrap_or(config.user_rate);
+    config.user_burst = file.user_burst.unwrap_or(config.user_burst);
+    config.auth_rate = file.auth_rate.unwrap_or(config.auth_rate);
+    config.auth_burst = file.auth_burst.unwrap_or(config.auth_burst);
+    let listen = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address"));
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        match cli.command {
+            None => serve(config, listen).await,
+            Some(Command::Admin { action }) => admin(config, action).await,
+        }
+    })
+}
+
+fn open(config: NodeConfig) -> Result<Arc<Node>, String> {
+    let dir = config.data_dir.clone();
+    Node::open(config).map_err(|e| {
+        if e.contains("already open") || e.contains("lock") {
+            format!(
+                "{}: the database is in use (is a node running on it?)",
+                dir.display()
+            )
+        } else {
+            e
+        }
+    })
+}
+
+async fn serve(config: NodeConfig, listen: SocketAddr) -> Result<(), String> {
+    let data_dir = config.data_dir.clone();
+    let node = open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        guilds = node.guild_count(),
+        "guildhall {} listening on http://{local} (API under /api/v1, gateway at ws://{local}/api/v1/gateway)",
         env!("CARGO_PKG_VERSION"),
-        guildhall_proto::op::PROTOCOL_VERSION
     );
+    println!("guildhall listening on http://{local}");
+    tokio::select! {
+        served = guildhall_gateway::serve(node, listener) => served.map_err(|e| e.to_string()),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn admin(config: NodeConfig, action: Admin) -> Result<(), String> {
+    let node = open(config)?;
+    match action {
+        Admin::CreateUser { username, password } => {
+            let account = rest::create_account(&node, &username, &password, None)
+                .await
+                .map_err(|e| format!("{} ({})", e.message, e.code))?;
+            println!(
+                "created {} with user id {}",
+                account.username, account.user_id
+            );
+        }
+        Admin::CreateInvite {
+            guild,
+            as_user,
+            max_uses,
+            max_age_secs,
+        } => {
+            let account = node
+                .store
+                .account(&as_user)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no account named {as_user}"))?;
+            let invite = rest::invite(&node, &account.user_id, &guild, max_uses, max_age_secs)
+                .await
+                .map_err(|e| format!("{} ({})", e.message, e.code))?;
+            println!("{}", invite["code"].as_str().unwrap_or_default());
+        }
+        Admin::ListGuilds => {
+            for id in node.store.guilds().map_err(|e| e.to_string())? {
+                let view = node.guild(&id).map_err(|e| e.message)?;
+                let guild = view.lock().expect("guild lock");
+                let state = guild.state();
+                println!(
+                    "{id}  {:<32} {} members, {} channels",
+                    guild
+                        .meta()
+                        .get_str("guild.name")
+                        .unwrap_or_else(|| state.name.clone()),
+                    state.members.len(),
+                    state.channels.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,124 @@
+//! API errors: an HTTP status, a stable code and a human message, as JSON.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use guildhall_proto::error::AuthError;
+use guildhall_proto::guild::InsertError;
+use guildhall_proto::op::OpError;
+use guildhall_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds until a rate-limited request may be retried.
+    pub retry_after: Option<f64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn rate_limited(retry_after: f64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry later",
+            )
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let Some(r) = self.retry_after {
+            body["retry_after"] = json!(r);
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(r) = self.retry_after {
+            let secs = r.ceil().max(1.0).to_string();
+            if let Ok(v) = secs.parse() {
+                response.headers_mut().insert("retry-after", v);
+            }
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match e {
+            AuthError::UnknownRole
+            | AuthError::UnknownChannel
+            | AuthError::UnknownMember
+            | AuthError::UnknownInvite
+            | AuthError::UnknownOverwrite
+            | AuthError::UnknownMessage => StatusCode::NOT_FOUND,
+            AuthError::BadRequest(_) | AuthError::BadMetaChange(_) => StatusCode::BAD_REQUEST,
+            AuthError::AlreadyMember | AuthError::NotBanned | AuthError::RoleNotHeld => {
+                StatusCode::CONFLICT
+            }
+            _ => StatusCode::FORBIDDEN,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        ApiError::bad_request(e.code(), e.to_string())
+    }
+}
+
+impl From<InsertError> for ApiError {
+    fn from(e: InsertError) -> Self {
+        ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UsernameTaken => {
+                ApiError::new(StatusCode::CONFLICT, "username_taken", e.to_string())
+            }
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}

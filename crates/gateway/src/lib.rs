@@ -1,0 +1,112 @@
+//! Guildhall's client-facing service: accounts, the REST API and the WebSocket gateway, a thin
+//! shell that sends every write through the core (`guildhall-proto`) and the store.
+
+pub mod accounts;
+pub mod error;
+pub mod node;
+pub mod rest;
+mod views;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post, put};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use node::{Node, NodeConfig};
+
+/// Request bodies above this are refused with `payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    use rest::*;
+    let api = Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/logout-all", post(logout_all))
+        .route("/users/@me", get(me))
+        .route("/users/@me/key", post(export_key))
+        .route("/users/{user}", get(user_profile))
+        .route("/guilds", get(list_guilds).post(create_guild))
+        .route("/guilds/{g}", get(get_guild).patch(update_guild))
+        .route(
+            "/guilds/{g}/channels",
+            get(list_channels)
+                .post(create_channel)
+                .patch(reorder_channels),
+        )
+        .route(
+            "/guilds/{g}/channels/{c}",
+            patch(update_channel).delete(delete_channel),
+        )
+        .route(
+            "/guilds/{g}/channels/{c}/overwrites/{kind}/{target}",
+            put(set_overwrite).delete(clear_overwrite),
+        )
+        .route(
+            "/guilds/{g}/channels/{c}/messages",
+            get(list_messages).post(create_message),
+        )
+        .route(
+            "/guilds/{g}/channels/{c}/messages/{m}",
+            get(get_message).patch(edit_message).delete(delete_message),
+        )
+        .route(
+            "/guilds/{g}/channels/{c}/messages/{m}/reactions/{emoji}",
+            put(add_reaction).delete(remove_reaction),
+        )
+        .route("/guilds/{g}/channels/{c}/pins", get(list_pins))
+        .route("/guilds/{g}/channels/{c}/pins/{m}", put(pin).delete(unpin))
+        .route(
+            "/guilds/{g}/channels/{c}/threads",
+            get(list_threads).post(create_thread),
+        )
+        .route("/guilds/{g}/roles", post(create_role))
+        .route(
+            "/guilds/{g}/roles/{r}",
+            patch(update_role).delete(delete_role),
+        )
+        .route("/guilds/{g}/members", get(list_members))
+        .route(
+            "/guilds/{g}/members/{u}",
+            patch(update_member).delete(remove_member),
+        )
+        .route(
+            "/guilds/{g}/members/{u}/roles/{r}",
+            put(grant_role).delete(revoke_role),
+        )
+        .route("/guilds/{g}/bans", get(list_bans))
+        .route("/guilds/{g}/bans/{u}", put(ban).delete(unban))
+        .route("/guilds/{g}/invites", get(list_invites).post(create_invite))
+        .route(
+            "/guilds/{g}/invites/{i}",
+            axum::routing::delete(revoke_invite),
+        )
+        .route("/invites/{code}/accept", post(accept_invite))
+        .route("/guilds/{g}/search", get(search))
+        .route("/gateway", get(ws::upgrade))
+        .fallback(|| async {
+            ApiError::not_found("unknown_endpoint", "no such endpoint; see spec/rest.md")
+        });
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(node)
+}
+
+/// Serves the node on `listener` until the process ends.
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(node).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

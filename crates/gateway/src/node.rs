@@ -1,0 +1,446 @@
+//! The node's shell around the core: guild replicas in memory, the one write path (precheck,
+//! sign, insert, durable commit, fan-out), accounts' keys, presence and rate limits.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use guildhall_proto::body::Body;
+use guildhall_proto::guild::{Guild, Inserted, Verdict};
+use guildhall_proto::hlc::Hlc;
+use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
+use guildhall_proto::op::{Envelope, Op, verify_batch};
+use guildhall_store::{Store, TokenRecord, Write};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::accounts;
+use crate::error::ApiError;
+use crate::views;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    /// How long a disconnected gateway session stays resumable.
+    pub session_ttl: Duration,
+    /// Sustained requests per second per user, and the burst allowed above it.
+    pub user_rate: f64,
+    pub user_burst: f64,
+    /// Account creation and login attempts per second per IP, and burst.
+    pub auth_rate: f64,
+    pub auth_burst: f64,
+    pub max_frame_bytes: usize,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        NodeConfig {
+            data_dir,
+            heartbeat_interval: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(120),
+            user_rate: 50.0,
+            user_burst: 200.0,
+            auth_rate: 1.0,
+            auth_burst: 10.0,
+            max_frame_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Something that happened in a guild, for the gateway sessions allowed to see it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub guild: GuildId,
+    /// The channel whose VIEW_CHANNEL gates the event (a thread's parent); none for guild-wide.
+    pub channel: Option<ChannelId>,
+    pub name: &'static str,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Idle,
+    Dnd,
+    Offline,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub ops_committed: AtomicU64,
+    pub requests: AtomicU64,
+    pub gateway_sessions: AtomicU64,
+    pub dispatches: AtomicU64,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub store: Store,
+    storage_key: [u8; 32],
+    guilds: RwLock<HashMap<GuildId, Arc<Mutex<Guild>>>>,
+    keys: Mutex<HashMap<UserId, Keypair>>,
+    /// Recent send nonces, so a retry racing its original gets the original's id.
+    nonces: Mutex<HashMap<(UserId, String), OpId>>,
+    events: broadcast::Sender<Arc<Event>>,
+    presence: Mutex<HashMap<UserId, (Status, usize)>>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    pub sessions: crate::ws::Sessions,
+    pub metrics: Metrics,
+    pub started: Instant,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Opens the data dir (creating it), the store and the storage key, and rebuilds every
+    /// guild replica from its stored ops.
+    pub fn open(config: NodeConfig) -> Result<Arc<Node>, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+        let store =
+            Store::open(&config.data_dir.join("guildhall.redb")).map_err(|e| e.to_string())?;
+        let storage_key =
+            accounts::load_or_create_storage_key(&config.data_dir.join("storage.key"))
+                .map_err(|e| format!("storage key: {e}"))?;
+        let mut guilds = HashMap::new();
+        for id in store.guilds().map_err(|e| e.to_string())? {
+            let guild = Self::load_guild(&store, &id)?;
+            guilds.insert(id, Arc::new(Mutex::new(guild)));
+        }
+        let (events, _) = broadcast::channel(16 * 1024);
+        Ok(Arc::new(Node {
+            config,
+            store,
+            storage_key,
+            guilds: RwLock::new(guilds),
+            keys: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(HashMap::new()),
+            events,
+            presence: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            sessions: crate::ws::Sessions::default(),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+        }))
+    }
+
+    fn load_guild(store: &Store, id: &GuildId) -> Result<Guild, String> {
+        let raw = store.guild_ops(id).map_err(|e| e.to_string())?;
+        let decoded: Vec<Op> = raw
+            .iter()
+            .map(|b| Op::decode(b))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("guild {id}: stored op does not decode: {e}"))?;
+        let mut verified = verify_batch(decoded).into_iter();
+        let genesis = verified
+            .next()
+            .ok_or_else(|| format!("guild {id} has no ops"))?
+            .map_err(|e| format!("guild {id}: {e}"))?;
+        let mut guild = Guild::new(genesis).map_err(|e| format!("guild {id}: {e}"))?;
+        for op in verified {
+            let op = op.map_err(|e| format!("guild {id}: {e}"))?;
+            guild
+                .insert(op)
+                .map_err(|e| format!("guild {id}: stored op refused: {e}"))?;
+        }
+        Ok(guild)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    pub fn publish(&self, event: Event) {
+        let _ = self.events.send(Arc::new(event));
+    }
+
+    pub fn guild(&self, id: &GuildId) -> Result<Arc<Mutex<Guild>>, ApiError> {
+        self.guilds
+            .read()
+            .expect("guild map lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("unknown_guild", "no such guild on this node"))
+    }
+
+    /// Runs `f` on a guild the user is a member of.
+    pub fn with_member_guild<T>(
+        &self,
+        user: &UserId,
+        id: &GuildId,
+        f: impl FnOnce(&Guild) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let guild = self.guild(id)?;
+        let guild = guild.lock().expect("guild lock");
+        if !guild.state().is_member(user) {
+            return Err(ApiError::not_found(
+                "unknown_guild",
+                "no such guild, or you are not a member",
+            ));
+        }
+        f(&guild)
+    }
+
+    /// Guilds `user` is a member of.
+    pub fn guilds_of(&self, user: &UserId) -> Vec<GuildId> {
+        let guilds = self.guilds.read().expect("guild map lock");
+        let mut ids: Vec<GuildId> = guilds
+            .iter()
+            .filter(|(_, g)| g.lock().expect("guild lock").state().is_member(user))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn guild_count(&self) -> usize {
+        self.guilds.read().expect("guild map lock").len()
+    }
+
+    pub fn remember_key(&self, user: UserId, key: Keypair) {
+        self.keys.lock().expect("key cache lock").insert(user, key);
+    }
+
+    pub fn storage_key(&self) -> &[u8; 32] {
+        &self.storage_key
+    }
+
+    fn user_key(&self, user: &UserId) -> Result<Keypair, ApiError> {
+        if let Some(k) = self.keys.lock().expect("key cache lock").get(user) {
+            return Ok(k.clone());
+        }
+        let name = self
+            .store
+            .username_of(user)?
+            .ok_or_else(|| ApiError::internal("no account holds this user's key"))?;
+        let account = self
+            .store
+            .account(&name)?
+            .ok_or_else(|| ApiError::internal("account vanished"))?;
+        let key = accounts::open_secret(&self.storage_key, user, &account.sealed_secret)?;
+        self.remember_key(*user, key.clone());
+        Ok(key)
+    }
+
+    /// Creates a guild owned by `owner`, with a text and a voice channel to start with.
+    pub async fn create_guild(&self, owner: &UserId, name: &str) -> Result<GuildId, ApiError> {
+        let key = self.user_key(owner)?;
+        let envelope = Envelope {
+            guild: OpId::default(),
+            author: *owner,
+            seq: 1,
+            prev: None,
+            hlc: Hlc::next(Hlc::default(), now_ms()),
+            deps: vec![],
+            body: Body::Genesis { name: name.into() },
+        };
+        let genesis = envelope.sign(&key)?.verify()?;
+        let id = genesis.id();
+        let bytes = genesis.encode();
+        let guild = Guild::new(genesis)?;
+        self.store
+            .write(vec![Write::Op {
+                guild: id,
+                id,
+                bytes,
+            }])
+            .await?;
+        self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
+        self.guilds
+            .write()
+            .expect("guild map lock")
+            .insert(id, Arc::new(Mutex::new(guild)));
+        for (position, (kind, channel)) in [
+            (guildhall_proto::body::ChannelKind::Text, "general"),
+            (guildhall_proto::body::ChannelKind::Voice, "General"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let body = Body::ChannelCreate {
+                kind,
+                name: channel.into(),
+                parent: None,
+                position: position as u32,
+            };
+            self.submit(owner, &id, body).await?;
+        }
+        Ok(id)
+    }
+
+    /// The one write path for a user's op: authorize against everything held, sign with the
+    /// user's key, apply, commit durably, then fan out. Returns once the op is durable.
+    pub async fn submit(
+        &self,
+        user: &UserId,
+        guild: &GuildId,
+        body: Body,
+    ) -> Result<OpId, ApiError> {
+        self.submit_with(user, guild, body, None).await
+    }
+
+    /// `submit` with a client nonce: a retry with the same nonce returns the first op's id and
+    /// writes nothing.
+    pub async fn submit_with(
+        &self,
+        user: &UserId,
+        guild_id: &GuildId,
+        body: Body,
+        nonce: Option<&str>,
+    ) -> Result<OpId, ApiError> {
+        let key = self.user_key(user)?;
+        let guild = self.guild(guild_id)?;
+        let (id, bytes, events) = {
+            let mut g = guild.lock().expect("guild lock");
+            if let Some(nonce) = nonce
+                && let Some(id) = self.seen_nonce(user, nonce)?
+            {
+                drop(g);
+                // Queued behind the original's commit: answered only once that is durable.
+                self.store.write(vec![]).await?;
+                return Ok(id);
+            }
+            let envelope = g.next_envelope(*user, now_ms(), body);
+            g.precheck(&envelope)?;
+            let op = envelope.sign(&key)?.verify()?;
+            let id = op.id();
+            let bytes = op.encode();
+            let changes = match g.insert(op)? {
+                Inserted::Applied { changes } => changes,
+                other => {
+                    return Err(ApiError::internal(format!(
+                        "own op was not applied: {other:?}"
+                    )));
+                }
+            };
+            if g.verdict(&id) != Some(&Verdict::Valid) {
+                return Err(ApiError::internal(
+                    "own op was judged invalid after precheck",
+                ));
+            }
+            if let Some(nonce) = nonce {
+                self.nonces
+                    .lock()
+                    .expect("nonce lock")
+                    .insert((*user, nonce.to_owned()), id);
+            }
+            (id, bytes, views::events_for(&g, &changes))
+        };
+        let mut writes = vec![Write::Op {
+            guild: *guild_id,
+            id,
+            bytes,
+        }];
+        if let Some(nonce) = nonce {
+            writes.push(Write::Nonce {
+                user: *user,
+                nonce: nonce.to_owned(),
+                op: id,
+            });
+        }
+        self.store.write(writes).await?;
+        self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
+        for event in events {
+            self.publish(event);
+        }
+        Ok(id)
+    }
+
+    fn seen_nonce(&self, user: &UserId, nonce: &str) -> Result<Option<OpId>, ApiError> {
+        let recent = self
+            .nonces
+            .lock()
+            .expect("nonce lock")
+            .get(&(*user, nonce.to_owned()))
+            .copied();
+        match recent {
+            Some(id) => Ok(Some(id)),
+            None => Ok(self.store.nonce(user, nonce)?),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket, or says how long until one is available.
+    pub fn rate_check(&self, key: String, rate: f64, burst: f64) -> Result<(), ApiError> {
+        let mut buckets = self.buckets.lock().expect("bucket lock");
+        let now = Instant::now();
+        let (tokens, last) = buckets.entry(key).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(ApiError::rate_limited((1.0 - *tokens) / rate))
+        }
+    }
+
+    pub fn user_rate_check(&self, user: &UserId) -> Result<(), ApiError> {
+        self.rate_check(
+            format!("user:{user}"),
+            self.config.user_rate,
+            self.config.user_burst,
+        )
+    }
+
+    /// Records a session's presence; returns whether the user's visible status changed.
+    pub fn set_presence(&self, user: &UserId, status: Status, session_delta: isize) -> bool {
+        let mut presence = self.presence.lock().expect("presence lock");
+        let entry = presence.entry(*user).or_insert((Status::Offline, 0));
+        let before = if entry.1 == 0 {
+            Status::Offline
+        } else {
+            entry.0
+        };
+        entry.1 = entry.1.saturating_add_signed(session_delta);
+        if status != Status::Offline {
+            entry.0 = status;
+        }
+        let after = if entry.1 == 0 {
+            Status::Offline
+        } else {
+            entry.0
+        };
+        before != after
+    }
+
+    pub fn presence_of(&self, user: &UserId) -> Status {
+        match self.presence.lock().expect("presence lock").get(user) {
+            Some((status, n)) if *n > 0 => *status,
+            _ => Status::Offline,
+        }
+    }
+
+    /// Tells every guild `user` is in that their status changed.
+    pub fn announce_presence(&self, user: &UserId) {
+        let status = self.presence_of(user);
+        for guild in self.guilds_of(user) {
+            self.publish(Event {
+                guild,
+                channel: None,
+                name: "PRESENCE_UPDATE",
+                data: json!({ "guild_id": guild, "user_id": user, "status": status }),
+            });
+        }
+    }
+
+    pub fn forbidden(message: &str) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "missing_permission", message)
+    }
+
+    /// The account behind a bearer token.
+    pub fn authenticate(&self, token: &str) -> Result<TokenRecord, ApiError> {
+        self.store
+            .token(&accounts::token_hash(token))?
+            .ok_or_else(ApiError::unauthorized)
+    }
+}

@@ -1,0 +1,1369 @@
+//! REST handlers under `/api/v1` (`spec/rest.md`). Every write goes through `Node::submit`,
+//! which authorizes in the core; reads check VIEW_CHANNEL the same way dispatches do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use guildhall_proto::body::{Body, ChannelKind, OverwriteTarget};
+use guildhall_proto::guild::Guild;
+use guildhall_proto::hlc::Hlc;
+use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, UserId, sha256};
+use guildhall_proto::meta::MetaValue;
+use guildhall_proto::perm::Permissions;
+use guildhall_store::{AccountRecord, TokenRecord, Write};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::accounts;
+use crate::error::ApiError;
+use crate::node::{Node, now_ms};
+use crate::views;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// A JSON request body whose rejections are API errors with codes.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::bad_request("invalid_payload", e.body_text()))
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::bad_request("invalid_json", e.body_text()))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_content_type",
+                "send the body as application/json",
+            )),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.body_text(),
+            )),
+            Err(e) => Err(ApiError::bad_request("invalid_body", e.body_text())),
+        }
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`; also charges the per-user rate limit.
+pub struct Authed(pub TokenRecord);
+
+impl FromRequestParts<Arc<Node>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self> {
+        node.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
+        let record = node.authenticate(token.trim())?;
+        node.user_rate_check(&record.user_id)?;
+        Ok(Authed(record))
+    }
+}
+
+fn id<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("{what} must be 64 lowercase hex digits"),
+        )
+    })
+}
+
+/// The rate-limit key of the peer's IP address.
+pub struct ClientIp(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".into(), |ConnectInfo(a)| a.ip().to_string());
+        Ok(ClientIp(format!("ip:{ip}")))
+    }
+}
+
+fn created(value: Value) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+// ---- accounts ----
+
+#[derive(Deserialize)]
+pub struct Register {
+    username: String,
+    password: String,
+    /// Import an identity exported from another node (64 hex digits).
+    secret_key: Option<String>,
+}
+
+pub async fn register(
+    State(node): State<Arc<Node>>,
+    ClientIp(ip): ClientIp,
+    JsonBody(req): JsonBody<Register>,
+) -> Result<Response> {
+    node.rate_check(ip, node.config.auth_rate, node.config.auth_burst)?;
+    let account = create_account(
+        &node,
+        &req.username,
+        &req.password,
+        req.secret_key.as_deref(),
+    )
+    .await?;
+    let token = issue_token(&node, &account).await?;
+    Ok(created(json!({
+        "token": token,
+        "user": { "id": account.user_id, "username": account.username },
+    })))
+}
+
+/// Creates an account (also used by `guildhall admin create-user`).
+pub async fn create_account(
+    node: &Node,
+    username: &str,
+    password: &str,
+    secret_key: Option<&str>,
+) -> Result<AccountRecord> {
+    accounts::check_username(username)?;
+    accounts::check_password(password)?;
+    let secret: [u8; 32] = match secret_key {
+        Some(hex_key) => hex::decode(hex_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_secret_key", "secret_key is 64 hex digits")
+            })?,
+        None => rand::random(),
+    };
+    let key = Keypair::from_secret(secret);
+    let user_id = key.user_id();
+    if node.store.username_of(&user_id)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "identity_taken",
+            "an account on this node already holds that key",
+        ));
+    }
+    let password_hash = {
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || accounts::hash_password(&password))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??
+    };
+    let account = AccountRecord {
+        username: username.to_owned(),
+        user_id,
+        password_hash,
+        sealed_secret: accounts::seal_secret(node.storage_key(), &user_id, &secret),
+        created_ms: now_ms(),
+    };
+    node.store
+        .write(vec![Write::CreateAccount(account.clone())])
+        .await?;
+    node.remember_key(user_id, key);
+    Ok(account)
+}
+
+async fn issue_token(node: &Node, account: &AccountRecord) -> Result<String> {
+    let (token, hash) = accounts::new_token();
+    let record = TokenRecord {
+        username: account.username.clone(),
+        user_id: account.user_id,
+        created_ms: now_ms(),
+    };
+    node.store
+        .write(vec![Write::Token { hash, record }])
+        .await?;
+    Ok(token)
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+async fn check_login(node: &Node, username: &str, password: &str) -> Result<AccountRecord> {
+    let refused = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        )
+    };
+    let account = node.store.account(username)?.ok_or_else(refused)?;
+    let (password, phc) = (password.to_owned(), account.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || accounts::password_matches(&password, &phc))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if ok { Ok(account) } else { Err(refused()) }
+}
+
+pub async fn login(
+    State(node): State<Arc<Node>>,
+    ClientIp(ip): ClientIp,
+    JsonBody(req): JsonBody<Login>,
+) -> Result<Response> {
+    node.rate_check(ip, node.config.auth_rate, node.config.auth_burst)?;
+    let account = check_login(&node, &req.username, &req.password).await?;
+    let token = issue_token(&node, &account).await?;
+    Ok(Json(json!({
+        "token": token,
+        "user": { "id": account.user_id, "username": account.username },
+    }))
+    .into_response())
+}
+
+pub async fn logout(
+    State(node): State<Arc<Node>>,
+    parts: axum::http::HeaderMap,
+) -> Result<Response> {
+    let token = parts
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(ApiError::unauthorized)?;
+    node.authenticate(token)?;
+    node.store
+        .write(vec![Write::RevokeToken {
+            hash: accounts::token_hash(token),
+        }])
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn logout_all(State(node): State<Arc<Node>>, Authed(me): Authed) -> Result<Response> {
+    node.store
+        .write(vec![Write::RevokeTokensOf { user: me.user_id }])
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn me(State(node): State<Arc<Node>>, Authed(me): Authed) -> Result<Json<Value>> {
+    Ok(Json(json!({
+        "id": me.user_id,
+        "username": me.username,
+        "status": node.presence_of(&me.user_id),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct Password {
+    password: String,
+}
+
+/// Key export: the secret key, against the password, so a user can move to another node.
+pub async fn export_key(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    JsonBody(req): JsonBody<Password>,
+) -> Result<Json<Value>> {
+    let account = check_login(&node, &me.username, &req.password).await?;
+    let key = accounts::open_secret(node.storage_key(), &account.user_id, &account.sealed_secret)?;
+    Ok(Json(
+        json!({ "user_id": account.user_id, "secret_key": hex::encode(key.secret()) }),
+    ))
+}
+
+pub async fn user_profile(
+    State(node): State<Arc<Node>>,
+    Authed(_): Authed,
+    Path(user): Path<String>,
+) -> Result<Json<Value>> {
+    let user: UserId = id(&user, "user id")?;
+    Ok(Json(json!({
+        "id": user,
+        "username": node.store.username_of(&user)?,
+        "status": node.presence_of(&user),
+    })))
+}
+
+// ---- guilds ----
+
+#[derive(Deserialize)]
+pub struct CreateGuild {
+    name: String,
+}
+
+pub async fn create_guild(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    JsonBody(req): JsonBody<CreateGuild>,
+) -> Result<Response> {
+    guildhall_proto::validate::check_body(&Body::Genesis {
+        name: req.name.clone(),
+    })
+    .map_err(|why| ApiError::bad_request("invalid_name", why))?;
+    let gid = node.create_guild(&me.user_id, &req.name).await?;
+    let view =
+        node.with_member_guild(&me.user_id, &gid, |g| Ok(views::guild_json(g, &me.user_id)))?;
+    Ok(created(view))
+}
+
+pub async fn list_guilds(State(node): State<Arc<Node>>, Authed(me): Authed) -> Result<Json<Value>> {
+    let guilds: Vec<Value> = node
+        .guilds_of(&me.user_id)
+        .iter()
+        .filter_map(|g| {
+            node.with_member_guild(&me.user_id, g, |g| Ok(views::guild_json(g, &me.user_id)))
+                .ok()
+        })
+        .collect();
+    Ok(Json(json!(guilds)))
+}
+
+pub async fn get_guild(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        Ok(Json(views::guild_json(g, &me.user_id)))
+    })
+}
+
+/// Builds a metadata change from the fields given, on the guild's current document.
+fn meta_change(
+    node: &Node,
+    me: &UserId,
+    gid: &GuildId,
+    edits: &[(String, Option<MetaValue>)],
+) -> Result<Body> {
+    if edits.is_empty() {
+        return Err(ApiError::bad_request("empty_update", "nothing to change"));
+    }
+    node.with_member_guild(me, gid, |g| {
+        let edits: Vec<(&str, Option<MetaValue>)> =
+            edits.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        Ok(Body::MetaChange {
+            change: g.meta().make_change(me, &edits),
+        })
+    })
+}
+
+fn text_edit(key: String, value: Option<String>) -> Option<(String, Option<MetaValue>)> {
+    value.map(|v| {
+        let v = (!v.is_empty()).then_some(MetaValue::Str(v));
+        (key, v)
+    })
+}
+
+#[derive(Deserialize)]
+pub struct UpdateGuild {
+    name: Option<String>,
+    description: Option<String>,
+    icon: Option<String>,
+}
+
+pub async fn update_guild(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+    JsonBody(req): JsonBody<UpdateGuild>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    if req.name.as_ref().is_some_and(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a guild needs a name",
+        ));
+    }
+    let edits: Vec<_> = [
+        text_edit("guild.name".into(), req.name),
+        text_edit("guild.description".into(), req.description),
+        text_edit("guild.icon".into(), req.icon),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let body = meta_change(&node, &me.user_id, &gid, &edits)?;
+    node.submit(&me.user_id, &gid, body).await?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        Ok(Json(views::guild_json(g, &me.user_id)))
+    })
+}
+
+// ---- channels ----
+
+pub async fn list_channels(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        Ok(Json(json!(views::visible_channels(g, &me.user_id))))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct CreateChannel {
+    name: String,
+    #[serde(default = "text_kind")]
+    kind: ChannelKind,
+    parent_id: Option<ChannelId>,
+    #[serde(default)]
+    position: u32,
+}
+
+fn text_kind() -> ChannelKind {
+    ChannelKind::Text
+}
+
+pub async fn create_channel(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+    JsonBody(req): JsonBody<CreateChannel>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let body = Body::ChannelCreate {
+        kind: req.kind,
+        name: req.name,
+        parent: req.parent_id,
+        position: req.position,
+    };
+    let cid = submit_checked(&node, &me.user_id, &gid, body).await?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        let c = g
+            .state()
+            .channels
+            .get(&cid)
+            .ok_or_else(|| ApiError::internal("channel vanished"))?;
+        Ok(created(views::channel_json(g, &cid, c)))
+    })
+}
+
+/// Validates a body's shape with the core's limits (a clear 400) before submitting it.
+async fn submit_checked(node: &Node, me: &UserId, gid: &GuildId, body: Body) -> Result<OpId> {
+    guildhall_proto::validate::check_body(&body)
+        .map_err(|why| ApiError::bad_request("invalid_payload", why))?;
+    node.submit(me, gid, body).await
+}
+
+#[derive(Deserialize)]
+pub struct UpdateChannel {
+    name: Option<String>,
+    topic: Option<String>,
+    position: Option<i64>,
+}
+
+pub async fn update_channel(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+    JsonBody(req): JsonBody<UpdateChannel>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let cid: ChannelId = id(&c, "channel id")?;
+    if req.name.as_ref().is_some_and(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a channel needs a name",
+        ));
+    }
+    let mut edits: Vec<_> = [
+        text_edit(format!("channel.{cid}.name"), req.name),
+        text_edit(format!("channel.{cid}.topic"), req.topic),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let Some(p) = req.position {
+        edits.push((format!("channel.{cid}.position"), Some(MetaValue::Int(p))));
+    }
+    let body = meta_change(&node, &me.user_id, &gid, &edits)?;
+    node.submit(&me.user_id, &gid, body).await?;
+    channel_view(&node, &me.user_id, &gid, &cid).map(Json)
+}
+
+fn channel_view(node: &Node, me: &UserId, gid: &GuildId, cid: &ChannelId) -> Result<Value> {
+    node.with_member_guild(me, gid, |g| {
+        let c = g
+            .state()
+            .channels
+            .get(cid)
+            .ok_or_else(|| ApiError::not_found("unknown_channel", "no such channel"))?;
+        Ok(views::channel_json(g, cid, c))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct Reorder {
+    id: ChannelId,
+    position: i64,
+}
+
+/// Moves many channels in one change.
+pub async fn reorder_channels(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+    JsonBody(req): JsonBody<Vec<Reorder>>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let edits: Vec<_> = req
+        .iter()
+        .map(|r| {
+            (
+                format!("channel.{}.position", r.id),
+                Some(MetaValue::Int(r.position)),
+            )
+        })
+        .collect();
+    let body = meta_change(&node, &me.user_id, &gid, &edits)?;
+    node.submit(&me.user_id, &gid, body).await?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        Ok(Json(json!(views::visible_channels(g, &me.user_id))))
+    })
+}
+
+pub async fn delete_channel(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let channel: ChannelId = id(&c, "channel id")?;
+    node.submit(&me.user_id, &gid, Body::ChannelDelete { channel })
+        .await?;
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+pub struct SetOverwrite {
+    #[serde(default)]
+    allow: Permissions,
+    #[serde(default)]
+    deny: Permissions,
+}
+
+fn overwrite_target(kind: &str, target: &str) -> Result<OverwriteTarget> {
+    match kind {
+        "role" => Ok(OverwriteTarget::Role(id(target, "role id")?)),
+        "member" => Ok(OverwriteTarget::Member(id(target, "user id")?)),
+        _ => Err(ApiError::bad_request(
+            "invalid_target",
+            "overwrite targets are role or member",
+        )),
+    }
+}
+
+pub async fn set_overwrite(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c, kind, target)): Path<(String, String, String, String)>,
+    JsonBody(req): JsonBody<SetOverwrite>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let body = Body::OverwriteSet {
+        channel: id(&c, "channel id")?,
+        target: overwrite_target(&kind, &target)?,
+        allow: req.allow.bits(),
+        deny: req.deny.bits(),
+    };
+    node.submit(&me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+pub async fn clear_overwrite(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c, kind, target)): Path<(String, String, String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let body = Body::OverwriteClear {
+        channel: id(&c, "channel id")?,
+        target: overwrite_target(&kind, &target)?,
+    };
+    node.submit(&me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+// ---- roles and members ----
+
+#[derive(Deserialize)]
+pub struct CreateRole {
+    name: String,
+    #[serde(default)]
+    permissions: Permissions,
+    #[serde(default)]
+    color: u32,
+    position: u32,
+}
+
+pub async fn create_role(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+    JsonBody(req): JsonBody<CreateRole>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let body = Body::RoleCreate {
+        name: req.name,
+        permissions: req.permissions.bits(),
+        color: req.color,
+        position: req.position,
+    };
+    let role = submit_checked(&node, &me.user_id, &gid, body).await?;
+    Ok(created(json!({ "id": role })))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateRole {
+    permissions: Permissions,
+    position: u32,
+}
+
+pub async fn update_role(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, r)): Path<(String, String)>,
+    JsonBody(req): JsonBody<UpdateRole>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let body = Body::RoleUpdate {
+        role: id(&r, "role id")?,
+        permissions: req.permissions.bits(),
+        position: req.position,
+    };
+    node.submit(&me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+pub async fn delete_role(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, r)): Path<(String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.submit(
+        &me.user_id,
+        &gid,
+        Body::RoleDelete {
+            role: id(&r, "role id")?,
+        },
+    )
+    .await?;
+    Ok(no_content())
+}
+
+fn member_cutoff(node: &Node, me: &UserId, gid: &GuildId, member: &UserId) -> Result<u64> {
+    node.with_member_guild(me, gid, |g| {
+        Ok(g.chain_head(member).map_or(0, |(seq, _, _)| seq))
+    })
+}
+
+pub async fn grant_role(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, u, r)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let body = Body::MemberRoleGrant {
+        member: id(&u, "user id")?,
+        role: id(&r, "role id")?,
+    };
+    node.submit(&me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+pub async fn revoke_role(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, u, r)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let member: UserId = id(&u, "user id")?;
+    let body = Body::MemberRoleRevoke {
+        member,
+        role: id(&r, "role id")?,
+        cutoff: member_cutoff(&node, &me.user_id, &gid, &member)?,
+    };
+    node.submit(&me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+pub async fn list_members(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        let members: Vec<Value> = g
+            .state()
+            .members
+            .keys()
+            .filter_map(|u| {
+                let mut m = views::member_json(g, u)?;
+                m["username"] = json!(node.store.username_of(u).ok().flatten());
+                m["status"] = json!(node.presence_of(u));
+                Some(m)
+            })
+            .collect();
+        Ok(Json(json!(members)))
+    })
+}
+
+fn member_param(me: &UserId, u: &str) -> Result<UserId> {
+    if u == "@me" {
+        Ok(*me)
+    } else {
+        id(u, "user id")
+    }
+}
+
+#[derive(Deserialize)]
+pub struct UpdateMember {
+    nick: Option<String>,
+}
+
+pub async fn update_member(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, u)): Path<(String, String)>,
+    JsonBody(req): JsonBody<UpdateMember>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let member = member_param(&me.user_id, &u)?;
+    let edits: Vec<_> = text_edit(format!("member.{member}.nick"), req.nick)
+        .into_iter()
+        .collect();
+    let body = meta_change(&node, &me.user_id, &gid, &edits)?;
+    node.submit(&me.user_id, &gid, body).await?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        views::member_json(g, &member)
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found("unknown_member", "no such member"))
+    })
+}
+
+#[derive(Deserialize, Default)]
+pub struct Reason {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Kicks a member, or leaves the guild when the member is `@me`.
+pub async fn remove_member(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, u)): Path<(String, String)>,
+    Query(reason): Query<Reason>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let member = member_param(&me.user_id, &u)?;
+    let body = if member == me.user_id {
+        Body::Leave
+    } else {
+        Body::Kick {
+            member,
+            cutoff: member_cutoff(&node, &me.user_id, &gid, &member)?,
+            reason: reason.reason,
+        }
+    };
+    submit_checked(&node, &me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+pub async fn ban(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, u)): Path<(String, String)>,
+    Query(reason): Query<Reason>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let member: UserId = id(&u, "user id")?;
+    let body = Body::Ban {
+        member,
+        cutoff: member_cutoff(&node, &me.user_id, &gid, &member)?,
+        reason: reason.reason,
+    };
+    submit_checked(&node, &me.user_id, &gid, body).await?;
+    Ok(no_content())
+}
+
+pub async fn unban(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, u)): Path<(String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.submit(
+        &me.user_id,
+        &gid,
+        Body::Unban {
+            member: id(&u, "user id")?,
+        },
+    )
+    .await?;
+    Ok(no_content())
+}
+
+pub async fn list_bans(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        if !g
+            .state()
+            .permissions(&me.user_id)
+            .contains(Permissions::BAN_MEMBERS)
+        {
+            return Err(Node::forbidden("listing bans needs BAN_MEMBERS"));
+        }
+        let bans: Vec<Value> = g
+            .state()
+            .bans
+            .iter()
+            .map(|(u, b)| json!({ "user_id": u, "by": b.by, "reason": b.reason }))
+            .collect();
+        Ok(Json(json!(bans)))
+    })
+}
+
+// ---- invites ----
+
+#[derive(Deserialize)]
+pub struct CreateInvite {
+    #[serde(default)]
+    max_uses: u32,
+    /// Seconds until the invite expires; 0 or absent for never.
+    #[serde(default)]
+    max_age_secs: u64,
+}
+
+/// An invite code carries everything needed to join: guild, invite and secret.
+fn invite_code(gid: &GuildId, invite: &OpId, secret: &[u8]) -> String {
+    format!("{gid}.{invite}.{}", hex::encode(secret))
+}
+
+pub async fn create_invite(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+    JsonBody(req): JsonBody<CreateInvite>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    invite(&node, &me.user_id, &gid, req.max_uses, req.max_age_secs)
+        .await
+        .map(created)
+}
+
+/// Creates an invite (also used by `guildhall admin create-invite`).
+pub async fn invite(
+    node: &Node,
+    me: &UserId,
+    gid: &GuildId,
+    max_uses: u32,
+    max_age_secs: u64,
+) -> Result<Value> {
+    let secret: [u8; 16] = rand::random();
+    let expires_at_ms = match max_age_secs {
+        0 => 0,
+        secs => now_ms().saturating_add(secs.saturating_mul(1000)),
+    };
+    let body = Body::InviteCreate {
+        secret_hash: sha256(&[&secret]),
+        max_uses,
+        expires_at_ms,
+    };
+    let invite = node.submit(me, gid, body).await?;
+    Ok(json!({
+        "id": invite,
+        "code": invite_code(gid, &invite, &secret),
+        "guild_id": gid,
+        "max_uses": max_uses,
+        "expires_at_ms": (expires_at_ms != 0).then_some(expires_at_ms),
+    }))
+}
+
+pub async fn list_invites(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        if !g.state().permissions(&me.user_id).contains(Permissions::MANAGE_GUILD) {
+            return Err(Node::forbidden("listing invites needs MANAGE_GUILD"));
+        }
+        let invites: Vec<Value> = g
+            .state()
+            .invites
+            .iter()
+            .map(|(id, i)| json!({ "id": id, "creator": i.creator, "max_uses": i.max_uses, "uses": i.uses, "expires_at_ms": i.expires_at_ms }))
+            .collect();
+        Ok(Json(json!(invites)))
+    })
+}
+
+pub async fn revoke_invite(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, i)): Path<(String, String)>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.submit(
+        &me.user_id,
+        &gid,
+        Body::InviteRevoke {
+            invite: id(&i, "invite id")?,
+        },
+    )
+    .await?;
+    Ok(no_content())
+}
+
+pub async fn accept_invite(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(code): Path<String>,
+) -> Result<Json<Value>> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_invite_code",
+            "invite codes look like <guild>.<invite>.<secret>",
+        )
+    };
+    let mut parts = code.split('.');
+    let (Some(g), Some(i), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let gid: GuildId = g.parse().map_err(|_| bad())?;
+    let invite: OpId = i.parse().map_err(|_| bad())?;
+    let secret = hex::decode(s).map_err(|_| bad())?;
+    node.guild(&gid)?;
+    node.submit(&me.user_id, &gid, Body::Join { invite, secret })
+        .await?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        Ok(Json(views::guild_json(g, &me.user_id)))
+    })
+}
+
+// ---- messages ----
+
+/// Checks `me` may view `channel` (a channel or a thread) and returns the gating channel.
+fn viewable(g: &Guild, me: &UserId, channel: &ChannelId) -> Result<()> {
+    let gate = match g.op(channel).map(|op| &op.envelope().body) {
+        Some(Body::ThreadCreate {
+            channel: parent, ..
+        }) => *parent,
+        _ => *channel,
+    };
+    if !g.state().channels.contains_key(&gate) {
+        return Err(ApiError::not_found("unknown_channel", "no such channel"));
+    }
+    let perms = g.state().channel_permissions(me, &gate);
+    if !perms.contains(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY) {
+        return Err(Node::forbidden("you cannot read this channel"));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    before: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn cursor(g: &Guild, text: &Option<String>) -> Result<Option<(Hlc, MessageId)>> {
+    let Some(text) = text else { return Ok(None) };
+    let mid: MessageId = id(text, "cursor")?;
+    let op = g
+        .op(&mid)
+        .ok_or_else(|| ApiError::not_found("unknown_message", "the cursor names no message"))?;
+    Ok(Some((op.envelope().hlc, mid)))
+}
+
+pub async fn list_messages(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let cid: ChannelId = id(&c, "channel id")?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit is 1 to 100"));
+    }
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        viewable(g, &me.user_id, &cid)?;
+        let before = cursor(g, &page.before)?;
+        let after = cursor(g, &page.after)?;
+        let messages: Vec<Value> = g
+            .messages(&cid, before, after, limit)
+            .iter()
+            .map(views::message_json)
+            .collect();
+        Ok(Json(json!(messages)))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct CreateMessage {
+    content: String,
+    nonce: Option<String>,
+    reply_to: Option<MessageId>,
+}
+
+pub async fn create_message(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+    JsonBody(req): JsonBody<CreateMessage>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let channel: ChannelId = id(&c, "channel id")?;
+    if req
+        .nonce
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.len() > 64)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_nonce",
+            "nonces are 1 to 64 bytes",
+        ));
+    }
+    let body = Body::MessageCreate {
+        channel,
+        content: req.content,
+        reply_to: req.reply_to,
+    };
+    guildhall_proto::validate::check_body(&body)
+        .map_err(|why| ApiError::bad_request("invalid_content", why))?;
+    let mid = node
+        .submit_with(&me.user_id, &gid, body, req.nonce.as_deref())
+        .await?;
+    message_view(&node, &me.user_id, &gid, &mid).map(|mut m| {
+        m["nonce"] = json!(req.nonce);
+        created(m)
+    })
+}
+
+fn message_view(node: &Node, me: &UserId, gid: &GuildId, mid: &MessageId) -> Result<Value> {
+    node.with_member_guild(me, gid, |g| {
+        let m = g
+            .message(mid)
+            .ok_or_else(|| ApiError::not_found("unknown_message", "no such message"))?;
+        viewable(g, me, &m.channel)?;
+        Ok(views::message_json(&m))
+    })
+}
+
+pub async fn get_message(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    message_view(&node, &me.user_id, &gid, &id(&m, "message id")?).map(Json)
+}
+
+#[derive(Deserialize)]
+pub struct EditMessage {
+    content: String,
+}
+
+pub async fn edit_message(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m)): Path<(String, String, String)>,
+    JsonBody(req): JsonBody<EditMessage>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let message: MessageId = id(&m, "message id")?;
+    let body = Body::MessageEdit {
+        message,
+        content: req.content,
+    };
+    guildhall_proto::validate::check_body(&body)
+        .map_err(|why| ApiError::bad_request("invalid_content", why))?;
+    node.submit(&me.user_id, &gid, body).await?;
+    message_view(&node, &me.user_id, &gid, &message).map(Json)
+}
+
+/// The message ops that name only a message: delete, reactions, pins.
+async fn message_op(
+    node: &Node,
+    me: &UserId,
+    g: &str,
+    body: impl FnOnce(MessageId) -> Body,
+    m: &str,
+) -> Result<Response> {
+    let gid: GuildId = id(g, "guild id")?;
+    let message: MessageId = id(m, "message id")?;
+    submit_checked(node, me, &gid, body(message)).await?;
+    Ok(no_content())
+}
+
+pub async fn delete_message(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m)): Path<(String, String, String)>,
+) -> Result<Response> {
+    message_op(
+        &node,
+        &me.user_id,
+        &g,
+        |message| Body::MessageDelete { message },
+        &m,
+    )
+    .await
+}
+
+pub async fn add_reaction(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m, emoji)): Path<(String, String, String, String)>,
+) -> Result<Response> {
+    message_op(
+        &node,
+        &me.user_id,
+        &g,
+        |message| Body::ReactionAdd { message, emoji },
+        &m,
+    )
+    .await
+}
+
+pub async fn remove_reaction(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m, emoji)): Path<(String, String, String, String)>,
+) -> Result<Response> {
+    message_op(
+        &node,
+        &me.user_id,
+        &g,
+        |message| Body::ReactionRemove { message, emoji },
+        &m,
+    )
+    .await
+}
+
+pub async fn pin(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m)): Path<(String, String, String)>,
+) -> Result<Response> {
+    message_op(&node, &me.user_id, &g, |message| Body::Pin { message }, &m).await
+}
+
+pub async fn unpin(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, _c, m)): Path<(String, String, String)>,
+) -> Result<Response> {
+    message_op(
+        &node,
+        &me.user_id,
+        &g,
+        |message| Body::Unpin { message },
+        &m,
+    )
+    .await
+}
+
+pub async fn list_pins(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let cid: ChannelId = id(&c, "channel id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        viewable(g, &me.user_id, &cid)?;
+        let pins: Vec<Value> = g
+            .messages(&cid, None, None, usize::MAX)
+            .iter()
+            .filter(|m| m.pinned)
+            .map(views::message_json)
+            .collect();
+        Ok(Json(json!(pins)))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct CreateThread {
+    name: String,
+    message_id: Option<MessageId>,
+}
+
+pub async fn create_thread(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+    JsonBody(req): JsonBody<CreateThread>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let channel: ChannelId = id(&c, "channel id")?;
+    let body = Body::ThreadCreate {
+        channel,
+        name: req.name.clone(),
+        message: req.message_id,
+    };
+    let thread = submit_checked(&node, &me.user_id, &gid, body).await?;
+    Ok(created(json!({
+        "id": thread,
+        "channel_id": channel,
+        "name": req.name,
+        "message_id": req.message_id,
+    })))
+}
+
+pub async fn list_threads(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let cid: ChannelId = id(&c, "channel id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        viewable(g, &me.user_id, &cid)?;
+        let threads: Vec<Value> = g
+            .threads(&cid)
+            .into_iter()
+            .map(|(id, name)| json!({ "id": id, "channel_id": cid, "name": name }))
+            .collect();
+        Ok(Json(json!(threads)))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct Search {
+    q: String,
+    limit: Option<usize>,
+}
+
+/// Case-insensitive substring search over the channels (and their threads) `me` can read,
+/// newest first.
+pub async fn search(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+    Query(req): Query<Search>,
+) -> Result<Json<Value>> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let needle = req.q.trim().to_lowercase();
+    if needle.is_empty() || needle.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "q is 1 to 200 bytes",
+        ));
+    }
+    let limit = req.limit.unwrap_or(25).clamp(1, 100);
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        let mut hits = Vec::new();
+        for cid in g.state().channels.keys() {
+            if viewable(g, &me.user_id, cid).is_err() {
+                continue;
+            }
+            let threads = g.threads(cid).into_iter().map(|(t, _)| t);
+            for channel in std::iter::once(*cid).chain(threads) {
+                hits.extend(
+                    g.messages(&channel, None, None, usize::MAX)
+                        .into_iter()
+                        .filter(|m| m.content.to_lowercase().contains(&needle)),
+                );
+            }
+        }
+        hits.sort_by_key(|m| std::cmp::Reverse((m.hlc, m.id)));
+        hits.truncate(limit);
+        Ok(Json(json!(
+            hits.iter().map(views::message_json).collect::<Vec<_>>()
+        )))
+    })
+}
+
+// ---- operations ----
+
+pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": node.started.elapsed().as_secs(),
+        "guilds": node.guild_count(),
+        "schema_version": node.store.schema_version().ok(),
+    }))
+}
+
+pub async fn metrics(State(node): State<Arc<Node>>) -> String {
+    let m = &node.metrics;
+    let lines = [
+        (
+            "guildhall_ops_committed_total",
+            "counter",
+            "Ops committed durably.",
+            m.ops_committed.load(Ordering::Relaxed),
+        ),
+        (
+            "guildhall_requests_total",
+            "counter",
+            "Authenticated REST requests.",
+            m.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "guildhall_gateway_connections_total",
+            "counter",
+            "Gateway connections accepted.",
+            m.gateway_sessions.load(Ordering::Relaxed),
+        ),
+        (
+            "guildhall_dispatches_total",
+            "counter",
+            "Gateway dispatches queued.",
+            m.dispatches.load(Ordering::Relaxed),
+        ),
+        (
+            "guildhall_gateway_sessions",
+            "gauge",
+            "Gateway sessions held (attached or resumable).",
+            node.sessions.len() as u64,
+        ),
+        (
+            "guildhall_guilds",
+            "gauge",
+            "Guild replicas held.",
+            node.guild_count() as u64,
+        ),
+    ];
+    lines
+        .iter()
+        .map(|(name, kind, help, value)| {
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+        })
+        .collect()
+}

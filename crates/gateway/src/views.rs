@@ -1,0 +1,243 @@
+//! The JSON shapes clients see (`spec/rest.md`), and the gateway events an applied op causes.
+
+use guildhall_proto::body::{Body, ChannelKind};
+use guildhall_proto::guild::{Guild, Verdict};
+use guildhall_proto::history::MessageView;
+use guildhall_proto::id::{ChannelId, OpId, UserId};
+use guildhall_proto::meta::MetaValue;
+use guildhall_proto::perm::Permissions;
+use guildhall_proto::state::Channel;
+use serde_json::{Value, json};
+
+use crate::node::Event;
+
+pub fn message_json(m: &MessageView) -> Value {
+    let reactions: Vec<Value> = m
+        .reactions
+        .iter()
+        .map(|(emoji, users)| json!({ "emoji": emoji, "count": users.len(), "users": users }))
+        .collect();
+    json!({
+        "id": m.id,
+        "channel_id": m.channel,
+        "author_id": m.author,
+        "content": m.content,
+        "timestamp_ms": m.hlc.ms(),
+        "hlc": m.hlc.0.to_string(),
+        "edited_at_ms": m.edited_at.map(|h| h.ms()),
+        "reply_to": m.reply_to,
+        "reactions": reactions,
+        "pinned": m.pinned,
+        "thread_id": m.thread,
+    })
+}
+
+fn meta_str(guild: &Guild, key: &str) -> Option<String> {
+    guild.meta().get_str(key)
+}
+
+pub fn channel_json(guild: &Guild, id: &ChannelId, c: &Channel) -> Value {
+    let overwrites: Vec<Value> = c
+        .overwrites
+        .iter()
+        .map(|(target, o)| json!({ "target": target, "allow": o.allow, "deny": o.deny }))
+        .collect();
+    let position = guild
+        .meta()
+        .get_int(&format!("channel.{id}.position"))
+        .unwrap_or(i64::from(c.position));
+    json!({
+        "id": id,
+        "guild_id": guild.id(),
+        "kind": c.kind,
+        "name": meta_str(guild, &format!("channel.{id}.name")).unwrap_or_else(|| c.name.clone()),
+        "topic": meta_str(guild, &format!("channel.{id}.topic")),
+        "parent_id": c.parent,
+        "position": position,
+        "overwrites": overwrites,
+    })
+}
+
+/// The channels `user` may view, in display order.
+pub fn visible_channels(guild: &Guild, user: &UserId) -> Vec<Value> {
+    let state = guild.state();
+    let mut channels: Vec<Value> = state
+        .channels
+        .iter()
+        .filter(|(id, _)| {
+            state
+                .channel_permissions(user, id)
+                .contains(Permissions::VIEW_CHANNEL)
+        })
+        .map(|(id, c)| channel_json(guild, id, c))
+        .collect();
+    channels.sort_by_key(|c| (c["position"].as_i64(), c["id"].as_str().map(str::to_owned)));
+    channels
+}
+
+pub fn guild_json(guild: &Guild, user: &UserId) -> Value {
+    let state = guild.state();
+    let roles: Vec<Value> = state
+        .roles
+        .iter()
+        .map(|(id, r)| {
+            json!({
+                "id": id,
+                "name": meta_str(guild, &format!("role.{id}.name")).unwrap_or_else(|| r.name.clone()),
+                "color": r.color,
+                "permissions": r.permissions,
+                "position": r.position,
+            })
+        })
+        .collect();
+    json!({
+        "id": guild.id(),
+        "name": meta_str(guild, "guild.name").unwrap_or_else(|| state.name.clone()),
+        "description": meta_str(guild, "guild.description"),
+        "icon": meta_str(guild, "guild.icon"),
+        "owner_id": state.owner,
+        "member_count": state.members.len(),
+        "roles": roles,
+        "channels": visible_channels(guild, user),
+        "permissions": state.permissions(user),
+    })
+}
+
+pub fn member_json(guild: &Guild, user: &UserId) -> Option<Value> {
+    let member = guild.state().members.get(user)?;
+    let nick = guild
+        .meta()
+        .get(&format!("member.{user}.nick"))
+        .and_then(|v| match v {
+            MetaValue::Str(s) => Some(s),
+            MetaValue::Int(_) => None,
+        });
+    Some(json!({
+        "user_id": user,
+        "roles": member.roles,
+        "joined_at_ms": member.joined_at.ms(),
+        "nick": nick,
+    }))
+}
+
+/// The channel whose permissions gate a message's channel or thread.
+fn gate_channel(guild: &Guild, channel: &ChannelId) -> ChannelId {
+    match guild.op(channel).map(|op| &op.envelope().body) {
+        Some(Body::ThreadCreate {
+            channel: parent, ..
+        }) => *parent,
+        _ => *channel,
+    }
+}
+
+fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Event> {
+    let view = guild.message(message)?;
+    Some(Event {
+        guild: guild.id(),
+        channel: Some(gate_channel(guild, &view.channel)),
+        name,
+        data: message_json(&view),
+    })
+}
+
+/// The events clients should see after `changes` (ops whose verdict changed) were applied.
+pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
+    let gid = guild.id();
+    let mut events = Vec::new();
+    let guild_wide = |name: &'static str, data: Value| Event {
+        guild: gid,
+        channel: None,
+        name,
+        data,
+    };
+    for (id, verdict) in changes {
+        let Some(op) = guild.op(id) else { continue };
+        let env = op.envelope();
+        if !verdict.is_valid() {
+            // A late removal can invalidate a message clients already show.
+            if let Body::MessageCreate { channel, .. } = &env.body {
+                events.push(Event {
+                    guild: gid,
+                    channel: Some(gate_channel(guild, channel)),
+                    name: "MESSAGE_DELETE",
+                    data: json!({ "id": id, "channel_id": channel, "guild_id": gid }),
+                });
+            }
+            continue;
+        }
+        let event = match &env.body {
+            Body::MessageCreate { .. } => message_event(guild, "MESSAGE_CREATE", id),
+            Body::MessageEdit { message, .. }
+            | Body::ReactionAdd { message, .. }
+            | Body::ReactionRemove { message, .. }
+            | Body::Pin { message }
+            | Body::Unpin { message } => message_event(guild, "MESSAGE_UPDATE", message),
+            Body::MessageDelete { message } => {
+                guild.op(message).and_then(|m| match &m.envelope().body {
+                    Body::MessageCreate { channel, .. } => Some(Event {
+                        guild: gid,
+                        channel: Some(gate_channel(guild, channel)),
+                        name: "MESSAGE_DELETE",
+                        data: json!({ "id": message, "channel_id": channel, "guild_id": gid }),
+                    }),
+                    _ => None,
+                })
+            }
+            Body::ThreadCreate {
+                channel,
+                name,
+                message,
+            } => Some(Event {
+                guild: gid,
+                channel: Some(*channel),
+                name: "THREAD_CREATE",
+                data: json!({ "id": id, "channel_id": channel, "name": name, "message_id": message }),
+            }),
+            Body::ChannelCreate { .. } => guild.state().channels.get(id).map(|c| Event {
+                guild: gid,
+                channel: (c.kind != ChannelKind::Category).then_some(*id),
+                name: "CHANNEL_CREATE",
+                data: channel_json(guild, id, c),
+            }),
+            Body::ChannelDelete { channel } => Some(guild_wide(
+                "CHANNEL_DELETE",
+                json!({ "id": channel, "guild_id": gid }),
+            )),
+            Body::Join { .. } => Some(guild_wide(
+                "GUILD_MEMBER_ADD",
+                member_json(guild, &env.author).unwrap_or(json!({ "user_id": env.author })),
+            )),
+            Body::Leave => Some(guild_wide(
+                "GUILD_MEMBER_REMOVE",
+                json!({ "user_id": env.author, "guild_id": gid, "reason": "leave" }),
+            )),
+            Body::Kick { member, .. } => Some(guild_wide(
+                "GUILD_MEMBER_REMOVE",
+                json!({ "user_id": member, "guild_id": gid, "reason": "kick" }),
+            )),
+            Body::Ban { member, .. } => Some(guild_wide(
+                "GUILD_BAN_ADD",
+                json!({ "user_id": member, "guild_id": gid }),
+            )),
+            Body::Unban { member } => Some(guild_wide(
+                "GUILD_BAN_REMOVE",
+                json!({ "user_id": member, "guild_id": gid }),
+            )),
+            Body::MemberRoleGrant { member, .. } | Body::MemberRoleRevoke { member, .. } => {
+                member_json(guild, member).map(|m| guild_wide("GUILD_MEMBER_UPDATE", m))
+            }
+            Body::InviteCreate { .. } | Body::InviteRevoke { .. } | Body::Genesis { .. } => None,
+            Body::MetaChange { .. }
+            | Body::RoleCreate { .. }
+            | Body::RoleUpdate { .. }
+            | Body::RoleDelete { .. }
+            | Body::OverwriteSet { .. }
+            | Body::OverwriteClear { .. } => Some(guild_wide(
+                "GUILD_UPDATE",
+                json!({ "id": gid, "op_kind": env.body.kind() }),
+            )),
+        };
+        events.extend(event);
+    }
+    events
+}

@@ -1,0 +1,649 @@
+//! The WebSocket gateway (`spec/gateway.md`): hello, identify or resume, sequenced dispatches
+//! from a per-session buffer that outlives the socket (so resume replays exactly what was
+//! missed), heartbeats, sends with nonces, typing, presence and subscriptions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use guildhall_proto::body::Body;
+use guildhall_proto::id::{ChannelId, GuildId, UserId};
+use guildhall_proto::perm::Permissions;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+
+use crate::error::ApiError;
+use crate::node::{Event, Node, Status};
+use crate::views;
+
+/// Close codes (4000–4999 are ours; see `spec/gateway.md`).
+pub mod close {
+    pub const UNKNOWN_ERROR: u16 = 4000;
+    pub const UNKNOWN_OP: u16 = 4001;
+    pub const DECODE_ERROR: u16 = 4002;
+    pub const NOT_AUTHENTICATED: u16 = 4003;
+    pub const AUTHENTICATION_FAILED: u16 = 4004;
+    pub const ALREADY_AUTHENTICATED: u16 = 4005;
+    pub const RATE_LIMITED: u16 = 4008;
+    pub const SESSION_TIMED_OUT: u16 = 4009;
+    pub const FRAME_TOO_LARGE: u16 = 4010;
+    pub const SLOW_CONSUMER: u16 = 4011;
+}
+
+/// Dispatches a session keeps for replay; a detached session that overflows it cannot resume.
+const MAX_BUFFERED: usize = 4096;
+/// Rate-limit refusals in a row before the socket is closed.
+const MAX_REFUSALS: u32 = 20;
+
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.lock().expect("sessions lock").get(id).cloned()
+    }
+
+    fn insert(&self, session: Arc<Session>) {
+        self.map
+            .lock()
+            .expect("sessions lock")
+            .insert(session.id.clone(), session);
+    }
+
+    fn remove(&self, id: &str) {
+        self.map.lock().expect("sessions lock").remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("sessions lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Session {
+    id: String,
+    user: UserId,
+    inner: Mutex<SessionInner>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct SessionInner {
+    seq: u64,
+    buffer: VecDeque<(u64, Utf8Bytes)>,
+    /// Per guild, the channels asked for; a guild absent here means all it may view.
+    subscriptions: HashMap<GuildId, HashSet<ChannelId>>,
+    attached: bool,
+    detached_at: Option<Instant>,
+    /// Events were lost (slow consumer or overflow while detached): no resume possible.
+    broken: bool,
+    /// The socket currently attached, so a resume elsewhere can displace it.
+    generation: u64,
+}
+
+impl Session {
+    fn push(&self, name: &str, data: Value) {
+        let mut inner = self.inner.lock().expect("session lock");
+        inner.seq += 1;
+        let seq = inner.seq;
+        let frame = json!({ "op": "dispatch", "t": name, "s": seq, "d": data }).to_string();
+        inner.buffer.push_back((seq, frame.into()));
+        if inner.buffer.len() > MAX_BUFFERED {
+            inner.buffer.pop_front();
+            if !inner.attached {
+                inner.broken = true;
+            }
+        }
+        drop(inner);
+        self.wake.notify_waiters();
+    }
+
+    /// Frames after `after`, or `None` if some of them are gone.
+    fn frames_after(&self, after: u64) -> Option<Vec<(u64, Utf8Bytes)>> {
+        let inner = self.inner.lock().expect("session lock");
+        if inner.broken {
+            return None;
+        }
+        let first = inner.buffer.front().map_or(inner.seq + 1, |(s, _)| *s);
+        if after + 1 < first || after > inner.seq {
+            return None;
+        }
+        Some(
+            inner
+                .buffer
+                .iter()
+                .filter(|(s, _)| *s > after)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether this user's session should see `event`.
+    fn wants(&self, node: &Node, event: &Event) -> bool {
+        let Ok(guild) = node.guild(&event.guild) else {
+            return false;
+        };
+        let guild = guild.lock().expect("guild lock");
+        let state = guild.state();
+        if !state.is_member(&self.user) {
+            // Tell a removed member they were removed, nothing else.
+            return event.data.get("user_id") == Some(&json!(self.user));
+        }
+        let Some(channel) = event.channel else {
+            return true;
+        };
+        if !state
+            .channel_permissions(&self.user, &channel)
+            .contains(Permissions::VIEW_CHANNEL)
+        {
+            return false;
+        }
+        let inner = self.inner.lock().expect("session lock");
+        inner
+            .subscriptions
+            .get(&event.guild)
+            .is_none_or(|channels| channels.contains(&channel))
+    }
+}
+
+/// Moves hub events the session may see into its buffer, until the session expires.
+async fn pump(node: Arc<Node>, session: Arc<Session>, mut events: broadcast::Receiver<Arc<Event>>) {
+    let ttl = node.config.session_ttl;
+    loop {
+        tokio::select! {
+            received = events.recv() => match received {
+                Ok(event) => {
+                    if event.name == "TYPING_START" && event.data["user_id"] == json!(session.user) {
+                        continue;
+                    }
+                    if session.wants(&node, &event) {
+                        session.push(event.name, event.data.clone());
+                        node.metrics.dispatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    session.inner.lock().expect("session lock").broken = true;
+                    session.wake.notify_waiters();
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            () = tokio::time::sleep(ttl.min(Duration::from_secs(1))) => {}
+        }
+        let expired = {
+            let inner = session.inner.lock().expect("session lock");
+            !inner.attached && inner.detached_at.is_some_and(|t| t.elapsed() >= ttl)
+        };
+        if expired {
+            break;
+        }
+    }
+    node.sessions.remove(&session.id);
+    if node.set_presence(&session.user, Status::Offline, -1) {
+        node.announce_presence(&session.user);
+    }
+}
+
+pub async fn upgrade(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
+    let hard_limit = node.config.max_frame_bytes * 4;
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| connection(node, socket))
+}
+
+#[derive(Deserialize)]
+struct ClientFrame {
+    op: String,
+    #[serde(default)]
+    d: Value,
+}
+
+#[derive(Deserialize)]
+struct Identify {
+    token: String,
+    #[serde(default)]
+    status: Option<Status>,
+}
+
+#[derive(Deserialize)]
+struct Resume {
+    token: String,
+    session_id: String,
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct Send {
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    content: String,
+    nonce: Option<String>,
+    reply_to: Option<guildhall_proto::id::MessageId>,
+}
+
+#[derive(Deserialize)]
+struct Subscribe {
+    guild_id: GuildId,
+    channels: Option<Vec<ChannelId>>,
+}
+
+#[derive(Deserialize)]
+struct Typing {
+    guild_id: GuildId,
+    channel_id: ChannelId,
+}
+
+#[derive(Deserialize)]
+struct Presence {
+    status: Status,
+}
+
+struct Conn {
+    node: Arc<Node>,
+    socket: WebSocket,
+}
+
+enum Incoming {
+    Frame(ClientFrame),
+    Closed,
+    Fatal(u16, &'static str),
+}
+
+impl Conn {
+    async fn send(&mut self, value: Value) -> bool {
+        self.socket
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .is_ok()
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+
+    async fn next(&mut self) -> Incoming {
+        loop {
+            match self.socket.recv().await {
+                Some(Ok(Message::Text(text))) => {
+                    if text.len() > self.node.config.max_frame_bytes {
+                        return Incoming::Fatal(close::FRAME_TOO_LARGE, "frame too large");
+                    }
+                    return match serde_json::from_str(&text) {
+                        Ok(frame) => Incoming::Frame(frame),
+                        Err(_) => Incoming::Fatal(
+                            close::DECODE_ERROR,
+                            "frames are JSON objects with an op",
+                        ),
+                    };
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    return Incoming::Fatal(close::DECODE_ERROR, "binary frames are not accepted");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return Incoming::Closed,
+                Some(Err(_)) => {
+                    return Incoming::Fatal(close::FRAME_TOO_LARGE, "frame too large or broken");
+                }
+            }
+        }
+    }
+}
+
+async fn connection(node: Arc<Node>, socket: WebSocket) {
+    node.metrics
+        .gateway_sessions
+        .fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        node: node.clone(),
+        socket,
+    };
+    let interval = node.config.heartbeat_interval;
+    let hello =
+        json!({ "op": "hello", "d": { "heartbeat_interval_ms": interval.as_millis() as u64 } });
+    if !conn.send(hello).await {
+        return;
+    }
+    let Some((session, after)) = authenticate(&mut conn).await else {
+        return;
+    };
+    let generation = {
+        let mut inner = session.inner.lock().expect("session lock");
+        inner.attached = true;
+        inner.detached_at = None;
+        inner.generation += 1;
+        inner.generation
+    };
+    session.wake.notify_waiters();
+    serve(&mut conn, &session, after, generation).await;
+    let mut inner = session.inner.lock().expect("session lock");
+    if inner.generation == generation {
+        inner.attached = false;
+        inner.detached_at = Some(Instant::now());
+    }
+}
+
+/// Waits for identify or resume; returns the session and the last seq the client has.
+async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
+    let node = conn.node.clone();
+    let deadline = node.config.heartbeat_interval;
+    loop {
+        let incoming = match tokio::time::timeout(deadline, conn.next()).await {
+            Ok(incoming) => incoming,
+            Err(_) => {
+                conn.close(
+                    close::NOT_AUTHENTICATED,
+                    "identify within one heartbeat interval",
+                )
+                .await;
+                return None;
+            }
+        };
+        let frame = match incoming {
+            Incoming::Frame(f) => f,
+            Incoming::Closed => return None,
+            Incoming::Fatal(code, why) => {
+                conn.close(code, why).await;
+                return None;
+            }
+        };
+        match frame.op.as_str() {
+            "identify" => {
+                let Ok(identify) = serde_json::from_value::<Identify>(frame.d) else {
+                    conn.close(close::DECODE_ERROR, "identify needs a token")
+                        .await;
+                    return None;
+                };
+                let Ok(account) = node.authenticate(&identify.token) else {
+                    conn.close(close::AUTHENTICATION_FAILED, "invalid token")
+                        .await;
+                    return None;
+                };
+                let session = Arc::new(Session {
+                    id: hex::encode(rand::random::<[u8; 16]>()),
+                    user: account.user_id,
+                    inner: Mutex::new(SessionInner::default()),
+                    wake: Notify::new(),
+                });
+                let events = node.subscribe();
+                let status = identify.status.unwrap_or(Status::Online);
+                let guilds: Vec<Value> = node
+                    .guilds_of(&account.user_id)
+                    .iter()
+                    .filter_map(|g| {
+                        node.with_member_guild(&account.user_id, g, |g| {
+                            Ok(views::guild_json(g, &account.user_id))
+                        })
+                        .ok()
+                    })
+                    .collect();
+                session.push(
+                    "READY",
+                    json!({
+                        "session_id": session.id,
+                        "user": { "id": account.user_id, "username": account.username },
+                        "guilds": guilds,
+                        "status": status,
+                    }),
+                );
+                node.sessions.insert(session.clone());
+                tokio::spawn(pump(node.clone(), session.clone(), events));
+                if node.set_presence(&account.user_id, status, 1) {
+                    node.announce_presence(&account.user_id);
+                }
+                return Some((session, 0));
+            }
+            "resume" => {
+                let Ok(resume) = serde_json::from_value::<Resume>(frame.d) else {
+                    conn.close(
+                        close::DECODE_ERROR,
+                        "resume needs token, session_id and seq",
+                    )
+                    .await;
+                    return None;
+                };
+                let Ok(account) = node.authenticate(&resume.token) else {
+                    conn.close(close::AUTHENTICATION_FAILED, "invalid token")
+                        .await;
+                    return None;
+                };
+                let session = node
+                    .sessions
+                    .get(&resume.session_id)
+                    .filter(|s| s.user == account.user_id);
+                match session {
+                    Some(s) if s.frames_after(resume.seq).is_some() => {
+                        s.push("RESUMED", json!({ "session_id": s.id }));
+                        return Some((s, resume.seq));
+                    }
+                    _ => {
+                        let invalid =
+                            json!({ "op": "invalid_session", "d": { "resumable": false } });
+                        if !conn.send(invalid).await {
+                            return None;
+                        }
+                    }
+                }
+            }
+            "heartbeat" => {
+                if !conn.send(json!({ "op": "heartbeat_ack" })).await {
+                    return None;
+                }
+            }
+            _ => {
+                conn.close(close::NOT_AUTHENTICATED, "identify or resume first")
+                    .await;
+                return None;
+            }
+        }
+    }
+}
+
+async fn serve(conn: &mut Conn, session: &Arc<Session>, mut sent: u64, generation: u64) {
+    let node = conn.node.clone();
+    let heartbeat_deadline = node.config.heartbeat_interval.mul_f64(1.5);
+    let mut last_heartbeat = Instant::now();
+    let mut refusals = 0u32;
+    loop {
+        let woken = session.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if session.inner.lock().expect("session lock").generation != generation {
+            conn.close(close::SESSION_TIMED_OUT, "resumed elsewhere")
+                .await;
+            return;
+        }
+        match session.frames_after(sent) {
+            Some(frames) => {
+                for (seq, frame) in frames {
+                    if conn.socket.send(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                    sent = seq;
+                }
+            }
+            None => {
+                conn.close(close::SLOW_CONSUMER, "events were dropped; identify again")
+                    .await;
+                return;
+            }
+        }
+        let remaining = heartbeat_deadline.saturating_sub(last_heartbeat.elapsed());
+        tokio::select! {
+            () = &mut woken => {}
+            () = tokio::time::sleep(remaining) => {
+                conn.close(close::SESSION_TIMED_OUT, "no heartbeat").await;
+                return;
+            }
+            incoming = conn.next() => {
+                let frame = match incoming {
+                    Incoming::Frame(f) => f,
+                    Incoming::Closed => return,
+                    Incoming::Fatal(code, why) => {
+                        conn.close(code, why).await;
+                        return;
+                    }
+                };
+                if frame.op == "heartbeat" {
+                    last_heartbeat = Instant::now();
+                    if !conn.send(json!({ "op": "heartbeat_ack" })).await {
+                        return;
+                    }
+                    continue;
+                }
+                let reply = match handle(&node, session, frame).await {
+                    Ok(reply) => {
+                        refusals = 0;
+                        reply
+                    }
+                    Err(Handled::Close(code, why)) => {
+                        conn.close(code, why).await;
+                        return;
+                    }
+                    Err(Handled::Error(nonce, e)) => {
+                        if e.code == "rate_limited" {
+                            refusals += 1;
+                            if refusals > MAX_REFUSALS {
+                                conn.close(close::RATE_LIMITED, "rate limited").await;
+                                return;
+                            }
+                        }
+                        let mut d = e.body();
+                        d["nonce"] = json!(nonce);
+                        Some(json!({ "op": "error", "d": d }))
+                    }
+                };
+                if let Some(reply) = reply
+                    && !conn.send(reply).await
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Handled {
+    Close(u16, &'static str),
+    Error(Option<String>, ApiError),
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(d: Value) -> Result<T, Handled> {
+    serde_json::from_value(d).map_err(|e| {
+        Handled::Error(
+            None,
+            ApiError::bad_request("invalid_payload", format!("bad payload: {e}")),
+        )
+    })
+}
+
+async fn handle(
+    node: &Arc<Node>,
+    session: &Arc<Session>,
+    frame: ClientFrame,
+) -> Result<Option<Value>, Handled> {
+    let user = session.user;
+    match frame.op.as_str() {
+        "send" => {
+            let send: Send = decode(frame.d)?;
+            let nonce = send.nonce.clone();
+            let fail = |e| Handled::Error(nonce.clone(), e);
+            node.user_rate_check(&user).map_err(fail)?;
+            if let Some(n) = &send.nonce
+                && (n.is_empty() || n.len() > 64)
+            {
+                return Err(fail(ApiError::bad_request(
+                    "invalid_nonce",
+                    "nonces are 1 to 64 bytes",
+                )));
+            }
+            let body = Body::MessageCreate {
+                channel: send.channel_id,
+                content: send.content,
+                reply_to: send.reply_to,
+            };
+            let id = node
+                .submit_with(&user, &send.guild_id, body, send.nonce.as_deref())
+                .await
+                .map_err(fail)?;
+            Ok(Some(
+                json!({ "op": "ack", "d": { "nonce": send.nonce, "message_id": id } }),
+            ))
+        }
+        "typing" => {
+            let typing: Typing = decode(frame.d)?;
+            node.user_rate_check(&user)
+                .map_err(|e| Handled::Error(None, e))?;
+            let allowed = node
+                .with_member_guild(&user, &typing.guild_id, |g| {
+                    Ok(g.state()
+                        .channel_permissions(&user, &typing.channel_id)
+                        .contains(Permissions::SEND_MESSAGES))
+                })
+                .map_err(|e| Handled::Error(None, e))?;
+            if !allowed {
+                return Err(Handled::Error(
+                    None,
+                    Node::forbidden("you cannot send messages in this channel"),
+                ));
+            }
+            node.publish(Event {
+                guild: typing.guild_id,
+                channel: Some(typing.channel_id),
+                name: "TYPING_START",
+                data: json!({
+                    "guild_id": typing.guild_id,
+                    "channel_id": typing.channel_id,
+                    "user_id": user,
+                    "ttl_ms": 10_000,
+                }),
+            });
+            Ok(None)
+        }
+        "presence" => {
+            let presence: Presence = decode(frame.d)?;
+            if node.set_presence(&user, presence.status, 0) {
+                node.announce_presence(&user);
+            }
+            Ok(None)
+        }
+        "subscribe" => {
+            let subscribe: Subscribe = decode(frame.d)?;
+            node.with_member_guild(&user, &subscribe.guild_id, |_| Ok(()))
+                .map_err(|e| Handled::Error(None, e))?;
+            let mut inner = session.inner.lock().expect("session lock");
+            match subscribe.channels {
+                Some(channels) => {
+                    inner
+                        .subscriptions
+                        .insert(subscribe.guild_id, channels.into_iter().collect());
+                }
+                None => {
+                    inner.subscriptions.remove(&subscribe.guild_id);
+                }
+            }
+            Ok(Some(
+                json!({ "op": "subscribed", "d": { "guild_id": subscribe.guild_id } }),
+            ))
+        }
+        "identify" | "resume" => Err(Handled::Close(
+            close::ALREADY_AUTHENTICATED,
+            "already authenticated",
+        )),
+        _ => Err(Handled::Close(close::UNKNOWN_OP, "unknown op")),
+    }
+}
