@@ -1,0 +1,69 @@
+//! Test kit: real nodes on loopback with ephemeral ports and temp data dirs.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use guildhall_client::{Client, Dispatch, Gateway, Guild, User};
+use guildhall_gateway::{Node, NodeConfig};
+
+pub const PASSWORD: &str = "correct horse battery";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestNode {
+    pub base: String,
+    pub node: Arc<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path().join("data"));
+        config.auth_burst = 1_000.0;
+        configure(&mut config);
+        let node = Node::open(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(guildhall_gateway::serve(node.clone(), listener));
+        TestNode {
+            base,
+            node,
+            _dir: dir,
+        }
+    }
+
+    pub async fn user(&self, name: &str) -> (Client, User) {
+        Client::register(&self.base, name, PASSWORD).await.unwrap()
+    }
+}
+
+/// An owner with a guild, and `others` members who joined by invite.
+pub async fn guild_with(node: &TestNode, others: &[&str]) -> (Guild, String, Vec<(Client, User)>) {
+    let owner = node.user("owner").await;
+    let guild = owner.0.create_guild("Test Guild").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = owner.0.create_invite(&guild.id, 0, 0).await.unwrap();
+    let mut people = vec![owner];
+    for name in others {
+        let (client, user) = node.user(name).await;
+        client.accept_invite(&invite.code).await.unwrap();
+        people.push((client, user));
+    }
+    (guild, channel, people)
+}
+
+/// The next dispatch named `name` whose payload has `field == value`.
+pub async fn dispatch_where(gw: &mut Gateway, name: &str, field: &str, value: &str) -> Dispatch {
+    loop {
+        let d = gw.wait_for(name, WAIT).await.unwrap();
+        if d.data[field] == value {
+            return d;
+        }
+    }
+}
