@@ -351,6 +351,7 @@ async fn bad_requests_get_codes_and_the_node_keeps_serving() {
     let token = ada.token().unwrap().to_owned();
     let path = format!("/api/v1/guilds/{}/channels/{general}/messages", guild.id);
     let t = Some(token.as_str());
+    let bad_query = format!("{path}?limit=lots");
     let cases = [
         (
             "POST",
@@ -378,6 +379,7 @@ async fn bad_requests_get_codes_and_the_node_keeps_serving() {
         ),
         ("GET", "/api/v1/guilds/xyz", t, "", 400, "invalid_id"),
         ("GET", "/api/v1/nope", t, "", 404, "unknown_endpoint"),
+        ("GET", bad_query.as_str(), t, "", 400, "invalid_query"),
         (
             "GET",
             "/api/v1/guilds",

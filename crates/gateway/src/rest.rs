@@ -59,6 +59,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Query parameters whose rejections are API errors with codes.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
 /// The caller, from `Authorization: Bearer <token>`; also charges the per-user rate limit.
 pub struct Authed(pub TokenRecord);
 
@@ -775,7 +789,7 @@ pub async fn remove_member(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
     Path((g, u)): Path<(String, String)>,
-    Query(reason): Query<Reason>,
+    QueryParams(reason): QueryParams<Reason>,
 ) -> Result<Response> {
     let gid: GuildId = id(&g, "guild id")?;
     let member = member_param(&me.user_id, &u)?;
@@ -796,7 +810,7 @@ pub async fn ban(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
     Path((g, u)): Path<(String, String)>,
-    Query(reason): Query<Reason>,
+    QueryParams(reason): QueryParams<Reason>,
 ) -> Result<Response> {
     let gid: GuildId = id(&g, "guild id")?;
     let member: UserId = id(&u, "user id")?;
@@ -1011,7 +1025,7 @@ pub async fn list_messages(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
     Path((g, c)): Path<(String, String)>,
-    Query(page): Query<Page>,
+    QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
     let cid: ChannelId = id(&c, "channel id")?;
@@ -1274,7 +1288,7 @@ pub async fn search(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
     Path(g): Path<String>,
-    Query(req): Query<Search>,
+    QueryParams(req): QueryParams<Search>,
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
     let needle = req.q.trim().to_lowercase();
