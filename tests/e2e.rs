@@ -90,6 +90,20 @@ async fn two_people_chat_with_every_message_feature() {
     let found = bea.search(&guild.id, "THREAD").await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, in_thread.id);
+    bea.mark_read(&guild.id, &general, &reply.id).await.unwrap();
+    let read = bea.read_states().await.unwrap();
+    assert_eq!(
+        read,
+        json!([{ "channel_id": general, "last_read_id": reply.id }])
+    );
+    let mut again = Gateway::connect(bea).await.unwrap();
+    let ready = again.wait_for("READY", WAIT).await.unwrap();
+    assert_eq!(ready.data["read_states"], read);
+    let wrong = bea
+        .mark_read(&guild.id, &general, &in_thread.id)
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Some("unknown_message"));
     let members = ada.guild(&guild.id).await.unwrap().member_count;
     assert_eq!(members, 2);
     assert!(!bea_id.is_empty());

@@ -206,23 +206,22 @@ impl Client {
 
     /// Creates an account and returns a client holding its token.
     pub async fn register(base: &str, username: &str, password: &str) -> Result<(Client, User)> {
-        let anonymous = Client::new(base);
-        let auth: Auth = anonymous
-            .post(
-                "/auth/register",
-                json!({ "username": username, "password": password }),
-            )
-            .await?;
-        Ok((anonymous.with_token(&auth.token), auth.user))
+        Self::authenticate(base, "/auth/register", username, password).await
     }
 
     pub async fn login(base: &str, username: &str, password: &str) -> Result<(Client, User)> {
+        Self::authenticate(base, "/auth/login", username, password).await
+    }
+
+    async fn authenticate(
+        base: &str,
+        path: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(Client, User)> {
         let anonymous = Client::new(base);
         let auth: Auth = anonymous
-            .post(
-                "/auth/login",
-                json!({ "username": username, "password": password }),
-            )
+            .post(path, json!({ "username": username, "password": password }))
             .await?;
         Ok((anonymous.with_token(&auth.token), auth.user))
     }
@@ -405,6 +404,20 @@ impl Client {
             )
             .await?;
         Ok(thread["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Marks `message` as the last one read in `channel`.
+    pub async fn mark_read(&self, guild: &str, channel: &str, message: &str) -> Result<()> {
+        self.put(
+            &format!("/guilds/{guild}/channels/{channel}/read"),
+            json!({ "message_id": message }),
+        )
+        .await
+    }
+
+    /// Per channel, the last message read: `[{channel_id, last_read_id}]`.
+    pub async fn read_states(&self) -> Result<Value> {
+        self.get("/users/@me/read-states").await
     }
 
     pub async fn search(&self, guild: &str, query: &str) -> Result<Vec<Message>> {

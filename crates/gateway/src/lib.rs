@@ -31,6 +31,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/auth/logout-all", post(logout_all))
         .route("/users/@me", get(me))
         .route("/users/@me/key", post(export_key))
+        .route("/users/@me/read-states", get(read_states))
         .route("/users/{user}", get(user_profile))
         .route("/guilds", get(list_guilds).post(create_guild))
         .route("/guilds/{g}", get(get_guild).patch(update_guild))
@@ -60,6 +61,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/guilds/{g}/channels/{c}/messages/{m}/reactions/{emoji}",
             put(add_reaction).delete(remove_reaction),
         )
+        .route("/guilds/{g}/channels/{c}/read", put(mark_read))
         .route("/guilds/{g}/channels/{c}/pins", get(list_pins))
         .route("/guilds/{g}/channels/{c}/pins/{m}", put(pin).delete(unpin))
         .route(

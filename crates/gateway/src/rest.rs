@@ -1231,6 +1231,46 @@ pub async fn list_pins(
 }
 
 #[derive(Deserialize)]
+pub struct MarkRead {
+    message_id: MessageId,
+}
+
+/// Records where the caller stopped reading a channel (kept on this node only).
+pub async fn mark_read(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path((g, c)): Path<(String, String)>,
+    JsonBody(req): JsonBody<MarkRead>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    let channel: ChannelId = id(&c, "channel id")?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        viewable(g, &me.user_id, &channel)?;
+        match g.message(&req.message_id) {
+            Some(m) if m.channel == channel => Ok(()),
+            _ => Err(ApiError::not_found(
+                "unknown_message",
+                "no such message in this channel",
+            )),
+        }
+    })?;
+    node.store
+        .write(vec![Write::ReadState {
+            user: me.user_id,
+            channel,
+            message: req.message_id,
+        }])
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn read_states(State(node): State<Arc<Node>>, Authed(me): Authed) -> Result<Json<Value>> {
+    Ok(Json(views::read_states_json(
+        &node.store.read_states(&me.user_id)?,
+    )))
+}
+
+#[derive(Deserialize)]
 pub struct CreateThread {
     name: String,
     message_id: Option<MessageId>,

@@ -120,6 +120,15 @@ pub fn member_json(guild: &Guild, user: &UserId) -> Option<Value> {
     }))
 }
 
+pub fn read_states_json(states: &[(ChannelId, OpId)]) -> Value {
+    json!(
+        states
+            .iter()
+            .map(|(c, m)| json!({ "channel_id": c, "last_read_id": m }))
+            .collect::<Vec<_>>()
+    )
+}
+
 /// The channel whose permissions gate a message's channel or thread.
 fn gate_channel(guild: &Guild, channel: &ChannelId) -> ChannelId {
     match guild.op(channel).map(|op| &op.envelope().body) {

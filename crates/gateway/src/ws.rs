@@ -397,6 +397,11 @@ async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
                         "session_id": session.id,
                         "user": { "id": account.user_id, "username": account.username },
                         "guilds": guilds,
+                        "read_states": node
+                            .store
+                            .read_states(&account.user_id)
+                            .map(|r| views::read_states_json(&r))
+                            .unwrap_or_default(),
                         "status": status,
                     }),
                 );

@@ -33,6 +33,9 @@ const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
 /// user id ‖ client nonce → the op id the nonce produced.
 const NONCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nonces");
 
+/// user id ‖ channel id → the last message the user read there.
+const READ_STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("read_states");
+
 /// How many queued write jobs one transaction takes at most.
 const MAX_GROUP: usize = 4096;
 
@@ -102,6 +105,11 @@ pub enum Write {
         user: UserId,
         nonce: String,
         op: OpId,
+    },
+    ReadState {
+        user: UserId,
+        channel: OpId,
+        message: OpId,
     },
 }
 
@@ -173,6 +181,7 @@ impl Store {
             txn.open_table(USERS).map_err(db_err)?;
             txn.open_table(TOKENS).map_err(db_err)?;
             txn.open_table(NONCES).map_err(db_err)?;
+            txn.open_table(READ_STATES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         let (jobs, rx) = mpsc::channel();
@@ -308,6 +317,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Where `user` stopped reading, per channel.
+    pub fn read_states(&self, user: &UserId) -> Result<Vec<(OpId, OpId)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(READ_STATES).map_err(db_err)?;
+        let start = [&user.0[..], &[0; 32]].concat();
+        let end = [&user.0[..], &[0xff; 32]].concat();
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            let channel = OpId(k.value()[32..].try_into().map_err(db_err)?);
+            out.push((channel, OpId(v.value().try_into().map_err(db_err)?)));
+        }
+        Ok(out)
+    }
+}
+
 fn log_key(guild: &GuildId, n: u64) -> Vec<u8> {
     [&guild.0[..], &n.to_be_bytes()].concat()
 }
@@ -358,6 +387,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             users: txn.open_table(USERS).map_err(db_err)?,
             tokens: txn.open_table(TOKENS).map_err(db_err)?,
             nonces: txn.open_table(NONCES).map_err(db_err)?,
+            read_states: txn.open_table(READ_STATES).map_err(db_err)?,
             new_counts: HashMap::new(),
         };
         for job in group {
@@ -382,6 +412,7 @@ struct Tables<'t> {
     users: redb::Table<'t, &'static [u8], &'static str>,
     tokens: redb::Table<'t, &'static [u8], &'static str>,
     nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
+    read_states: redb::Table<'t, &'static [u8], &'static [u8]>,
     new_counts: HashMap<GuildId, u64>,
 }
 
@@ -469,6 +500,16 @@ impl Tables<'_> {
             Write::Nonce { user, nonce, op } => {
                 self.nonces
                     .insert(nonce_key(user, nonce).as_slice(), op.0.as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::ReadState {
+                user,
+                channel,
+                message,
+            } => {
+                let key = [&user.0[..], &channel.0[..]].concat();
+                self.read_states
+                    .insert(key.as_slice(), message.0.as_slice())
                     .map_err(db_err)?;
             }
         }

@@ -131,6 +131,21 @@ async fn tokens_and_nonces() {
         Some(OpId([9; 32]))
     );
     assert_eq!(store.nonce(&UserId([2; 32]), "n1").unwrap(), None);
+    let read = |channel: u8, message: u8| Write::ReadState {
+        user: UserId([1; 32]),
+        channel: OpId([channel; 32]),
+        message: OpId([message; 32]),
+    };
+    store.write(vec![read(3, 4), read(5, 6)]).await.unwrap();
+    store.write(vec![read(3, 7)]).await.unwrap();
+    assert_eq!(
+        store.read_states(&UserId([1; 32])).unwrap(),
+        vec![
+            (OpId([3; 32]), OpId([7; 32])),
+            (OpId([5; 32]), OpId([6; 32]))
+        ]
+    );
+    assert!(store.read_states(&UserId([2; 32])).unwrap().is_empty());
     store
         .write(vec![Write::RevokeToken { hash: [7; 32] }])
         .await

@@ -1,0 +1,229 @@
+//! Load generator: measures a node's send → delivered latency, durable write throughput and
+//! fan-out to many attached clients, against a node it starts in-process (temp data dir) or
+//! one already running (`--server`, whose rate limits must allow the load).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use guildhall_client::{Client, Gateway};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// One sender, one listener, sequential sends: latency from send to delivery.
+    Latency,
+    /// Many concurrent senders: acknowledged (durable) messages per second.
+    Throughput,
+    /// One sender at a fixed rate, many listeners: delivery latency under fan-out.
+    Fanout,
+}
+
+#[derive(Parser)]
+#[command(name = "loadgen")]
+struct Args {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// A running node; without it one is started in-process with a temp data dir.
+    #[arg(long)]
+    server: Option<String>,
+    /// Messages (latency), seconds (throughput, fanout).
+    #[arg(long, default_value_t = 2000)]
+    count: u64,
+    /// Concurrent senders (throughput) or listeners (fanout).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Messages per second (fanout).
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+}
+
+struct Setup {
+    base: String,
+    owner: Client,
+    guild: String,
+    channel: String,
+    invite: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn setup(server: Option<String>) -> Setup {
+    let (base, dir) = match server {
+        Some(base) => (base, None),
+        None => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut config = guildhall_gateway::NodeConfig::new(dir.path().join("data"));
+            config.user_rate = 1e9;
+            config.user_burst = 1e9;
+            config.auth_rate = 1e9;
+            config.auth_burst = 1e9;
+            let node = guildhall_gateway::Node::open(config).expect("node opens");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let base = format!("http://{}", listener.local_addr().expect("address"));
+            tokio::spawn(guildhall_gateway::serve(node, listener));
+            (base, Some(dir))
+        }
+    };
+    let run = std::process::id();
+    let (owner, _) = Client::register(&base, &format!("owner{run}"), "load generator")
+        .await
+        .expect("register");
+    let guild = owner.create_guild("load").await.expect("guild");
+    let channel = guild.first_text_channel().expect("channel").id.clone();
+    let invite = owner
+        .create_invite(&guild.id, 0, 0)
+        .await
+        .expect("invite")
+        .code;
+    Setup {
+        base,
+        owner,
+        guild: guild.id,
+        channel,
+        invite,
+        _dir: dir,
+    }
+}
+
+async fn member(s: &Setup, n: usize) -> Client {
+    let name = format!("u{}x{n}", std::process::id());
+    let (client, _) = Client::register(&s.base, &name, "load generator")
+        .await
+        .expect("register");
+    client.accept_invite(&s.invite).await.expect("join");
+    client
+}
+
+fn report(name: &str, mut micros: Vec<u64>) {
+    micros.sort_unstable();
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    println!(
+        "{name}: n={} p50={:.3} ms p90={:.3} ms p99={:.3} ms max={:.3} ms",
+        micros.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let s = setup(args.server.clone()).await;
+    match args.scenario {
+        Scenario::Latency => latency(&s, args.count).await,
+        Scenario::Throughput => throughput(&s, args.clients, args.count).await,
+        Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
+    }
+}
+
+async fn latency(s: &Setup, count: u64) {
+    let listener = member(s, 0).await;
+    let mut listen = Gateway::connect(&listener).await.expect("listener");
+    let mut send = Gateway::connect(&s.owner).await.expect("sender");
+    let mut delivered = Vec::new();
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let started = Instant::now();
+        send.send_message(&s.guild, &s.channel, "ping", &format!("n{i}"))
+            .await
+            .expect("send");
+        acked.push(started.elapsed().as_micros() as u64);
+        listen
+            .wait_for("MESSAGE_CREATE", Duration::from_secs(10))
+            .await
+            .expect("delivery");
+        delivered.push(started.elapsed().as_micros() as u64);
+    }
+    report("send → ack (durable)", acked);
+    report("send → delivered to 1 listener", delivered);
+}
+
+async fn throughput(s: &Setup, senders: usize, seconds: u64) {
+    let mut clients = Vec::new();
+    for n in 0..senders {
+        clients.push(member(s, n).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in clients {
+        let (guild, channel) = (s.guild.clone(), s.channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut gw = Gateway::connect(&client).await.expect("gateway");
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                gw.send_message(&guild, &channel, "load", &format!("t{sent}"))
+                    .await
+                    .expect("send");
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("sender");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{senders} concurrent senders over the gateway: {total} messages acknowledged after commit in {secs:.1} s = {:.0} msg/s",
+        total as f64 / secs
+    );
+}
+
+async fn fanout(s: &Setup, listeners: usize, rate: u64, seconds: u64) {
+    let epoch = Arc::new(Instant::now());
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let expected = rate * seconds;
+    let mut ready = Vec::new();
+    for n in 0..listeners {
+        let client = member(s, n).await;
+        let (tx, epoch) = (tx.clone(), epoch.clone());
+        let (connected, wait) = tokio::sync::oneshot::channel();
+        ready.push(wait);
+        tokio::spawn(async move {
+            let mut gw = Gateway::connect(&client).await.expect("listener");
+            let _ = connected.send(());
+            let mut got = 0;
+            while got < expected {
+                let Ok(d) = gw.wait_for("MESSAGE_CREATE", Duration::from_secs(30)).await else {
+                    return;
+                };
+                got += 1;
+                if let Some(sent) = d.data["content"]
+                    .as_str()
+                    .and_then(|c| c.parse::<u64>().ok())
+                {
+                    let _ = tx.send(epoch.elapsed().as_micros() as u64 - sent);
+                }
+            }
+        });
+    }
+    drop(tx);
+    for r in ready {
+        let _ = r.await;
+    }
+    let mut send = Gateway::connect(&s.owner).await.expect("sender");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for i in 0..expected {
+        tick.tick().await;
+        let stamp = epoch.elapsed().as_micros() as u64;
+        send.send_message(&s.guild, &s.channel, &stamp.to_string(), &format!("f{i}"))
+            .await
+            .expect("send");
+    }
+    let mut latencies = Vec::new();
+    while let Some(l) = rx.recv().await {
+        latencies.push(l);
+    }
+    println!(
+        "{listeners} listeners, {rate} msg/s for {seconds} s: {} of {} deliveries",
+        latencies.len(),
+        expected * listeners as u64
+    );
+    report("send → delivered (fan-out)", latencies);
+}
