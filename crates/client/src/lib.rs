@@ -531,7 +531,7 @@ impl Gateway {
     }
 
     async fn open(url: &str) -> Result<(Socket, Duration)> {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| ClientError::Gateway(e.to_string()))?;
         let hello = next_json(&mut socket, Duration::from_secs(10)).await?;

@@ -106,6 +106,13 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Serves the node on `listener` until the process ends.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small frames must leave at once: Nagle's algorithm with delayed ACKs adds 40 ms stalls.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router(node).into_make_service_with_connect_info::<SocketAddr>(),

@@ -244,7 +244,7 @@ impl Node {
             deps: vec![],
             body: Body::Genesis { name: name.into() },
         };
-        let genesis = envelope.sign(&key)?.verify()?;
+        let genesis = envelope.sign_verified(&key)?;
         let id = genesis.id();
         let bytes = genesis.encode();
         let guild = Guild::new(genesis)?;
@@ -312,7 +312,7 @@ impl Node {
             }
             let envelope = g.next_envelope(*user, now_ms(), body);
             g.precheck(&envelope)?;
-            let op = envelope.sign(&key)?.verify()?;
+            let op = envelope.sign_verified(&key)?;
             let id = op.id();
             let bytes = op.encode();
             let changes = match g.insert(op)? {

@@ -17,6 +17,9 @@ enum Scenario {
     Throughput,
     /// One sender at a fixed rate, many listeners: delivery latency under fan-out.
     Fanout,
+    /// Writes `count` messages through the node's write path (no HTTP), closes the node and
+    /// times opening it again.
+    Restart,
 }
 
 #[derive(Parser)]
@@ -112,11 +115,15 @@ fn report(name: &str, mut micros: Vec<u64>) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Scenario::Restart = args.scenario {
+        return restart(args.count, args.clients).await;
+    }
     let s = setup(args.server.clone()).await;
     match args.scenario {
         Scenario::Latency => latency(&s, args.count).await,
         Scenario::Throughput => throughput(&s, args.clients, args.count).await,
         Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
+        Scenario::Restart => unreachable!("handled above"),
     }
 }
 
@@ -154,6 +161,8 @@ async fn throughput(s: &Setup, senders: usize, seconds: u64) {
         let (guild, channel) = (s.guild.clone(), s.channel.clone());
         tasks.push(tokio::spawn(async move {
             let mut gw = Gateway::connect(&client).await.expect("gateway");
+            // Writes only: no fan-out of everyone's messages back to every sender.
+            gw.subscribe(&guild, Some(vec![])).await.expect("subscribe");
             let mut sent = 0u64;
             while Instant::now() < deadline {
                 gw.send_message(&guild, &channel, "load", &format!("t{sent}"))
@@ -170,7 +179,7 @@ async fn throughput(s: &Setup, senders: usize, seconds: u64) {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{senders} concurrent senders over the gateway: {total} messages acknowledged after commit in {secs:.1} s = {:.0} msg/s",
+        "{senders} concurrent senders over the gateway (subscribed to nothing): {total} messages acknowledged after commit in {secs:.1} s = {:.0} msg/s",
         total as f64 / secs
     );
 }
@@ -226,4 +235,59 @@ async fn fanout(s: &Setup, listeners: usize, rate: u64, seconds: u64) {
         expected * listeners as u64
     );
     report("send → delivered (fan-out)", latencies);
+}
+
+async fn restart(count: u64, writers: usize) {
+    use guildhall_gateway::{Node, NodeConfig, rest};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = NodeConfig::new(dir.path().join("data"));
+    let node = Node::open(config.clone()).expect("node opens");
+    let owner = rest::create_account(&node, "owner", "load generator", None)
+        .await
+        .expect("account")
+        .user_id;
+    let guild = node.create_guild(&owner, "restart").await.expect("guild");
+    let channel = node
+        .with_member_guild(&owner, &guild, |g| {
+            let text = g
+                .state()
+                .channels
+                .iter()
+                .find(|(_, c)| c.kind == guildhall_proto::body::ChannelKind::Text);
+            Ok(*text.expect("a text channel").0)
+        })
+        .expect("channel");
+    let started = Instant::now();
+    let per_writer = count / writers as u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let body = guildhall_proto::body::Body::MessageCreate {
+                    channel,
+                    content: format!("writer {w} message {i}: some ordinary chat text"),
+                    reply_to: None,
+                };
+                node.submit(&owner, &guild, body).await.expect("submit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let written = per_writer * writers as u64;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{writers} writers through Node::submit (sign, authorize, apply, group commit): {written} ops in {secs:.1} s = {:.0} ops/s",
+        written as f64 / secs
+    );
+    drop(node);
+    let started = Instant::now();
+    let node = Node::open(config).expect("node reopens");
+    println!(
+        "reopen with {written} stored messages: {:.0} ms to serving ({} guild)",
+        started.elapsed().as_secs_f64() * 1000.0,
+        node.guild_count()
+    );
 }

@@ -38,6 +38,18 @@ fn decode_encode_is_the_identity_and_ids_are_stable() {
 }
 
 #[test]
+fn an_op_signed_here_verifies_like_any_other() {
+    let r = Replica::new(&key(1));
+    let vouched = message_envelope(&r, &key(1), "mine")
+        .sign_verified(&key(1))
+        .unwrap();
+    let checked = Op::decode(&vouched.encode()).unwrap().verify().unwrap();
+    assert_eq!(vouched, checked);
+    let err = message_envelope(&r, &key(1), "theirs").sign_verified(&key(2));
+    assert_eq!(err.unwrap_err(), OpError::WrongSigner);
+}
+
+#[test]
 fn a_flipped_signature_bit_is_a_bad_signature() {
     let r = Replica::new(&key(1));
     let mut wire = signed_wire(&r, "hello");
