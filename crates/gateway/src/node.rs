@@ -62,6 +62,13 @@ pub struct Event {
     pub data: Value,
 }
 
+/// An event with its payload serialized once for every session that sends it.
+#[derive(Debug)]
+pub struct Published {
+    pub event: Event,
+    pub data: Box<str>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -87,7 +94,7 @@ pub struct Node {
     keys: Mutex<HashMap<UserId, Keypair>>,
     /// Recent send nonces, so a retry racing its original gets the original's id.
     nonces: Mutex<HashMap<(UserId, String), OpId>>,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<Arc<Published>>,
     presence: Mutex<HashMap<UserId, (Status, usize)>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     pub sessions: crate::ws::Sessions,
@@ -156,12 +163,13 @@ impl Node {
         Ok(guild)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.events.subscribe()
     }
 
     pub fn publish(&self, event: Event) {
-        let _ = self.events.send(Arc::new(event));
+        let data = event.data.to_string().into();
+        let _ = self.events.send(Arc::new(Published { event, data }));
     }
 
     pub fn guild(&self, id: &GuildId) -> Result<Arc<Mutex<Guild>>, ApiError> {

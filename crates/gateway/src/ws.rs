@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
 
 use crate::error::ApiError;
-use crate::node::{Event, Node, Status};
+use crate::node::{Event, Node, Published, Status};
 use crate::views;
 
 /// Close codes (4000–4999 are ours; see `spec/gateway.md`).
@@ -93,10 +93,15 @@ struct SessionInner {
 
 impl Session {
     fn push(&self, name: &str, data: Value) {
+        self.push_encoded(name, &data.to_string());
+    }
+
+    /// Queues a dispatch whose payload is already JSON (serialized once for all sessions).
+    fn push_encoded(&self, name: &str, data: &str) {
         let mut inner = self.inner.lock().expect("session lock");
         inner.seq += 1;
         let seq = inner.seq;
-        let frame = json!({ "op": "dispatch", "t": name, "s": seq, "d": data }).to_string();
+        let frame = format!(r#"{{"op":"dispatch","t":"{name}","s":{seq},"d":{data}}}"#);
         inner.buffer.push_back((seq, frame.into()));
         if inner.buffer.len() > MAX_BUFFERED {
             inner.buffer.pop_front();
@@ -157,17 +162,22 @@ impl Session {
 }
 
 /// Moves hub events the session may see into its buffer, until the session expires.
-async fn pump(node: Arc<Node>, session: Arc<Session>, mut events: broadcast::Receiver<Arc<Event>>) {
+async fn pump(
+    node: Arc<Node>,
+    session: Arc<Session>,
+    mut events: broadcast::Receiver<Arc<Published>>,
+) {
     let ttl = node.config.session_ttl;
     loop {
         tokio::select! {
             received = events.recv() => match received {
-                Ok(event) => {
+                Ok(published) => {
+                    let event = &published.event;
                     if event.name == "TYPING_START" && event.data["user_id"] == json!(session.user) {
                         continue;
                     }
-                    if session.wants(&node, &event) {
-                        session.push(event.name, event.data.clone());
+                    if session.wants(&node, event) {
+                        session.push_encoded(event.name, &published.data);
                         node.metrics.dispatches.fetch_add(1, Ordering::Relaxed);
                     }
                 }
