@@ -1,0 +1,46 @@
+//! Every load scenario once at tiny size, so the benchmark cannot rot unnoticed.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_guildhall-loadgen"))
+        .args(args)
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn latency() {
+    assert!(run(&["latency", "--count", "20"]).contains("delivered to 1 listener: n=20"));
+}
+
+#[test]
+fn throughput() {
+    assert!(
+        run(&["throughput", "--clients", "4", "--count", "1"])
+            .contains("acknowledged after commit")
+    );
+}
+
+#[test]
+fn fanout() {
+    assert!(
+        run(&["fanout", "--clients", "5", "--rate", "20", "--count", "1"])
+            .contains("100 of 100 deliveries")
+    );
+}
+
+#[test]
+fn restart() {
+    assert!(
+        run(&["restart", "--count", "200", "--clients", "4"])
+            .contains("reopen with 200 stored messages")
+    );
+}
