@@ -12,7 +12,7 @@ use guildhall_proto::body::Body;
 use guildhall_proto::guild::{Guild, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
-use guildhall_proto::op::{Envelope, Op, verify_batch};
+use guildhall_proto::op::{Envelope, Op};
 use guildhall_store::{Store, TokenRecord, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -142,13 +142,12 @@ impl Node {
     }
 
     fn load_guild(store: &Store, id: &GuildId) -> Result<Guild, String> {
+        let started = Instant::now();
         let raw = store.guild_ops(id).map_err(|e| e.to_string())?;
-        let decoded: Vec<Op> = raw
+        let read = started.elapsed();
+        let mut verified = raw
             .iter()
-            .map(|b| Op::decode(b))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("guild {id}: stored op does not decode: {e}"))?;
-        let mut verified = verify_batch(decoded).into_iter();
+            .map(|(op_id, bytes)| Op::decode_stored(bytes, op_id));
         let genesis = verified
             .next()
             .ok_or_else(|| format!("guild {id} has no ops"))?
@@ -160,6 +159,13 @@ impl Node {
                 .insert(op)
                 .map_err(|e| format!("guild {id}: stored op refused: {e}"))?;
         }
+        tracing::info!(
+            guild = %id,
+            ops = raw.len(),
+            read_ms = read.as_millis() as u64,
+            decode_and_apply_ms = (started.elapsed() - read).as_millis() as u64,
+            "guild loaded"
+        );
         Ok(guild)
     }
 

@@ -1,1 +1,411 @@
-fn main() {}
+//! Benchmarks of the sans-IO core: decoding, signature checks and applying ops to a guild.
+//!
+//! Run with `cargo bench -p guildhall-proto --bench core`; results are recorded in
+//! BENCHMARKS.md at the repository root.
+
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use guildhall_proto::guild::{Guild, Inserted, Verdict};
+use guildhall_proto::id::sha256;
+use guildhall_proto::perm::Permissions;
+use guildhall_proto::{
+    Body, ChannelId, ChannelKind, Envelope, Hlc, Keypair, Op, OpId, OverwriteTarget, VerifiedOp,
+    verify_batch,
+};
+
+const SECRET: &[u8] = b"open sesame";
+
+/// A deterministic key per member number (0 is the owner).
+fn key(n: u32) -> Keypair {
+    let mut secret = [0x5a; 32];
+    secret[..4].copy_from_slice(&n.to_le_bytes());
+    Keypair::from_secret(secret)
+}
+
+/// One replica with a clock that moves forward a millisecond per op, like the tests' kit.
+struct Builder {
+    guild: Guild,
+    now: u64,
+}
+
+impl Builder {
+    fn new(owner: &Keypair) -> Builder {
+        let genesis = Envelope {
+            guild: OpId::default(),
+            author: owner.user_id(),
+            seq: 1,
+            prev: None,
+            hlc: Hlc::from_parts(1_000, 0),
+            deps: vec![],
+            body: Body::Genesis {
+                name: "bench guild".into(),
+            },
+        }
+        .sign(owner)
+        .unwrap()
+        .verify()
+        .unwrap();
+        Builder {
+            guild: Guild::new(genesis).unwrap(),
+            now: 2_000,
+        }
+    }
+
+    /// Signs (and verifies) `who`'s next op on top of everything held, without inserting it.
+    fn make(&mut self, who: &Keypair, body: Body) -> VerifiedOp {
+        self.now += 1;
+        self.guild
+            .next_envelope(who.user_id(), self.now, body)
+            .sign(who)
+            .unwrap()
+            .verify()
+            .unwrap()
+    }
+
+    /// Authors an op and inserts it; it must be valid.
+    fn ok(&mut self, who: &Keypair, body: Body) -> OpId {
+        let op = self.make(who, body);
+        let id = op.id();
+        match self.guild.insert(op).unwrap() {
+            Inserted::Applied { .. } => {}
+            other => panic!("own op not applied: {other:?}"),
+        }
+        assert_eq!(self.guild.verdict(&id), Some(&Verdict::Valid), "{id:?}");
+        id
+    }
+
+    fn text_channel(&mut self, owner: &Keypair, name: &str) -> ChannelId {
+        self.ok(
+            owner,
+            Body::ChannelCreate {
+                kind: ChannelKind::Text,
+                name: name.into(),
+                parent: None,
+                position: 0,
+            },
+        )
+    }
+
+    fn invite(&mut self, owner: &Keypair) -> OpId {
+        self.ok(
+            owner,
+            Body::InviteCreate {
+                secret_hash: sha256(&[SECRET]),
+                max_uses: 0,
+                expires_at_ms: 0,
+            },
+        )
+    }
+
+    fn join(&mut self, who: &Keypair, invite: OpId) -> OpId {
+        self.ok(
+            who,
+            Body::Join {
+                invite,
+                secret: SECRET.to_vec(),
+            },
+        )
+    }
+}
+
+fn message(channel: ChannelId, i: usize) -> Body {
+    Body::MessageCreate {
+        channel,
+        content: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
+        reply_to: None,
+    }
+}
+
+/// A guild with an owner, `members` joined members and one text channel.
+fn small_guild(members: u32) -> (Builder, Keypair, Vec<Keypair>, ChannelId) {
+    let owner = key(0);
+    let mut b = Builder::new(&owner);
+    let channel = b.text_channel(&owner, "general");
+    let invite = b.invite(&owner);
+    let keys: Vec<Keypair> = (1..=members).map(key).collect();
+    for k in &keys {
+        b.join(k, invite);
+    }
+    (b, owner, keys, channel)
+}
+
+/// `n` message ops authored in sequence by `keys` in turn on top of `b`'s guild; the guild is
+/// left as it was.
+fn messages(b: &Builder, keys: &[Keypair], channel: ChannelId, n: usize) -> Vec<VerifiedOp> {
+    let mut scratch = Builder {
+        guild: b.guild.clone(),
+        now: b.now,
+    };
+    (0..n)
+        .map(|i| {
+            let who = &keys[i % keys.len()];
+            let op = scratch.make(who, message(channel, i));
+            scratch.guild.insert(op.clone()).unwrap();
+            op
+        })
+        .collect()
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let (b, _owner, keys, channel) = small_guild(4);
+    let msg = messages(&b, &keys, channel, 1)[0].encode();
+    let join = b
+        .guild
+        .ops()
+        .find(|op| matches!(op.envelope().body, Body::Join { .. }))
+        .unwrap()
+        .encode();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(format!("message_{}B", msg.len()), |bn| {
+        bn.iter(|| Op::decode(std::hint::black_box(&msg)).unwrap())
+    });
+    g.bench_function(format!("join_{}B", join.len()), |bn| {
+        bn.iter(|| Op::decode(std::hint::black_box(&join)).unwrap())
+    });
+    g.finish();
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let (b, _owner, keys, channel) = small_guild(8);
+    // Unverified ops as they arrive off the wire, from 8 different authors.
+    let ops: Vec<Op> = messages(&b, &keys, channel, 256)
+        .iter()
+        .map(|op| Op::decode(&op.encode()).unwrap())
+        .collect();
+
+    let mut g = c.benchmark_group("verify");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("single", |bn| {
+        bn.iter_batched(
+            || ops[0].clone(),
+            |op| op.verify().unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // Baselines: the raw ed25519 work inside `Op::verify`, to show the core's own overhead.
+    let op = &ops[0];
+    let author = op.envelope().author;
+    let message = [b"guildhall/op-sig/v1\0".as_slice(), op.id().as_bytes()].concat();
+    let signature = ed25519_dalek::Signature::from_bytes(op.signature());
+    g.bench_function("ed25519_key_decompress", |bn| {
+        bn.iter(|| ed25519_dalek::VerifyingKey::from_bytes(std::hint::black_box(&author.0)))
+    });
+    let vk = author.verifying_key().unwrap();
+    g.bench_function("ed25519_verify_strict", |bn| {
+        bn.iter(|| {
+            vk.verify_strict(std::hint::black_box(&message), &signature)
+                .unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("verify_batch");
+    for n in [64usize, 256] {
+        let batch: Vec<Op> = ops[..n].to_vec();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(n.to_string(), |bn| {
+            bn.iter_batched(
+                || batch.clone(),
+                |batch| {
+                    let out = verify_batch(batch);
+                    assert!(out.iter().all(Result::is_ok));
+                    out
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_apply(c: &mut Criterion) {
+    const N: usize = 1_000;
+    let (b, _owner, keys, channel) = small_guild(4);
+    let ops = messages(&b, &keys, channel, N);
+
+    let mut g = c.benchmark_group("apply");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("messages_1000", |bn| {
+        bn.iter_batched(
+            || (b.guild.clone(), ops.clone()),
+            |(mut guild, ops)| {
+                for op in ops {
+                    guild.insert(op).unwrap();
+                }
+                guild
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+/// About 500 guild-state ops (joins, roles, grants, channels, overwrites) interleaved with
+/// 1,000 messages from 20 members: each message cites different guild-state heads.
+fn big_guild() -> (Builder, Keypair, Vec<Keypair>) {
+    const MEMBERS: u32 = 200;
+    const ROLES: usize = 20;
+    const CHANNELS: usize = 20;
+    const MESSAGES: usize = 1_000;
+    let owner = key(0);
+    let mut b = Builder::new(&owner);
+    let general = b.text_channel(&owner, "general");
+    let invite = b.invite(&owner);
+    let keys: Vec<Keypair> = (1..=MEMBERS).map(key).collect();
+    let chatty = 20;
+    for k in &keys[..chatty] {
+        b.join(k, invite);
+    }
+
+    // The remaining guild-state ops, in an order where each is valid when authored.
+    let mut control: Vec<(Keypair, Body)> = Vec::new();
+    for k in &keys[chatty..] {
+        control.push((
+            k.clone(),
+            Body::Join {
+                invite,
+                secret: SECRET.to_vec(),
+            },
+        ));
+    }
+    for i in 0..ROLES {
+        control.push((
+            owner.clone(),
+            Body::RoleCreate {
+                name: format!("role {i}"),
+                permissions: (Permissions::DEFAULT_EVERYONE | Permissions::MANAGE_MESSAGES).bits(),
+                color: i as u32,
+                position: i as u32 + 1,
+            },
+        ));
+    }
+    for i in 0..CHANNELS {
+        control.push((
+            owner.clone(),
+            Body::ChannelCreate {
+                kind: ChannelKind::Text,
+                name: format!("channel {i}"),
+                parent: None,
+                position: i as u32 + 1,
+            },
+        ));
+    }
+    // Grants and overwrites need the ids of the roles and channels: they come last.
+    let mut grants = 0..200usize;
+    let mut overwrites = 0..58usize;
+    let mut role_ids = Vec::new();
+    let mut channel_ids = Vec::new();
+    let mut queue = control.into_iter();
+    for i in 0..MESSAGES {
+        let who = &keys[i % chatty];
+        b.ok(who, message(general, i));
+        // One guild-state op for every two messages.
+        if i % 2 == 0 {
+            continue;
+        }
+        if let Some((k, body)) = queue.next() {
+            let is_role = matches!(body, Body::RoleCreate { .. });
+            let is_channel = matches!(body, Body::ChannelCreate { .. });
+            let id = b.ok(&k, body);
+            if is_role {
+                role_ids.push(id);
+            } else if is_channel {
+                channel_ids.push(id);
+            }
+        } else if let Some(g) = grants.next() {
+            let body = Body::MemberRoleGrant {
+                member: keys[g % keys.len()].user_id(),
+                role: role_ids[g % role_ids.len()],
+            };
+            b.ok(&owner, body);
+        } else if let Some(o) = overwrites.next() {
+            let body = Body::OverwriteSet {
+                channel: channel_ids[o % channel_ids.len()],
+                target: OverwriteTarget::Role(role_ids[o % role_ids.len()]),
+                allow: Permissions::ATTACH_FILES.bits(),
+                deny: Permissions::MENTION_EVERYONE.bits(),
+            };
+            b.ok(&owner, body);
+        }
+    }
+    (b, owner, keys)
+}
+
+fn bench_ban(c: &mut Criterion) {
+    let (mut b, owner, keys) = big_guild();
+    let control = b
+        .guild
+        .ops()
+        .filter(|op| op.envelope().body.is_control())
+        .count();
+    let content = b.guild.len() - control;
+    eprintln!("ban fixture: {control} guild-state ops, {content} content ops");
+
+    let target = &keys[1];
+    let cutoff = b.guild.chain_head(&target.user_id()).unwrap().0;
+    let ban = b.make(
+        &owner,
+        Body::Ban {
+            member: target.user_id(),
+            cutoff,
+            reason: "spam".into(),
+        },
+    );
+    let role = b.make(
+        &owner,
+        Body::RoleCreate {
+            name: "one more role".into(),
+            permissions: Permissions::DEFAULT_EVERYONE.bits(),
+            color: 0,
+            position: 30,
+        },
+    );
+    // Sanity: both are valid when applied.
+    for op in [&ban, &role] {
+        let mut g = b.guild.clone();
+        g.insert(op.clone()).unwrap();
+        assert_eq!(g.verdict(&op.id()), Some(&Verdict::Valid));
+    }
+
+    let mut g = c.benchmark_group("insert_into_big_guild");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ban_full_resolve", |bn| {
+        bn.iter_batched(
+            || (b.guild.clone(), ban.clone()),
+            |(mut guild, op)| {
+                guild.insert(op).unwrap();
+                guild
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("role_create_incremental", |bn| {
+        bn.iter_batched(
+            || (b.guild.clone(), role.clone()),
+            |(mut guild, op)| {
+                guild.insert(op).unwrap();
+                guild
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_decode, bench_verify, bench_apply, bench_ban
+}
+criterion_main!(benches);

@@ -256,6 +256,21 @@ impl Op {
     }
 }
 
+impl Op {
+    /// Decodes an op this node verified before it stored it under `id`: the signature is not
+    /// checked again, but the bytes must still hash to `id`, so a damaged store is caught.
+    /// Never for bytes from anywhere else.
+    pub fn decode_stored(bytes: &[u8], id: &OpId) -> Result<VerifiedOp, OpError> {
+        let op = Op::decode(bytes)?;
+        if op.id != *id {
+            return Err(OpError::Malformed(
+                "stored bytes do not hash to their op id",
+            ));
+        }
+        Ok(VerifiedOp(op))
+    }
+}
+
 /// Verifies many ops at once (ed25519 batch verification, about 2.5 times faster than one by
 /// one). A batch with any bad signature falls back to one-by-one checks, so each op gets its
 /// own verdict.

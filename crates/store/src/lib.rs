@@ -233,8 +233,8 @@ impl Store {
         Ok(out)
     }
 
-    /// A guild's ops (wire bytes) in the order they were stored.
-    pub fn guild_ops(&self, guild: &GuildId) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// A guild's ops (id and wire bytes) in the order they were stored.
+    pub fn guild_ops(&self, guild: &GuildId) -> Result<Vec<(OpId, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(GUILD_LOG).map_err(db_err)?;
         let ops = txn.open_table(OPS).map_err(db_err)?;
@@ -250,7 +250,8 @@ impl Store {
                 .get(id.value())
                 .map_err(db_err)?
                 .ok_or_else(|| db_err("guild log names a missing op"))?;
-            out.push(bytes.value().to_vec());
+            let id = OpId(id.value().try_into().map_err(db_err)?);
+            out.push((id, bytes.value().to_vec()));
         }
         Ok(out)
     }

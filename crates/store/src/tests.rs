@@ -44,7 +44,7 @@ async fn concurrent_writers_share_commits_and_every_ack_is_durable() {
     let store = Store::open(&path).unwrap();
     let ops = store.guild_ops(&OpId([1; 32])).unwrap();
     assert_eq!(ops.len(), 200);
-    let mut firsts: Vec<u8> = ops.iter().map(|b| b[0]).collect();
+    let mut firsts: Vec<u8> = ops.iter().map(|(_, b)| b[0]).collect();
     firsts.sort();
     assert_eq!(firsts, (0..200).collect::<Vec<u8>>());
     assert_eq!(store.guilds().unwrap(), vec![OpId([1; 32])]);
@@ -59,7 +59,10 @@ async fn duplicate_ops_are_stored_once_and_order_is_kept_per_guild() {
         .guild_ops(&OpId([1; 32]))
         .unwrap()
         .iter()
-        .map(|b| b[0])
+        .map(|(id, b)| {
+            assert_eq!(id.0[0], b[0]);
+            b[0]
+        })
         .collect();
     assert_eq!(firsts, vec![10, 11]);
     assert_eq!(store.guild_ops(&OpId([2; 32])).unwrap().len(), 1);

@@ -115,6 +115,11 @@ fn report(name: &str, mut micros: Vec<u64>) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     if let Scenario::Restart = args.scenario {
         return restart(args.count, args.clients).await;
     }

@@ -50,6 +50,21 @@ fn an_op_signed_here_verifies_like_any_other() {
 }
 
 #[test]
+fn stored_ops_must_hash_to_the_id_they_were_stored_under() {
+    let r = Replica::new(&key(1));
+    let wire = signed_wire(&r, "stored");
+    let id = Op::decode(&wire).unwrap().id();
+    assert_eq!(Op::decode_stored(&wire, &id).unwrap().id(), id);
+    let mut damaged = wire.clone();
+    let at = damaged.windows(6).position(|w| w == b"stored").unwrap();
+    damaged[at] = b'S';
+    assert!(matches!(
+        Op::decode_stored(&damaged, &id),
+        Err(OpError::Malformed(_))
+    ));
+}
+
+#[test]
 fn a_flipped_signature_bit_is_a_bad_signature() {
     let r = Replica::new(&key(1));
     let mut wire = signed_wire(&r, "hello");
