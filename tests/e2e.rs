@@ -465,6 +465,23 @@ async fn bad_requests_get_codes_and_the_node_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_address_is_throttled_before_authentication() {
+    let node = TestNode::start_with(|c| {
+        c.ip_rate = 1.0;
+        c.ip_burst = 5.0;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(raw(&node, "GET", "/health", None, "").await.0);
+    }
+    assert_eq!(statuses[..5], [200; 5]);
+    let (status, body) = raw(&node, "GET", "/api/v1/guilds", Some("x"), "").await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+    assert!(body["retry_after"].as_f64().is_some_and(|r| r > 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_close_codes_say_why() {
     let node = TestNode::start_with(|c| c.heartbeat_interval = Duration::from_millis(300)).await;
     let (client, _) = node.user("ada").await;

@@ -25,7 +25,8 @@ struct Cli {
     #[arg(long, env = "GUILDHALL_LISTEN")]
     listen: Option<SocketAddr>,
     /// A TOML file with any of: data_dir, listen, heartbeat_interval_ms, session_ttl_ms,
-    /// user_rate, user_burst, auth_rate, auth_burst. Flags and environment override it.
+    /// user_rate, user_burst, auth_rate, auth_burst, ip_rate, ip_burst. Flags and environment
+    /// override it.
     #[arg(long, env = "GUILDHALL_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -76,6 +77,8 @@ struct FileConfig {
     user_burst: Option<f64>,
     auth_rate: Option<f64>,
     auth_burst: Option<f64>,
+    ip_rate: Option<f64>,
+    ip_burst: Option<f64>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -119,6 +122,8 @@ fn run(cli: Cli) -> Result<(), String> {
     config.user_burst = file.user_burst.unwrap_or(config.user_burst);
     config.auth_rate = file.auth_rate.unwrap_or(config.auth_rate);
     config.auth_burst = file.auth_burst.unwrap_or(config.auth_burst);
+    config.ip_rate = file.ip_rate.unwrap_or(config.ip_rate);
+    config.ip_burst = file.ip_burst.unwrap_or(config.ip_burst);
     let listen = cli
         .listen
         .or(file.listen)

@@ -99,9 +99,27 @@ pub fn router(node: Arc<Node>) -> Router {
         .nest("/api/v1", api)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            ip_rate_limit,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(node)
+}
+
+/// Refuses requests beyond the per-IP budget before any other work.
+async fn ip_rate_limit(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    rest::ClientIp(ip): rest::ClientIp,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match node.rate_check(ip, node.config.ip_rate, node.config.ip_burst) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Serves the node on `listener` until the process ends.

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Account creation and login attempts per second per IP, and burst.
     pub auth_rate: f64,
     pub auth_burst: f64,
+    /// Requests per second per IP address, of any kind, and burst.
+    pub ip_rate: f64,
+    pub ip_burst: f64,
     pub max_frame_bytes: usize,
 }
 
@@ -47,6 +50,8 @@ impl NodeConfig {
             user_burst: 200.0,
             auth_rate: 1.0,
             auth_burst: 10.0,
+            ip_rate: 500.0,
+            ip_burst: 1_000.0,
             max_frame_bytes: 64 * 1024,
         }
     }

@@ -103,7 +103,7 @@ fn id<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
 }
 
 /// The rate-limit key of the peer's IP address.
-pub struct ClientIp(String);
+pub struct ClientIp(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = ApiError;

@@ -60,6 +60,8 @@ async fn setup(server: Option<String>) -> Setup {
             config.user_burst = 1e9;
             config.auth_rate = 1e9;
             config.auth_burst = 1e9;
+            config.ip_rate = 1e9;
+            config.ip_burst = 1e9;
             let node = guildhall_gateway::Node::open(config).expect("node opens");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
