@@ -471,8 +471,10 @@ impl Guild {
         let mut changes = vec![(id, verdict.clone())];
         if !body.is_control() {
             self.index_content(id, &verdict);
-            changes.extend(self.rejudge_dependents(id));
         }
+        // Content ops that named this op before it arrived (a thread, or a channel outside
+        // their causal past) were waiting for it.
+        changes.extend(self.rejudge_dependents(id));
         changes
     }
 
@@ -540,12 +542,27 @@ impl Guild {
                 let env = self.ops[&self.control[idx].id].envelope();
                 match env.body.removal() {
                     Some((target, cutoff)) => {
-                        target == *author && seq > cutoff && Some(env.author) != exempt_remover
+                        target == *author
+                            && Some(env.author) != exempt_remover
+                            && seq > self.effective_cutoff(idx, &target, cutoff)
                     }
                     None => false,
                 }
             })
             .collect()
+    }
+
+    /// A removal never cuts the target's guild-state ops that the remover had seen: its cut
+    /// is at least the target's highest seq among them, whatever cutoff it states.
+    fn effective_cutoff(&self, removal: usize, target: &UserId, stated: u64) -> u64 {
+        let past = &self.control[removal].past;
+        self.control_order
+            .values()
+            .filter(|&&i| past.contains(i))
+            .map(|&i| self.ops[&self.control[i].id].envelope())
+            .filter(|env| env.author == *target)
+            .map(|env| env.seq)
+            .fold(stated, u64::max)
     }
 
     /// Judges a guild-state op: authorized in the state of its valid causal past, with every
@@ -915,7 +932,7 @@ impl Guild {
     }
 
     /// Each author's canonical chain: from seq 1, the lowest op id among the ops extending the
-    /// chosen predecessor.
+    /// chosen predecessor (the guild's genesis op always wins its slot).
     fn recompute_canonical(&mut self) {
         self.canonical.clear();
         for chain in self.chains.values() {
@@ -925,9 +942,10 @@ impl Guild {
                 let chosen = if broken {
                     None
                 } else {
+                    // The genesis op heads its author's chain whatever else was signed at seq 1.
                     ids.iter()
                         .filter(|id| self.ops[*id].envelope().prev == prev)
-                        .min()
+                        .min_by_key(|id| (**id != self.id, **id))
                         .copied()
                 };
                 for id in ids {

@@ -310,11 +310,18 @@ impl GuildState {
                 Self::grantable(have, Permissions::from_bits_retain(allow | deny))
             }
             Body::OverwriteClear { channel, target } => {
-                self.require_in_channel(author, channel, Permissions::MANAGE_ROLES)?;
-                match self.channels[channel].overwrites.contains_key(target) {
-                    true => Ok(()),
-                    false => Err(AuthError::UnknownOverwrite),
+                // Clearing is as strong as setting: the same hierarchy and held bits.
+                let have = self.require_in_channel(author, channel, Permissions::MANAGE_ROLES)?;
+                let existing = self.channels[channel]
+                    .overwrites
+                    .get(target)
+                    .ok_or(AuthError::UnknownOverwrite)?;
+                if let OverwriteTarget::Role(role) = target
+                    && *role != self.id
+                {
+                    self.below_author(author, self.role(role)?.position.into())?;
                 }
+                Self::grantable(have, existing.allow | existing.deny)
             }
             Body::InviteCreate { .. } => self
                 .require(author, Permissions::CREATE_INSTANT_INVITE)

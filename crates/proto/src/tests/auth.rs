@@ -617,19 +617,26 @@ fn a_removal_cut_by_a_concurrent_removal_does_not_cut_others() {
 #[test]
 fn a_cycle_of_concurrent_bans_resolves_the_same_everywhere() {
     let (mut a, _, invite) = guild_with_members();
-    a.join(&key(4), invite);
+    for m in 4..=7 {
+        a.join(&key(m), invite);
+    }
+    // Banners 2, 3, 4 share one rank; promoters 5, 6, 7 each raise one of them, concurrently,
+    // so each ban is valid where it was made: 2 bans 3, 3 bans 4, 4 bans 2.
     let mods = role(&mut a, 1, "mods", P::BAN_MEMBERS, 3);
+    let top = role(&mut a, 1, "top", P::BAN_MEMBERS, 4);
+    let promoters = role(&mut a, 1, "promoters", P::BAN_MEMBERS | P::MANAGE_ROLES, 10);
     for m in 2..=4 {
         grant(&mut a, 1, m, mods);
     }
-    // Equal rank: nobody outranks anyone, so promote each in their own replica first.
+    for m in 5..=7 {
+        grant(&mut a, 1, m, promoters);
+    }
     let mut replicas = vec![a.clone(), a.clone(), a.clone()];
-    let bans: Vec<OpId> = [(2, 3), (3, 4), (4, 2)]
+    let bans: Vec<OpId> = [(5, 2, 3), (6, 3, 4), (7, 4, 2)]
         .into_iter()
         .zip(replicas.iter_mut())
-        .map(|((who, target), r)| {
-            let top = role(r, 1, "top", P::BAN_MEMBERS, 4);
-            grant(r, 1, who, top);
+        .map(|((promoter, who, target), r)| {
+            assert_eq!(grant(r, promoter, who, top).1, Verdict::Valid);
             ban(r, who, target)
         })
         .collect();
@@ -642,14 +649,122 @@ fn a_cycle_of_concurrent_bans_resolves_the_same_everywhere() {
     let hash = replicas[0].guild.state_hash();
     for r in &replicas {
         assert_eq!(r.guild.state_hash(), hash);
-        let verdicts: Vec<Verdict> = bans.iter().map(|b| r.verdict(b)).collect();
-        assert_eq!(
-            verdicts,
-            bans.iter()
-                .map(|b| replicas[0].verdict(b))
-                .collect::<Vec<_>>()
-        );
+        // The honored set never settles (each honored ban cuts the next banner), so none is
+        // honored against concurrent ops: all three stand and all three members are banned.
+        for b in &bans {
+            assert_eq!(r.verdict(b), Verdict::Valid);
+        }
+        for m in 2..=4 {
+            assert!(r.guild.state().bans.contains_key(&user(m)));
+        }
     }
+}
+
+#[test]
+fn a_removal_never_cuts_what_the_remover_saw() {
+    let (mut r, general, _) = guild_with_members();
+    let (said, _) = r.say(&key(2), general, "before the ban");
+    // A ban claiming cutoff 0 still cannot undo 2's join, which the owner had seen.
+    let ban_op = r.ok(
+        &key(1),
+        Body::Ban {
+            member: user(2),
+            cutoff: 0,
+            reason: "purge".into(),
+        },
+    );
+    assert_eq!(r.verdict(&ban_op), Verdict::Valid);
+    assert!(r.guild.state().bans.contains_key(&user(2)));
+    // Messages are not guild-state ops: a low cutoff purges them, like deleting history.
+    assert_eq!(r.verdict(&said), invalid(AuthError::Banned));
+}
+
+#[test]
+fn clearing_an_overwrite_needs_the_rank_and_bits_setting_it_did() {
+    let (mut r, general, _) = guild_with_members();
+    let high = role(&mut r, 1, "high", P::empty(), 5);
+    let mods = role(&mut r, 1, "mods", P::MANAGE_ROLES | P::VIEW_CHANNEL, 3);
+    grant(&mut r, 1, 2, mods);
+    r.ok(
+        &key(1),
+        Body::OverwriteSet {
+            channel: general,
+            target: OverwriteTarget::Role(high),
+            allow: 0,
+            deny: P::SEND_MESSAGES.bits(),
+        },
+    );
+    let clear = |target| Body::OverwriteClear {
+        channel: general,
+        target,
+    };
+    assert_eq!(
+        r.act(&key(2), clear(OverwriteTarget::Role(high))).1,
+        invalid(AuthError::Hierarchy)
+    );
+    r.ok(
+        &key(1),
+        Body::OverwriteSet {
+            channel: general,
+            target: OverwriteTarget::Member(user(3)),
+            allow: 0,
+            deny: P::MANAGE_GUILD.bits(),
+        },
+    );
+    assert_eq!(
+        r.act(&key(2), clear(OverwriteTarget::Member(user(3)))).1,
+        invalid(AuthError::CannotGrant(P::MANAGE_GUILD))
+    );
+}
+
+#[test]
+fn the_genesis_op_always_heads_its_authors_chain() {
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    // A second op by the owner at seq 1: a fork against genesis, whatever its id.
+    let mut forks = Vec::new();
+    for i in 0..8 {
+        let env = Envelope {
+            guild: r.guild.id(),
+            author: user(1),
+            seq: 1,
+            prev: None,
+            hlc: Hlc::from_parts(9_000 + i, 0),
+            deps: vec![general],
+            body: Body::Leave,
+        };
+        let op = env.sign(&key(1)).unwrap().verify().unwrap();
+        forks.push(op.id());
+        r.guild.insert(op).unwrap();
+    }
+    assert!(
+        forks.iter().any(|f| *f < r.guild.id()),
+        "some fork sorts below genesis"
+    );
+    assert_eq!(r.verdict(&r.guild.id()), Verdict::Valid);
+    assert_eq!(r.verdict(&general), Verdict::Valid);
+    for f in &forks {
+        assert_eq!(r.verdict(f), Verdict::Forked);
+    }
+    assert!(!r.guild.equivocations().is_empty());
+}
+
+#[test]
+fn a_message_naming_a_channel_outside_its_past_is_judged_alike_in_any_order() {
+    let mut a = Replica::new(&key(1));
+    let invite = a.invite(&key(1));
+    a.join(&key(2), invite);
+    let mut b = a.clone();
+    let late = a.text_channel(&key(1), "late");
+    // 2, not having seen #late, names it anyway.
+    let (msg, _) = b.say(&key(2), late, "into the unknown");
+    let mut c = a.clone();
+    c.sync_from(&b);
+    b.sync_from(&a);
+    for r in [&b, &c] {
+        assert_eq!(r.verdict(&msg), invalid(AuthError::UnknownChannel));
+    }
+    assert_eq!(b.guild.state_hash(), c.guild.state_hash());
 }
 
 #[test]

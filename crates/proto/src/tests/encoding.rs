@@ -133,6 +133,18 @@ fn unknown_version_oversized_and_trailing_bytes_are_refused() {
 }
 
 #[test]
+fn nothing_is_signed_that_would_not_decode() {
+    let r = Replica::new(&key(1));
+    let kick = Body::Kick {
+        member: user(2),
+        cutoff: 0,
+        reason: "r".repeat(limits::MAX_REASON_BYTES + 1),
+    };
+    let env = r.guild.next_envelope(user(1), 3_000, kick);
+    assert_eq!(env.sign(&key(1)).unwrap_err().code(), "malformed_op");
+}
+
+#[test]
 fn envelope_shape_rules() {
     let r = Replica::new(&key(1));
     let base = message_envelope(&r, &key(1), "hi");
