@@ -34,6 +34,17 @@ async fn two_people_chat_with_every_message_feature() {
         .await
         .unwrap();
     assert_eq!(reply.reply_to.as_deref(), Some(hello.id.as_str()));
+    let dangling = bea
+        .send_with(
+            &guild.id,
+            &general,
+            "to nothing",
+            None,
+            Some(&"ab".repeat(32)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(dangling.code(), Some("unknown_message"));
 
     ada.edit(&guild.id, &general, &hello.id, "hello, bea!")
         .await

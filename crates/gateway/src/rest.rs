@@ -1071,6 +1071,7 @@ pub async fn create_message(
             "nonces are 1 to 64 bytes",
         ));
     }
+    check_reply(&node, &me.user_id, &gid, &channel, req.reply_to.as_ref())?;
     let body = Body::MessageCreate {
         channel,
         content: req.content,
@@ -1084,6 +1085,27 @@ pub async fn create_message(
     message_view(&node, &me.user_id, &gid, &mid).map(|mut m| {
         m["nonce"] = json!(req.nonce);
         created(m)
+    })
+}
+
+/// A reply must point at a message shown in the same channel (the core accepts any id, so a
+/// remote node's reply to a message this node lacks still replicates).
+pub fn check_reply(
+    node: &Node,
+    me: &UserId,
+    gid: &GuildId,
+    channel: &ChannelId,
+    reply_to: Option<&MessageId>,
+) -> Result<()> {
+    let Some(reply_to) = reply_to else {
+        return Ok(());
+    };
+    node.with_member_guild(me, gid, |g| match g.message(reply_to) {
+        Some(m) if m.channel == *channel => Ok(()),
+        _ => Err(ApiError::not_found(
+            "unknown_message",
+            "replies point at a message in the same channel",
+        )),
     })
 }
 

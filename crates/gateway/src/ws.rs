@@ -586,6 +586,14 @@ async fn handle(
                     "nonces are 1 to 64 bytes",
                 )));
             }
+            crate::rest::check_reply(
+                node,
+                &user,
+                &send.guild_id,
+                &send.channel_id,
+                send.reply_to.as_ref(),
+            )
+            .map_err(fail)?;
             let body = Body::MessageCreate {
                 channel: send.channel_id,
                 content: send.content,
