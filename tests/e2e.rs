@@ -569,3 +569,22 @@ async fn identity_moves_between_nodes_with_key_export() {
     assert_eq!(status, 201);
     assert_eq!(moved["user"]["id"], me.id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_deletes_a_guild_for_everyone() {
+    let node = TestNode::start().await;
+    let (guild, general, people) = guild_with(&node, &["bea"]).await;
+    let (ada, bea) = (&people[0].0, &people[1].0);
+    let mut bea_gw = Gateway::connect(bea).await.unwrap();
+    let refused = bea.delete_guild(&guild.id).await.unwrap_err();
+    assert_eq!(refused.code(), Some("owner_only"));
+    ada.delete_guild(&guild.id).await.unwrap();
+    dispatch_where(&mut bea_gw, "GUILD_DELETE", "id", &guild.id).await;
+    assert!(bea.guilds().await.unwrap().is_empty());
+    assert!(ada.guilds().await.unwrap().is_empty());
+    let gone = ada.send(&guild.id, &general, "echo?").await.unwrap_err();
+    assert_eq!(gone.code(), Some("guild_deleted"));
+    assert!(matches!(gone, ClientError::Api { status: 410, .. }));
+    let hidden = ada.guild(&guild.id).await.unwrap_err();
+    assert_eq!(hidden.code(), Some("unknown_guild"));
+}

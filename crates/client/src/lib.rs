@@ -248,6 +248,11 @@ impl Client {
         self.get(&format!("/guilds/{guild}")).await
     }
 
+    /// Deletes a guild (owner only).
+    pub async fn delete_guild(&self, guild: &str) -> Result<()> {
+        self.delete(&format!("/guilds/{guild}")).await
+    }
+
     pub async fn create_channel(&self, guild: &str, name: &str, kind: &str) -> Result<Channel> {
         self.post(
             &format!("/guilds/{guild}/channels"),

@@ -94,6 +94,7 @@ impl From<AuthError> for ApiError {
             AuthError::AlreadyMember | AuthError::NotBanned | AuthError::RoleNotHeld => {
                 StatusCode::CONFLICT
             }
+            AuthError::GuildDeleted => StatusCode::GONE,
             _ => StatusCode::FORBIDDEN,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -34,7 +34,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/users/@me/read-states", get(read_states))
         .route("/users/{user}", get(user_profile))
         .route("/guilds", get(list_guilds).post(create_guild))
-        .route("/guilds/{g}", get(get_guild).patch(update_guild))
+        .route(
+            "/guilds/{g}",
+            get(get_guild).patch(update_guild).delete(delete_guild),
+        )
         .route(
             "/guilds/{g}/channels",
             get(list_channels)

@@ -201,7 +201,7 @@ impl Node {
     ) -> Result<T, ApiError> {
         let guild = self.guild(id)?;
         let guild = guild.lock().expect("guild lock");
-        if !guild.state().is_member(user) {
+        if guild.state().deleted || !guild.state().is_member(user) {
             return Err(ApiError::not_found(
                 "unknown_guild",
                 "no such guild, or you are not a member",
@@ -215,7 +215,10 @@ impl Node {
         let guilds = self.guilds.read().expect("guild map lock");
         let mut ids: Vec<GuildId> = guilds
             .iter()
-            .filter(|(_, g)| g.lock().expect("guild lock").state().is_member(user))
+            .filter(|(_, g)| {
+                let state = g.lock().expect("guild lock").state().clone();
+                !state.deleted && state.is_member(user)
+            })
             .map(|(id, _)| *id)
             .collect();
         ids.sort();

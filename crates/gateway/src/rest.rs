@@ -422,6 +422,18 @@ pub async fn update_guild(
     })
 }
 
+/// Deletes the guild for everyone (owner only); its ops stay stored.
+pub async fn delete_guild(
+    State(node): State<Arc<Node>>,
+    Authed(me): Authed,
+    Path(g): Path<String>,
+) -> Result<Response> {
+    let gid: GuildId = id(&g, "guild id")?;
+    node.with_member_guild(&me.user_id, &gid, |_| Ok(()))?;
+    node.submit(&me.user_id, &gid, Body::GuildDelete).await?;
+    Ok(no_content())
+}
+
 // ---- channels ----
 
 pub async fn list_channels(

@@ -235,6 +235,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
             Body::MemberRoleGrant { member, .. } | Body::MemberRoleRevoke { member, .. } => {
                 member_json(guild, member).map(|m| guild_wide("GUILD_MEMBER_UPDATE", m))
             }
+            Body::GuildDelete => Some(guild_wide("GUILD_DELETE", json!({ "id": gid }))),
             Body::InviteCreate { .. } | Body::InviteRevoke { .. } | Body::Genesis { .. } => None,
             Body::MetaChange { .. }
             | Body::RoleCreate { .. }

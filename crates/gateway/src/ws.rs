@@ -140,6 +140,9 @@ impl Session {
         };
         let guild = guild.lock().expect("guild lock");
         let state = guild.state();
+        if event.name == "GUILD_DELETE" {
+            return state.is_member(&self.user);
+        }
         if !state.is_member(&self.user) {
             // Tell a removed member they were removed, nothing else.
             return event.data.get("user_id") == Some(&json!(self.user));

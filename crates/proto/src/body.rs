@@ -102,6 +102,8 @@ pub enum Body {
     Unban {
         member: UserId,
     },
+    /// The owner closes the guild for good: every later op is refused.
+    GuildDelete,
     // Content ops: channel history. Never cited by `deps`.
     MessageCreate {
         channel: ChannelId,
@@ -157,6 +159,7 @@ impl Body {
             Body::Kick { .. } => 16,
             Body::Ban { .. } => 17,
             Body::Unban { .. } => 18,
+            Body::GuildDelete => 19,
             Body::MessageCreate { .. } => 32,
             Body::MessageEdit { .. } => 33,
             Body::MessageDelete { .. } => 34,
@@ -292,6 +295,7 @@ impl Body {
                 w.str(reason);
             }
             Body::Unban { member } => w.fixed(&member.0),
+            Body::GuildDelete => {}
             Body::MessageCreate {
                 channel,
                 content,
@@ -432,6 +436,7 @@ impl Body {
             18 => Body::Unban {
                 member: user(r, "member")?,
             },
+            19 => Body::GuildDelete,
             32 => Body::MessageCreate {
                 channel: op_id(r, "channel")?,
                 content: r.str("content", limits::MAX_CONTENT_BYTES)?.to_owned(),

@@ -57,6 +57,10 @@ pub enum AuthError {
     BadMetaChange(String),
     #[error("depends on the invalid op {0}")]
     InvalidDependency(OpId),
+    #[error("the guild was deleted")]
+    GuildDeleted,
+    #[error("only the guild's owner may do this")]
+    OwnerOnly,
 }
 
 impl AuthError {
@@ -76,6 +80,8 @@ impl AuthError {
             AuthError::UnknownInvite => "unknown_invite",
             AuthError::UnknownOverwrite => "unknown_overwrite",
             AuthError::UnknownMessage => "unknown_message",
+            AuthError::GuildDeleted => "guild_deleted",
+            AuthError::OwnerOnly => "owner_only",
             AuthError::InviteSecretMismatch => "invite_secret_mismatch",
             AuthError::InviteExpired => "invite_expired",
             AuthError::InviteExhausted => "invite_exhausted",

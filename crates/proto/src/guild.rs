@@ -693,6 +693,9 @@ impl Guild {
     }
 
     fn authorize_content(&self, state: &GuildState, env: &Envelope) -> Result<(), ContentError> {
+        if state.deleted {
+            return Err(AuthError::GuildDeleted.into());
+        }
         if state.bans.contains_key(&env.author) {
             return Err(AuthError::Banned.into());
         }

@@ -75,6 +75,8 @@ pub struct GuildState {
     pub channels: BTreeMap<ChannelId, Channel>,
     pub bans: BTreeMap<UserId, BanRecord>,
     pub invites: BTreeMap<InviteId, Invite>,
+    /// Set by the owner's `GuildDelete`: no op after it is valid.
+    pub deleted: bool,
 }
 
 impl GuildState {
@@ -102,6 +104,7 @@ impl GuildState {
             channels: BTreeMap::new(),
             bans: BTreeMap::new(),
             invites: BTreeMap::new(),
+            deleted: false,
         }
     }
 
@@ -208,6 +211,9 @@ impl GuildState {
 
     /// Whether `author` may perform guild-state op `body` (with id `id`, at `hlc`) in this state.
     pub fn authorize(&self, author: &UserId, body: &Body, hlc: Hlc) -> Result<(), AuthError> {
+        if self.deleted {
+            return Err(AuthError::GuildDeleted);
+        }
         if let Body::Join { .. } = body {
             return self.authorize_join(author, body, hlc);
         }
@@ -220,6 +226,8 @@ impl GuildState {
         match body {
             Body::Genesis { .. } => Err(AuthError::BadRequest("a guild has one genesis")),
             Body::Leave if *author == self.owner => Err(AuthError::OwnerImmune),
+            Body::GuildDelete if *author == self.owner => Ok(()),
+            Body::GuildDelete => Err(AuthError::OwnerOnly),
             Body::MetaChange { change } => crate::meta::authorize_change(self, author, change),
             Body::Leave => Ok(()),
             Body::RoleCreate {
@@ -528,6 +536,7 @@ impl GuildState {
             Body::Unban { member } => {
                 self.bans.remove(member);
             }
+            Body::GuildDelete => self.deleted = true,
             _ => {}
         }
     }

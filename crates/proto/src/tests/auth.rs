@@ -932,3 +932,31 @@ fn metadata_changes_are_checked_key_by_key() {
         Some("Renamed")
     );
 }
+
+#[test]
+fn only_the_owner_deletes_a_guild_and_nothing_follows_it() {
+    let (mut r, general, invite) = guild_with_members();
+    let admins = role(&mut r, 1, "admins", P::ADMINISTRATOR, 5);
+    grant(&mut r, 1, 2, admins);
+    assert_eq!(
+        r.act(&key(2), Body::GuildDelete).1,
+        invalid(AuthError::OwnerOnly)
+    );
+    r.ok(&key(1), Body::GuildDelete);
+    assert!(r.guild.state().deleted);
+    assert_eq!(
+        r.say(&key(1), general, "anyone here?").1,
+        invalid(AuthError::GuildDeleted)
+    );
+    assert_eq!(
+        r.act(
+            &key(4),
+            Body::Join {
+                invite,
+                secret: SECRET.to_vec()
+            }
+        )
+        .1,
+        invalid(AuthError::GuildDeleted)
+    );
+}

@@ -76,6 +76,9 @@ enum Action {
         actor: u8,
         name: u8,
     },
+    DeleteGuild {
+        actor: u8,
+    },
     /// An actor writing on a replica other than their home one: a fork of their log.
     Equivocate {
         actor: u8,
@@ -129,6 +132,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (actor(), actor(), perms())
             .prop_map(|(actor, member, deny)| Action::Overwrite { actor, member, deny }),
         1 => (actor(), any::<u8>()).prop_map(|(actor, name)| Action::Rename { actor, name }),
+        1 => actor().prop_map(|actor| Action::DeleteGuild { actor }),
         1 => (actor(), 0..REPLICAS).prop_map(|(actor, replica)| Action::Equivocate { actor, replica }),
         4 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Sync { from, to }),
     ]
@@ -338,6 +342,7 @@ impl World {
                     .make_change(&user(actor), &[("guild.name", Some(value))]);
                 (actor, Body::MetaChange { change })
             }
+            Action::DeleteGuild { actor } => (actor, Body::GuildDelete),
             Action::Equivocate { actor, replica } => {
                 let content = format!("fork by {actor}");
                 return Some((
