@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use guildhall_client::{Client, ClientError, Gateway};
+use guildhall_client::{Client, ClientError, Gateway, Page};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
@@ -62,6 +62,13 @@ async fn run(args: Args) -> Result<(), ClientError> {
         "{} in {} #{}; type to chat, Ctrl-D to quit",
         me.username, guild.name, channel.name
     );
+    let recent = Page {
+        limit: Some(20),
+        ..Page::default()
+    };
+    for m in client.messages(&guild.id, &channel.id, &recent).await? {
+        println!("[{}] {}", who(&m.author_id, &me.id), m.content);
+    }
     let mut gateway = Gateway::connect(&client).await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut sent = 0u64;
@@ -91,10 +98,18 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 };
                 if dispatch.name == "MESSAGE_CREATE" && dispatch.data["channel_id"] == channel.id.as_str() {
                     let author = dispatch.data["author_id"].as_str().unwrap_or_default();
-                    let who = if author == me.id { "you" } else { &author[..8] };
-                    println!("[{who}] {}", dispatch.data["content"].as_str().unwrap_or_default());
+                    println!("[{}] {}", who(author, &me.id), dispatch.data["content"].as_str().unwrap_or_default());
                 }
             }
         }
+    }
+}
+
+/// A short name for a message's author: "you", or the start of their user id.
+fn who<'a>(author: &'a str, me: &str) -> &'a str {
+    if author == me {
+        "you"
+    } else {
+        &author[..author.len().min(8)]
     }
 }
