@@ -105,6 +105,9 @@ pub struct Node {
     pub sessions: crate::ws::Sessions,
     pub metrics: Metrics,
     pub started: Instant,
+    /// Set when a commit failed after its op entered a replica: memory and disk may differ, so
+    /// writes stop until a restart reloads from disk.
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 pub fn now_ms() -> u64 {
@@ -143,6 +146,7 @@ impl Node {
             sessions: crate::ws::Sessions::default(),
             metrics: Metrics::default(),
             started: Instant::now(),
+            write_failed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -320,6 +324,13 @@ impl Node {
         body: Body,
         nonce: Option<&str>,
     ) -> Result<OpId, ApiError> {
+        if self.write_failed.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failed",
+                "a write to disk failed; this node refuses writes until it is restarted",
+            ));
+        }
         let key = self.user_key(user)?;
         let guild = self.guild(guild_id)?;
         let (id, bytes, events) = {
@@ -370,7 +381,11 @@ impl Node {
                 op: id,
             });
         }
-        self.store.write(writes).await?;
+        if let Err(e) = self.store.write(writes).await {
+            self.write_failed.store(true, Ordering::Relaxed);
+            tracing::error!(error = %e, "commit failed after apply; refusing writes until restart");
+            return Err(e.into());
+        }
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
         for event in events {
             self.publish(event);
@@ -389,6 +404,11 @@ impl Node {
             Some(id) => Ok(Some(id)),
             None => Ok(self.store.nonce(user, nonce)?),
         }
+    }
+
+    /// Whether writes are refused after a failed commit.
+    pub fn writes_refused(&self) -> bool {
+        self.write_failed.load(Ordering::Relaxed)
     }
 
     /// Takes one token from `key`'s bucket, or says how long until one is available.

@@ -1400,7 +1400,7 @@ pub async fn search(
 
 pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
     Json(json!({
-        "status": "ok",
+        "status": if node.writes_refused() { "read_only" } else { "ok" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": node.started.elapsed().as_secs(),
         "guilds": node.guild_count(),
