@@ -113,6 +113,14 @@ impl Session {
         self.wake.notify_waiters();
     }
 
+    /// Drops frames the client says it has (its heartbeat's `seq`): resume never needs them.
+    fn forget_through(&self, seen: u64) {
+        let mut inner = self.inner.lock().expect("session lock");
+        while inner.buffer.front().is_some_and(|(s, _)| *s <= seen) {
+            inner.buffer.pop_front();
+        }
+    }
+
     /// Frames after `after`, or `None` if some of them are gone.
     fn frames_after(&self, after: u64) -> Option<Vec<(u64, Utf8Bytes)>> {
         let inner = self.inner.lock().expect("session lock");
@@ -518,6 +526,9 @@ async fn serve(conn: &mut Conn, session: &Arc<Session>, mut sent: u64, generatio
                 };
                 if frame.op == "heartbeat" {
                     last_heartbeat = Instant::now();
+                    if let Some(seen) = frame.d.get("seq").and_then(Value::as_u64) {
+                        session.forget_through(seen);
+                    }
                     if !conn.send(json!({ "op": "heartbeat_ack" })).await {
                         return;
                     }
