@@ -216,8 +216,12 @@ async fn pump(
 
 pub async fn upgrade(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
     let hard_limit = node.config.max_frame_bytes * 4;
+    // Small per-socket buffers: most sessions sit idle, and the defaults (128 KiB each way)
+    // would cost ~140 KiB per client.
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| connection(node, socket))
 }
 

@@ -20,6 +20,8 @@ enum Scenario {
     /// Writes `count` messages through the node's write path (no HTTP), closes the node and
     /// times opening it again.
     Restart,
+    /// Holds `clients` idle gateway sessions for `count` seconds (measure the node's memory).
+    Idle,
 }
 
 #[derive(Parser)]
@@ -130,6 +132,7 @@ async fn main() {
         Scenario::Latency => latency(&s, args.count).await,
         Scenario::Throughput => throughput(&s, args.clients, args.count).await,
         Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
+        Scenario::Idle => idle(&s, args.clients, args.count).await,
         Scenario::Restart => unreachable!("handled above"),
     }
 }
@@ -297,4 +300,14 @@ async fn restart(count: u64, writers: usize) {
         started.elapsed().as_secs_f64() * 1000.0,
         node.guild_count()
     );
+}
+
+async fn idle(s: &Setup, clients: usize, seconds: u64) {
+    let mut held = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        held.push(Gateway::connect(&s.owner).await.expect("gateway"));
+    }
+    println!("{clients} idle gateway sessions open; holding them {seconds} s");
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    println!("released {} sessions", held.len());
 }

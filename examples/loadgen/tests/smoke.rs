@@ -44,3 +44,10 @@ fn restart() {
             .contains("reopen with 200 stored messages")
     );
 }
+
+#[test]
+fn idle() {
+    assert!(
+        run(&["idle", "--clients", "3", "--count", "0"]).contains("3 idle gateway sessions open")
+    );
+}
