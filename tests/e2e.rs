@@ -441,6 +441,20 @@ async fn bad_requests_get_codes_and_the_node_keeps_serving() {
         );
         assert!(got["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    let nowhere = ada
+        .send(&guild.id, &"cd".repeat(32), "hello?")
+        .await
+        .unwrap_err();
+    assert_eq!(nowhere.code(), Some("unknown_channel"));
+    let guild_path = format!("/api/v1/guilds/{}", guild.id);
+    let (status, body) = raw(&node, "PATCH", &guild_path, t, "{\"description\": \"\"}").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("empty_update")));
+    let mut gw = Gateway::connect(ada).await.unwrap();
+    let blank = gw
+        .send_message(&guild.id, &general, "", "blank")
+        .await
+        .unwrap_err();
+    assert_eq!(blank.code(), Some("invalid_content"));
     let long = json!({ "content": "x".repeat(4_001) }).to_string();
     assert_eq!(
         raw(&node, "POST", &path, t, &long).await.1["code"],

@@ -333,7 +333,7 @@ impl Node {
         }
         let key = self.user_key(user)?;
         let guild = self.guild(guild_id)?;
-        let (id, bytes, events) = {
+        let (id, committed, outcome) = {
             let mut g = guild.lock().expect("guild lock");
             if let Some(nonce) = nonce
                 && let Some(id) = self.seen_nonce(user, nonce)?
@@ -348,46 +348,45 @@ impl Node {
             let op = envelope.sign_verified(&key)?;
             let id = op.id();
             let bytes = op.encode();
-            let changes = match g.insert(op)? {
-                Inserted::Applied { changes } => changes,
-                other => {
-                    return Err(ApiError::internal(format!(
-                        "own op was not applied: {other:?}"
-                    )));
+            let outcome = match g.insert(op)? {
+                Inserted::Applied { changes } if g.verdict(&id) == Some(&Verdict::Valid) => {
+                    Ok(views::events_for(&g, &changes))
                 }
+                other => Err(ApiError::internal(format!(
+                    "own op not applied as valid after precheck: {other:?}"
+                ))),
             };
-            if g.verdict(&id) != Some(&Verdict::Valid) {
-                return Err(ApiError::internal(
-                    "own op was judged invalid after precheck",
-                ));
-            }
-            if let Some(nonce) = nonce {
+            // Whatever entered the replica is stored, valid or not, so memory and disk agree;
+            // queueing under the guild lock keeps each guild's ops in replica order on disk.
+            let mut writes = vec![Write::Op {
+                guild: *guild_id,
+                id,
+                bytes,
+            }];
+            if let (Some(nonce), Ok(_)) = (nonce, &outcome) {
                 self.nonces
                     .lock()
                     .expect("nonce lock")
                     .insert((*user, nonce.to_owned()), id);
+                writes.push(Write::Nonce {
+                    user: *user,
+                    nonce: nonce.to_owned(),
+                    op: id,
+                });
             }
-            (id, bytes, views::events_for(&g, &changes))
+            (id, self.store.enqueue(writes), outcome)
         };
-        let mut writes = vec![Write::Op {
-            guild: *guild_id,
-            id,
-            bytes,
-        }];
-        if let Some(nonce) = nonce {
-            writes.push(Write::Nonce {
-                user: *user,
-                nonce: nonce.to_owned(),
-                op: id,
-            });
-        }
-        if let Err(e) = self.store.write(writes).await {
+        let committed = match committed {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
             self.write_failed.store(true, Ordering::Relaxed);
             tracing::error!(error = %e, "commit failed after apply; refusing writes until restart");
             return Err(e.into());
         }
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
-        for event in events {
+        for event in outcome? {
             self.publish(event);
         }
         Ok(id)

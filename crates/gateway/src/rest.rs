@@ -140,7 +140,11 @@ pub async fn register(
     ClientIp(ip): ClientIp,
     JsonBody(req): JsonBody<Register>,
 ) -> Result<Response> {
-    node.rate_check(ip, node.config.auth_rate, node.config.auth_burst)?;
+    node.rate_check(
+        format!("auth:{ip}"),
+        node.config.auth_rate,
+        node.config.auth_burst,
+    )?;
     let account = create_account(
         &node,
         &req.username,
@@ -242,7 +246,11 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response> {
-    node.rate_check(ip, node.config.auth_rate, node.config.auth_burst)?;
+    node.rate_check(
+        format!("auth:{ip}"),
+        node.config.auth_rate,
+        node.config.auth_burst,
+    )?;
     let account = check_login(&node, &req.username, &req.password).await?;
     let token = issue_token(&node, &account).await?;
     Ok(Json(json!({
@@ -374,9 +382,11 @@ fn meta_change(
     node.with_member_guild(me, gid, |g| {
         let edits: Vec<(&str, Option<MetaValue>)> =
             edits.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        Ok(Body::MetaChange {
-            change: g.meta().make_change(me, &edits),
-        })
+        let change = g
+            .meta()
+            .make_change(me, &edits)
+            .ok_or_else(|| ApiError::bad_request("empty_update", "nothing would change"))?;
+        Ok(Body::MetaChange { change })
     })
 }
 
@@ -1134,10 +1144,12 @@ fn message_view(node: &Node, me: &UserId, gid: &GuildId, mid: &MessageId) -> Res
 pub async fn get_message(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m)): Path<(String, String, String)>,
+    Path((g, c, m)): Path<(String, String, String)>,
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
-    message_view(&node, &me.user_id, &gid, &id(&m, "message id")?).map(Json)
+    let message: MessageId = id(&m, "message id")?;
+    shown_message(&node, &me.user_id, &gid, &c, &message)?;
+    message_view(&node, &me.user_id, &gid, &message).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -1148,11 +1160,12 @@ pub struct EditMessage {
 pub async fn edit_message(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m)): Path<(String, String, String)>,
+    Path((g, c, m)): Path<(String, String, String)>,
     JsonBody(req): JsonBody<EditMessage>,
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
     let message: MessageId = id(&m, "message id")?;
+    shown_message(&node, &me.user_id, &gid, &c, &message)?;
     let body = Body::MessageEdit {
         message,
         content: req.content,
@@ -1163,16 +1176,34 @@ pub async fn edit_message(
     message_view(&node, &me.user_id, &gid, &message).map(Json)
 }
 
+/// Checks `message` is shown in `channel` (a channel or thread) to `me`.
+fn shown_message(
+    node: &Node,
+    me: &UserId,
+    gid: &GuildId,
+    channel: &str,
+    message: &MessageId,
+) -> Result<()> {
+    let channel: ChannelId = id(channel, "channel id")?;
+    node.with_member_guild(me, gid, |g| match g.message(message) {
+        Some(m) if m.channel == channel => viewable(g, me, &channel),
+        _ => Err(ApiError::not_found(
+            "unknown_message",
+            "no such message in this channel",
+        )),
+    })
+}
+
 /// The message ops that name only a message: delete, reactions, pins.
 async fn message_op(
     node: &Node,
     me: &UserId,
-    g: &str,
+    (g, c, m): (&str, &str, &str),
     body: impl FnOnce(MessageId) -> Body,
-    m: &str,
 ) -> Result<Response> {
     let gid: GuildId = id(g, "guild id")?;
     let message: MessageId = id(m, "message id")?;
+    shown_message(node, me, &gid, c, &message)?;
     submit_checked(node, me, &gid, body(message)).await?;
     Ok(no_content())
 }
@@ -1180,68 +1211,55 @@ async fn message_op(
 pub async fn delete_message(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m)): Path<(String, String, String)>,
+    Path((g, c, m)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    message_op(
-        &node,
-        &me.user_id,
-        &g,
-        |message| Body::MessageDelete { message },
-        &m,
-    )
+    message_op(&node, &me.user_id, (&g, &c, &m), |message| {
+        Body::MessageDelete { message }
+    })
     .await
 }
 
 pub async fn add_reaction(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m, emoji)): Path<(String, String, String, String)>,
+    Path((g, c, m, emoji)): Path<(String, String, String, String)>,
 ) -> Result<Response> {
-    message_op(
-        &node,
-        &me.user_id,
-        &g,
-        |message| Body::ReactionAdd { message, emoji },
-        &m,
-    )
+    message_op(&node, &me.user_id, (&g, &c, &m), |message| {
+        Body::ReactionAdd { message, emoji }
+    })
     .await
 }
 
 pub async fn remove_reaction(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m, emoji)): Path<(String, String, String, String)>,
+    Path((g, c, m, emoji)): Path<(String, String, String, String)>,
 ) -> Result<Response> {
-    message_op(
-        &node,
-        &me.user_id,
-        &g,
-        |message| Body::ReactionRemove { message, emoji },
-        &m,
-    )
+    message_op(&node, &me.user_id, (&g, &c, &m), |message| {
+        Body::ReactionRemove { message, emoji }
+    })
     .await
 }
 
 pub async fn pin(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m)): Path<(String, String, String)>,
+    Path((g, c, m)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    message_op(&node, &me.user_id, &g, |message| Body::Pin { message }, &m).await
+    message_op(&node, &me.user_id, (&g, &c, &m), |message| Body::Pin {
+        message,
+    })
+    .await
 }
 
 pub async fn unpin(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
-    Path((g, _c, m)): Path<(String, String, String)>,
+    Path((g, c, m)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    message_op(
-        &node,
-        &me.user_id,
-        &g,
-        |message| Body::Unpin { message },
-        &m,
-    )
+    message_op(&node, &me.user_id, (&g, &c, &m), |message| Body::Unpin {
+        message,
+    })
     .await
 }
 

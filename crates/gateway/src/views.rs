@@ -249,5 +249,11 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
         };
         events.extend(event);
     }
+    // Every event says which guild it belongs to.
+    for event in &mut events {
+        if let Some(data) = event.data.as_object_mut() {
+            data.entry("guild_id").or_insert(json!(gid));
+        }
+    }
     events
 }

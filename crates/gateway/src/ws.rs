@@ -33,6 +33,7 @@ pub mod close {
     pub const SESSION_TIMED_OUT: u16 = 4009;
     pub const FRAME_TOO_LARGE: u16 = 4010;
     pub const SLOW_CONSUMER: u16 = 4011;
+    pub const SESSION_REPLACED: u16 = 4012;
 }
 
 /// Dispatches a session keeps for replay; a detached session that overflows it cannot resume.
@@ -365,9 +366,9 @@ async fn connection(node: Arc<Node>, socket: WebSocket) {
 /// Waits for identify or resume; returns the session and the last seq the client has.
 async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
     let node = conn.node.clone();
-    let deadline = node.config.heartbeat_interval;
+    let deadline = tokio::time::Instant::now() + node.config.heartbeat_interval;
     loop {
-        let incoming = match tokio::time::timeout(deadline, conn.next()).await {
+        let incoming = match tokio::time::timeout_at(deadline, conn.next()).await {
             Ok(incoming) => incoming,
             Err(_) => {
                 conn.close(
@@ -617,6 +618,8 @@ async fn handle(
                 content: send.content,
                 reply_to: send.reply_to,
             };
+            guildhall_proto::validate::check_body(&body)
+                .map_err(|why| fail(ApiError::bad_request("invalid_content", why)))?;
             let id = node
                 .submit_with(&user, &send.guild_id, body, send.nonce.as_deref())
                 .await

@@ -294,7 +294,14 @@ impl Guild {
         match self.authorize_content(&self.current, env) {
             Ok(()) => Ok(()),
             Err(ContentError::Auth(e)) => Err(e),
-            Err(ContentError::Waiting(_)) => Err(AuthError::UnknownMessage),
+            Err(ContentError::Waiting(target)) => match &env.body {
+                Body::MessageCreate { channel, .. } | Body::ThreadCreate { channel, .. }
+                    if *channel == target =>
+                {
+                    Err(AuthError::UnknownChannel)
+                }
+                _ => Err(AuthError::UnknownMessage),
+            },
         }
     }
 

@@ -247,8 +247,13 @@ impl MetaDoc {
     }
 
     /// Builds (but does not apply) a change by `author` that puts the given values; `None`
-    /// deletes a key. The change depends on everything applied so far.
-    pub fn make_change(&self, author: &UserId, edits: &[(&str, Option<MetaValue>)]) -> Vec<u8> {
+    /// deletes a key. The change depends on everything applied so far. `None` when the edits
+    /// would change nothing.
+    pub fn make_change(
+        &self,
+        author: &UserId,
+        edits: &[(&str, Option<MetaValue>)],
+    ) -> Option<Vec<u8>> {
         let mut fork = self.doc.clone().with_actor(actor_for(author));
         for (key, value) in edits {
             let result = match value {
@@ -259,9 +264,9 @@ impl MetaDoc {
             };
             result.expect("writes to the root map of a local fork cannot fail");
         }
-        fork.commit();
+        // Edits that change nothing make no change (and no op).
+        fork.commit()?;
         fork.get_last_local_change()
             .map(|mut c| c.bytes().into_owned())
-            .unwrap_or_default()
     }
 }

@@ -200,9 +200,18 @@ impl Store {
     /// Commits `writes` as one unit and returns once they are durable. Concurrent calls share
     /// a transaction (group commit).
     pub async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.enqueue(writes)?.await
+    }
+
+    /// Queues `writes` now and returns what resolves once they are durable. Jobs commit in
+    /// the order they were queued, so a caller holding a lock while queueing fixes the order.
+    pub fn enqueue(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<impl Future<Output = Result<(), StoreError>> + use<>, StoreError> {
         let (reply, done) = oneshot::channel();
         self.committer.submit(Job { writes, reply })?;
-        done.await.map_err(|_| StoreError::Closed)?
+        Ok(async move { done.await.map_err(|_| StoreError::Closed)? })
     }
 
     /// The write path for callers outside an async runtime (the admin CLI).

@@ -863,7 +863,8 @@ fn metadata_changes_are_checked_key_by_key() {
         change: r
             .guild
             .meta()
-            .make_change(&user(who), &[(key, Some(value))]),
+            .make_change(&user(who), &[(key, Some(value))])
+            .expect("the edit changes something"),
     };
     let rename = change(&r, 2, "guild.name", MetaValue::Str("mine now".into()));
     assert_eq!(

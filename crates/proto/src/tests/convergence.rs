@@ -339,7 +339,7 @@ impl World {
                 let change = at_home(actor)
                     .guild
                     .meta()
-                    .make_change(&user(actor), &[("guild.name", Some(value))]);
+                    .make_change(&user(actor), &[("guild.name", Some(value))])?;
                 (actor, Body::MetaChange { change })
             }
             Action::DeleteGuild { actor } => (actor, Body::GuildDelete),

@@ -111,13 +111,17 @@ fn history() -> Vec<(&'static str, u8, VerifiedOp)> {
             deny: Permissions::MENTION_EVERYONE.bits(),
         },
     );
-    let change = r.guild.meta().make_change(
-        &user(1),
-        &[(
-            "guild.description",
-            Some(MetaValue::Str("A test guild".into())),
-        )],
-    );
+    let change = r
+        .guild
+        .meta()
+        .make_change(
+            &user(1),
+            &[(
+                "guild.description",
+                Some(MetaValue::Str("A test guild".into())),
+            )],
+        )
+        .expect("a change");
     step(&mut r, "meta_change", 1, Body::MetaChange { change });
     let hello = step(
         &mut r,
