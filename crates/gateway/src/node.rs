@@ -110,6 +110,11 @@ pub struct Node {
     write_failed: std::sync::atomic::AtomicBool,
 }
 
+/// Rate-limit buckets kept before idle ones are dropped.
+const MAX_BUCKETS: usize = 100_000;
+/// Recent nonces kept in memory; older ones are still found in the store.
+const MAX_RECENT_NONCES: usize = 100_000;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -260,6 +265,7 @@ impl Node {
 
     /// Creates a guild owned by `owner`, with a text and a voice channel to start with.
     pub async fn create_guild(&self, owner: &UserId, name: &str) -> Result<GuildId, ApiError> {
+        self.refuse_if_read_only()?;
         let key = self.user_key(owner)?;
         let envelope = Envelope {
             guild: OpId::default(),
@@ -324,13 +330,7 @@ impl Node {
         body: Body,
         nonce: Option<&str>,
     ) -> Result<OpId, ApiError> {
-        if self.write_failed.load(Ordering::Relaxed) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_failed",
-                "a write to disk failed; this node refuses writes until it is restarted",
-            ));
-        }
+        self.refuse_if_read_only()?;
         let key = self.user_key(user)?;
         let guild = self.guild(guild_id)?;
         let (id, committed, outcome) = {
@@ -364,10 +364,11 @@ impl Node {
                 bytes,
             }];
             if let (Some(nonce), Ok(_)) = (nonce, &outcome) {
-                self.nonces
-                    .lock()
-                    .expect("nonce lock")
-                    .insert((*user, nonce.to_owned()), id);
+                let mut recent = self.nonces.lock().expect("nonce lock");
+                if recent.len() >= MAX_RECENT_NONCES {
+                    recent.clear();
+                }
+                recent.insert((*user, nonce.to_owned()), id);
                 writes.push(Write::Nonce {
                     user: *user,
                     nonce: nonce.to_owned(),
@@ -405,6 +406,17 @@ impl Node {
         }
     }
 
+    fn refuse_if_read_only(&self) -> Result<(), ApiError> {
+        if self.writes_refused() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failed",
+                "a write to disk failed; this node refuses writes until it is restarted",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether writes are refused after a failed commit.
     pub fn writes_refused(&self) -> bool {
         self.write_failed.load(Ordering::Relaxed)
@@ -414,6 +426,10 @@ impl Node {
     pub fn rate_check(&self, key: String, rate: f64, burst: f64) -> Result<(), ApiError> {
         let mut buckets = self.buckets.lock().expect("bucket lock");
         let now = Instant::now();
+        if buckets.len() >= MAX_BUCKETS {
+            // A bucket idle long enough to have refilled is the same as no bucket.
+            buckets.retain(|_, (_, last)| now.duration_since(*last) < Duration::from_secs(600));
+        }
         let (tokens, last) = buckets.entry(key).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
-use guildhall_proto::body::Body;
+use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::id::{ChannelId, GuildId, UserId};
 use guildhall_proto::perm::Permissions;
 use serde::Deserialize;
@@ -632,22 +632,34 @@ async fn handle(
             let typing: Typing = decode(frame.d)?;
             node.user_rate_check(&user)
                 .map_err(|e| Handled::Error(None, e))?;
-            let allowed = node
+            // Typing follows the rules for sending there: a text channel, or a thread of one.
+            let gate = node
                 .with_member_guild(&user, &typing.guild_id, |g| {
-                    Ok(g.state()
-                        .channel_permissions(&user, &typing.channel_id)
-                        .contains(Permissions::SEND_MESSAGES))
+                    let (gate, needed) =
+                        match g.op(&typing.channel_id).map(|op| &op.envelope().body) {
+                            Some(Body::ThreadCreate { channel, .. }) => {
+                                (*channel, Permissions::SEND_MESSAGES_IN_THREADS)
+                            }
+                            _ => (typing.channel_id, Permissions::SEND_MESSAGES),
+                        };
+                    let state = g.state();
+                    let text = state
+                        .channels
+                        .get(&gate)
+                        .is_some_and(|c| c.kind == ChannelKind::Text);
+                    let allowed = state.channel_permissions(&user, &gate).contains(needed);
+                    Ok((text && allowed).then_some(gate))
                 })
                 .map_err(|e| Handled::Error(None, e))?;
-            if !allowed {
+            let Some(gate) = gate else {
                 return Err(Handled::Error(
                     None,
                     Node::forbidden("you cannot send messages in this channel"),
                 ));
-            }
+            };
             node.publish(Event {
                 guild: typing.guild_id,
-                channel: Some(typing.channel_id),
+                channel: Some(gate),
                 name: "TYPING_START",
                 data: json!({
                     "guild_id": typing.guild_id,
