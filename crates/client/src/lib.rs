@@ -334,6 +334,13 @@ impl Client {
         format!("/guilds/{guild}/channels/{channel}/messages/{message}")
     }
 
+    fn reaction_path(guild: &str, channel: &str, message: &str, emoji: &str) -> String {
+        format!(
+            "{}/reactions/{emoji}",
+            Self::message_path(guild, channel, message)
+        )
+    }
+
     pub async fn edit(
         &self,
         guild: &str,
@@ -360,11 +367,11 @@ impl Client {
         message: &str,
         emoji: &str,
     ) -> Result<()> {
-        let path = format!(
-            "{}/reactions/{emoji}",
-            Self::message_path(guild, channel, message)
-        );
-        self.put(&path, json!({})).await
+        self.put(
+            &Self::reaction_path(guild, channel, message, emoji),
+            json!({}),
+        )
+        .await
     }
 
     pub async fn unreact(
@@ -374,11 +381,8 @@ impl Client {
         message: &str,
         emoji: &str,
     ) -> Result<()> {
-        let path = format!(
-            "{}/reactions/{emoji}",
-            Self::message_path(guild, channel, message)
-        );
-        self.delete(&path).await
+        self.delete(&Self::reaction_path(guild, channel, message, emoji))
+            .await
     }
 
     pub async fn pin(&self, guild: &str, channel: &str, message: &str) -> Result<()> {

@@ -495,6 +495,13 @@ pub async fn create_channel(
     })
 }
 
+/// Submits `body` (if its ids parsed) to guild `g`; answers 204.
+async fn no_content_op(node: &Node, me: &UserId, g: &str, body: Result<Body>) -> Result<Response> {
+    let gid: GuildId = id(g, "guild id")?;
+    node.submit(me, &gid, body?).await?;
+    Ok(no_content())
+}
+
 /// Validates a body's shape with the core's limits (a clear 400) before submitting it.
 async fn submit_checked(node: &Node, me: &UserId, gid: &GuildId, body: Body) -> Result<OpId> {
     guildhall_proto::validate::check_body(&body)
@@ -584,11 +591,8 @@ pub async fn delete_channel(
     Authed(me): Authed,
     Path((g, c)): Path<(String, String)>,
 ) -> Result<Response> {
-    let gid: GuildId = id(&g, "guild id")?;
-    let channel: ChannelId = id(&c, "channel id")?;
-    node.submit(&me.user_id, &gid, Body::ChannelDelete { channel })
-        .await?;
-    Ok(no_content())
+    let body = id(&c, "channel id").map(|channel| Body::ChannelDelete { channel });
+    no_content_op(&node, &me.user_id, &g, body).await
 }
 
 #[derive(Deserialize)]
@@ -697,16 +701,8 @@ pub async fn delete_role(
     Authed(me): Authed,
     Path((g, r)): Path<(String, String)>,
 ) -> Result<Response> {
-    let gid: GuildId = id(&g, "guild id")?;
-    node.submit(
-        &me.user_id,
-        &gid,
-        Body::RoleDelete {
-            role: id(&r, "role id")?,
-        },
-    )
-    .await?;
-    Ok(no_content())
+    let body = id(&r, "role id").map(|role| Body::RoleDelete { role });
+    no_content_op(&node, &me.user_id, &g, body).await
 }
 
 fn member_cutoff(node: &Node, me: &UserId, gid: &GuildId, member: &UserId) -> Result<u64> {
@@ -720,13 +716,11 @@ pub async fn grant_role(
     Authed(me): Authed,
     Path((g, u, r)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    let gid: GuildId = id(&g, "guild id")?;
     let body = Body::MemberRoleGrant {
         member: id(&u, "user id")?,
         role: id(&r, "role id")?,
     };
-    node.submit(&me.user_id, &gid, body).await?;
-    Ok(no_content())
+    no_content_op(&node, &me.user_id, &g, Ok(body)).await
 }
 
 pub async fn revoke_role(
@@ -850,16 +844,8 @@ pub async fn unban(
     Authed(me): Authed,
     Path((g, u)): Path<(String, String)>,
 ) -> Result<Response> {
-    let gid: GuildId = id(&g, "guild id")?;
-    node.submit(
-        &me.user_id,
-        &gid,
-        Body::Unban {
-            member: id(&u, "user id")?,
-        },
-    )
-    .await?;
-    Ok(no_content())
+    let body = id(&u, "user id").map(|member| Body::Unban { member });
+    no_content_op(&node, &me.user_id, &g, body).await
 }
 
 pub async fn list_bans(
@@ -967,16 +953,8 @@ pub async fn revoke_invite(
     Authed(me): Authed,
     Path((g, i)): Path<(String, String)>,
 ) -> Result<Response> {
-    let gid: GuildId = id(&g, "guild id")?;
-    node.submit(
-        &me.user_id,
-        &gid,
-        Body::InviteRevoke {
-            invite: id(&i, "invite id")?,
-        },
-    )
-    .await?;
-    Ok(no_content())
+    let body = id(&i, "invite id").map(|invite| Body::InviteRevoke { invite });
+    no_content_op(&node, &me.user_id, &g, body).await
 }
 
 pub async fn accept_invite(
