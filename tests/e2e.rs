@@ -556,7 +556,10 @@ async fn presence_and_typing_reach_guild_members() {
     ada_gw.typing(&guild.id, &general).await.unwrap();
     let typing = dispatch_where(&mut bea_gw, "TYPING_START", "user_id", &ada_id).await;
     assert_eq!(typing.data["channel_id"], general.as_str());
-    let thread = ada.create_thread(&guild.id, &general, "side", None).await.unwrap();
+    let thread = ada
+        .create_thread(&guild.id, &general, "side", None)
+        .await
+        .unwrap();
     ada_gw.typing(&guild.id, &thread).await.unwrap();
     let in_thread = dispatch_where(&mut bea_gw, "TYPING_START", "channel_id", &thread).await;
     assert_eq!(in_thread.data["user_id"], ada_id.as_str());
