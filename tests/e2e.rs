@@ -611,3 +611,14 @@ async fn the_owner_deletes_a_guild_for_everyone() {
     let hidden = ada.guild(&guild.id).await.unwrap_err();
     assert_eq!(hidden.code(), Some("unknown_guild"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_ends_the_gateway_session() {
+    let node = TestNode::start().await;
+    let (ada, _) = node.user("ada").await;
+    let mut gw = Gateway::connect(&ada).await.unwrap();
+    ada.logout().await.unwrap();
+    assert_eq!(gw.closed(WAIT).await.unwrap(), 4004);
+    assert!(!gw.reconnect().await.is_ok_and(|resumed| resumed));
+    assert_eq!(ada.me().await.unwrap_err().code(), Some("invalid_token"));
+}

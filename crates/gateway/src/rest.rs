@@ -269,12 +269,11 @@ pub async fn logout(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    node.authenticate(token)?;
-    node.store
-        .write(vec![Write::RevokeToken {
-            hash: accounts::token_hash(token),
-        }])
-        .await?;
+    let token = token.trim();
+    let record = node.authenticate(token)?;
+    let hash = accounts::token_hash(token);
+    node.store.write(vec![Write::RevokeToken { hash }]).await?;
+    node.sessions.revoke(&record.user_id, Some(&hash));
     Ok(no_content())
 }
 
@@ -282,6 +281,7 @@ pub async fn logout_all(State(node): State<Arc<Node>>, Authed(me): Authed) -> Re
     node.store
         .write(vec![Write::RevokeTokensOf { user: me.user_id }])
         .await?;
+    node.sessions.revoke(&me.user_id, None);
     Ok(no_content())
 }
 

@@ -66,6 +66,24 @@ impl Sessions {
         self.map.lock().expect("sessions lock").len()
     }
 
+    /// Ends the sessions identified with a token (logout) or, with `None`, all of a user's
+    /// (logout everywhere): their sockets close with 4004 and they cannot be resumed.
+    pub fn revoke(&self, user: &UserId, token_hash: Option<&[u8; 32]>) {
+        let doomed: Vec<Arc<Session>> = self
+            .map
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .filter(|s| s.user == *user && token_hash.is_none_or(|h| *h == s.token_hash))
+            .cloned()
+            .collect();
+        for session in doomed {
+            session.inner.lock().expect("session lock").revoked = true;
+            session.wake.notify_waiters();
+            self.remove(&session.id);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -74,6 +92,8 @@ impl Sessions {
 struct Session {
     id: String,
     user: UserId,
+    /// The hash of the token that identified it: logging that token out ends the session.
+    token_hash: [u8; 32],
     inner: Mutex<SessionInner>,
     wake: Notify,
 }
@@ -88,6 +108,8 @@ struct SessionInner {
     detached_at: Option<Instant>,
     /// Events were lost (slow consumer or overflow while detached): no resume possible.
     broken: bool,
+    /// Its token was logged out.
+    revoked: bool,
     /// The socket currently attached, so a resume elsewhere can displace it.
     generation: u64,
 }
@@ -402,6 +424,7 @@ async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
                 let session = Arc::new(Session {
                     id: hex::encode(rand::random::<[u8; 16]>()),
                     user: account.user_id,
+                    token_hash: crate::accounts::token_hash(&identify.token),
                     inner: Mutex::new(SessionInner::default()),
                     wake: Notify::new(),
                 });
@@ -493,6 +516,10 @@ async fn serve(conn: &mut Conn, session: &Arc<Session>, mut sent: u64, generatio
         let woken = session.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        if session.inner.lock().expect("session lock").revoked {
+            conn.close(close::AUTHENTICATION_FAILED, "logged out").await;
+            return;
+        }
         if session.inner.lock().expect("session lock").generation != generation {
             conn.close(close::SESSION_TIMED_OUT, "resumed elsewhere")
                 .await;
