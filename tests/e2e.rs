@@ -553,6 +553,15 @@ async fn presence_and_typing_reach_guild_members() {
     ada_gw.set_presence("dnd").await.unwrap();
     let dnd = dispatch_where(&mut bea_gw, "PRESENCE_UPDATE", "user_id", &ada_id).await;
     assert_eq!(dnd.data["status"], "dnd");
+    ada_gw.set_presence("offline").await.unwrap();
+    let invisible = dispatch_where(&mut bea_gw, "PRESENCE_UPDATE", "user_id", &ada_id).await;
+    assert_eq!(
+        invisible.data["status"], "offline",
+        "offline while connected is invisible"
+    );
+    ada_gw.set_presence("idle").await.unwrap();
+    let idle = dispatch_where(&mut bea_gw, "PRESENCE_UPDATE", "user_id", &ada_id).await;
+    assert_eq!(idle.data["status"], "idle");
     ada_gw.typing(&guild.id, &general).await.unwrap();
     let typing = dispatch_where(&mut bea_gw, "TYPING_START", "user_id", &ada_id).await;
     assert_eq!(typing.data["channel_id"], general.as_str());

@@ -449,25 +449,30 @@ impl Node {
         )
     }
 
-    /// Records a session's presence; returns whether the user's visible status changed.
-    pub fn set_presence(&self, user: &UserId, status: Status, session_delta: isize) -> bool {
+    /// Records a session's presence change: `status` is the chosen status (`None` keeps it;
+    /// `Offline` means invisible while connected), `session_delta` the sessions opened (+1) or
+    /// closed (-1). Returns whether the status others see changed.
+    pub fn set_presence(
+        &self,
+        user: &UserId,
+        status: Option<Status>,
+        session_delta: isize,
+    ) -> bool {
         let mut presence = self.presence.lock().expect("presence lock");
-        let entry = presence.entry(*user).or_insert((Status::Offline, 0));
-        let before = if entry.1 == 0 {
-            Status::Offline
-        } else {
-            entry.0
+        let entry = presence.entry(*user).or_insert((Status::Online, 0));
+        let visible = |(status, sessions): (Status, usize)| {
+            if sessions == 0 {
+                Status::Offline
+            } else {
+                status
+            }
         };
+        let before = visible(*entry);
         entry.1 = entry.1.saturating_add_signed(session_delta);
-        if status != Status::Offline {
+        if let Some(status) = status {
             entry.0 = status;
         }
-        let after = if entry.1 == 0 {
-            Status::Offline
-        } else {
-            entry.0
-        };
-        before != after
+        before != visible(*entry)
     }
 
     pub fn presence_of(&self, user: &UserId) -> Status {

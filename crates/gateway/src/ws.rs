@@ -232,7 +232,7 @@ async fn pump(
         }
     }
     node.sessions.remove(&session.id);
-    if node.set_presence(&session.user, Status::Offline, -1) {
+    if node.set_presence(&session.user, None, -1) {
         node.announce_presence(&session.user);
     }
 }
@@ -456,7 +456,7 @@ async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
                 );
                 node.sessions.insert(session.clone());
                 tokio::spawn(pump(node.clone(), session.clone(), events));
-                if node.set_presence(&account.user_id, status, 1) {
+                if node.set_presence(&account.user_id, Some(status), 1) {
                     node.announce_presence(&account.user_id);
                 }
                 return Some((session, 0));
@@ -699,7 +699,9 @@ async fn handle(
         }
         "presence" => {
             let presence: Presence = decode(frame.d)?;
-            if node.set_presence(&user, presence.status, 0) {
+            node.user_rate_check(&user)
+                .map_err(|e| Handled::Error(None, e))?;
+            if node.set_presence(&user, Some(presence.status), 0) {
                 node.announce_presence(&user);
             }
             Ok(None)
