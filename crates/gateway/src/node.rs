@@ -115,6 +115,15 @@ const MAX_BUCKETS: usize = 100_000;
 /// Recent nonces kept in memory; older ones are still found in the store.
 const MAX_RECENT_NONCES: usize = 100_000;
 
+/// The status others see, from the chosen status and the number of sessions.
+fn visible((status, sessions): (Status, usize)) -> Status {
+    if sessions == 0 {
+        Status::Offline
+    } else {
+        status
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,8 +234,8 @@ impl Node {
         let mut ids: Vec<GuildId> = guilds
             .iter()
             .filter(|(_, g)| {
-                let state = g.lock().expect("guild lock").state().clone();
-                !state.deleted && state.is_member(user)
+                let g = g.lock().expect("guild lock");
+                !g.state().deleted && g.state().is_member(user)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -460,13 +469,6 @@ impl Node {
     ) -> bool {
         let mut presence = self.presence.lock().expect("presence lock");
         let entry = presence.entry(*user).or_insert((Status::Online, 0));
-        let visible = |(status, sessions): (Status, usize)| {
-            if sessions == 0 {
-                Status::Offline
-            } else {
-                status
-            }
-        };
         let before = visible(*entry);
         entry.1 = entry.1.saturating_add_signed(session_delta);
         if let Some(status) = status {
@@ -476,10 +478,8 @@ impl Node {
     }
 
     pub fn presence_of(&self, user: &UserId) -> Status {
-        match self.presence.lock().expect("presence lock").get(user) {
-            Some((status, n)) if *n > 0 => *status,
-            _ => Status::Offline,
-        }
+        let presence = self.presence.lock().expect("presence lock");
+        presence.get(user).copied().map_or(Status::Offline, visible)
     }
 
     /// Tells every guild `user` is in that their status changed.
@@ -493,10 +493,6 @@ impl Node {
                 data: json!({ "guild_id": guild, "user_id": user, "status": status }),
             });
         }
-    }
-
-    pub fn forbidden(message: &str) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "missing_permission", message)
     }
 
     /// The account behind a bearer token.

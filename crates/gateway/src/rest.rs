@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use guildhall_proto::body::{Body, ChannelKind, OverwriteTarget};
 use guildhall_proto::guild::Guild;
+use guildhall_proto::history::MessageView;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, UserId, sha256};
 use guildhall_proto::meta::MetaValue;
@@ -73,6 +74,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &axum::http::HeaderMap) -> Result<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)
+}
+
 /// The caller, from `Authorization: Bearer <token>`; also charges the per-user rate limit.
 pub struct Authed(pub TokenRecord);
 
@@ -81,13 +92,7 @@ impl FromRequestParts<Arc<Node>> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self> {
         node.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        let token = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthorized)?;
-        let record = node.authenticate(token.trim())?;
+        let record = node.authenticate(bearer(&parts.headers)?)?;
         node.user_rate_check(&record.user_id)?;
         Ok(Authed(record))
     }
@@ -264,12 +269,7 @@ pub async fn logout(
     State(node): State<Arc<Node>>,
     parts: axum::http::HeaderMap,
 ) -> Result<Response> {
-    let token = parts
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(ApiError::unauthorized)?;
-    let token = token.trim();
+    let token = bearer(&parts)?;
     let record = node.authenticate(token)?;
     let hash = accounts::token_hash(token);
     node.store.write(vec![Write::RevokeToken { hash }]).await?;
@@ -860,7 +860,7 @@ pub async fn list_bans(
             .permissions(&me.user_id)
             .contains(Permissions::BAN_MEMBERS)
         {
-            return Err(Node::forbidden("listing bans needs BAN_MEMBERS"));
+            return Err(ApiError::forbidden("listing bans needs BAN_MEMBERS"));
         }
         let bans: Vec<Value> = g
             .state()
@@ -936,7 +936,7 @@ pub async fn list_invites(
     let gid: GuildId = id(&g, "guild id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
         if !g.state().permissions(&me.user_id).contains(Permissions::MANAGE_GUILD) {
-            return Err(Node::forbidden("listing invites needs MANAGE_GUILD"));
+            return Err(ApiError::forbidden("listing invites needs MANAGE_GUILD"));
         }
         let invites: Vec<Value> = g
             .state()
@@ -989,18 +989,13 @@ pub async fn accept_invite(
 
 /// Checks `me` may view `channel` (a channel or a thread) and returns the gating channel.
 fn viewable(g: &Guild, me: &UserId, channel: &ChannelId) -> Result<()> {
-    let gate = match g.op(channel).map(|op| &op.envelope().body) {
-        Some(Body::ThreadCreate {
-            channel: parent, ..
-        }) => *parent,
-        _ => *channel,
-    };
+    let gate = views::gate_channel(g, channel);
     if !g.state().channels.contains_key(&gate) {
         return Err(ApiError::not_found("unknown_channel", "no such channel"));
     }
     let perms = g.state().channel_permissions(me, &gate);
     if !perms.contains(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY) {
-        return Err(Node::forbidden("you cannot read this channel"));
+        return Err(ApiError::forbidden("you cannot read this channel"));
     }
     Ok(())
 }
@@ -1061,61 +1056,79 @@ pub async fn create_message(
 ) -> Result<Response> {
     let gid: GuildId = id(&g, "guild id")?;
     let channel: ChannelId = id(&c, "channel id")?;
-    if req
-        .nonce
-        .as_ref()
-        .is_some_and(|n| n.is_empty() || n.len() > 64)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_nonce",
-            "nonces are 1 to 64 bytes",
-        ));
-    }
-    check_reply(&node, &me.user_id, &gid, &channel, req.reply_to.as_ref())?;
     let body = Body::MessageCreate {
         channel,
         content: req.content,
         reply_to: req.reply_to,
     };
-    guildhall_proto::validate::check_body(&body)
-        .map_err(|why| ApiError::bad_request("invalid_content", why))?;
-    let mid = node
-        .submit_with(&me.user_id, &gid, body, req.nonce.as_deref())
-        .await?;
-    message_view(&node, &me.user_id, &gid, &mid).map(|mut m| {
+    let mid = send_message(&node, &me.user_id, &gid, body, req.nonce.as_deref()).await?;
+    message_view(&node, &me.user_id, &gid, &channel, &mid).map(|mut m| {
         m["nonce"] = json!(req.nonce);
         created(m)
     })
 }
 
-/// A reply must point at a message shown in the same channel (the core accepts any id, so a
-/// remote node's reply to a message this node lacks still replicates).
-pub fn check_reply(
+/// Checks and sends a `MessageCreate` (REST and gateway): the nonce's size, the content, that a
+/// reply points at a message in the same channel (the core accepts any id, so a remote node's
+/// reply to a message this node lacks still replicates), then the write path.
+pub async fn send_message(
+    node: &Node,
+    me: &UserId,
+    gid: &GuildId,
+    body: Body,
+    nonce: Option<&str>,
+) -> Result<OpId> {
+    if nonce.is_some_and(|n| n.is_empty() || n.len() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_nonce",
+            "nonces are 1 to 64 bytes",
+        ));
+    }
+    if let Body::MessageCreate {
+        channel,
+        reply_to: Some(reply_to),
+        ..
+    } = &body
+    {
+        node.with_member_guild(me, gid, |g| in_channel(g, channel, reply_to).map(drop))?;
+    }
+    check_content(&body)?;
+    node.submit_with(me, gid, body, nonce).await
+}
+
+/// The core's shape rules for a message's content, as `invalid_content`.
+fn check_content(body: &Body) -> Result<()> {
+    guildhall_proto::validate::check_body(body)
+        .map_err(|why| ApiError::bad_request("invalid_content", why))
+}
+
+/// `message` if it is shown (not deleted or invalid) in `channel`, a channel or thread.
+fn in_channel(g: &Guild, channel: &ChannelId, message: &MessageId) -> Result<MessageView> {
+    match g.message(message) {
+        Some(m) if m.channel == *channel => Ok(m),
+        _ => Err(ApiError::not_found(
+            "unknown_message",
+            "no such message in this channel",
+        )),
+    }
+}
+
+/// `message` as `me` sees it in `channel`: shown there, and the channel readable.
+fn shown(g: &Guild, me: &UserId, channel: &ChannelId, message: &MessageId) -> Result<MessageView> {
+    let m = in_channel(g, channel, message)?;
+    viewable(g, me, channel)?;
+    Ok(m)
+}
+
+fn message_view(
     node: &Node,
     me: &UserId,
     gid: &GuildId,
     channel: &ChannelId,
-    reply_to: Option<&MessageId>,
-) -> Result<()> {
-    let Some(reply_to) = reply_to else {
-        return Ok(());
-    };
-    node.with_member_guild(me, gid, |g| match g.message(reply_to) {
-        Some(m) if m.channel == *channel => Ok(()),
-        _ => Err(ApiError::not_found(
-            "unknown_message",
-            "replies point at a message in the same channel",
-        )),
-    })
-}
-
-fn message_view(node: &Node, me: &UserId, gid: &GuildId, mid: &MessageId) -> Result<Value> {
+    message: &MessageId,
+) -> Result<Value> {
     node.with_member_guild(me, gid, |g| {
-        let m = g
-            .message(mid)
-            .ok_or_else(|| ApiError::not_found("unknown_message", "no such message"))?;
-        viewable(g, me, &m.channel)?;
-        Ok(views::message_json(&m))
+        shown(g, me, channel, message).map(|m| views::message_json(&m))
     })
 }
 
@@ -1125,9 +1138,8 @@ pub async fn get_message(
     Path((g, c, m)): Path<(String, String, String)>,
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
-    let message: MessageId = id(&m, "message id")?;
-    shown_message(&node, &me.user_id, &gid, &c, &message)?;
-    message_view(&node, &me.user_id, &gid, &message).map(Json)
+    let channel: ChannelId = id(&c, "channel id")?;
+    message_view(&node, &me.user_id, &gid, &channel, &id(&m, "message id")?).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -1142,34 +1154,18 @@ pub async fn edit_message(
     JsonBody(req): JsonBody<EditMessage>,
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
+    let channel: ChannelId = id(&c, "channel id")?;
     let message: MessageId = id(&m, "message id")?;
-    shown_message(&node, &me.user_id, &gid, &c, &message)?;
+    node.with_member_guild(&me.user_id, &gid, |g| {
+        shown(g, &me.user_id, &channel, &message).map(drop)
+    })?;
     let body = Body::MessageEdit {
         message,
         content: req.content,
     };
-    guildhall_proto::validate::check_body(&body)
-        .map_err(|why| ApiError::bad_request("invalid_content", why))?;
+    check_content(&body)?;
     node.submit(&me.user_id, &gid, body).await?;
-    message_view(&node, &me.user_id, &gid, &message).map(Json)
-}
-
-/// Checks `message` is shown in `channel` (a channel or thread) to `me`.
-fn shown_message(
-    node: &Node,
-    me: &UserId,
-    gid: &GuildId,
-    channel: &str,
-    message: &MessageId,
-) -> Result<()> {
-    let channel: ChannelId = id(channel, "channel id")?;
-    node.with_member_guild(me, gid, |g| match g.message(message) {
-        Some(m) if m.channel == channel => viewable(g, me, &channel),
-        _ => Err(ApiError::not_found(
-            "unknown_message",
-            "no such message in this channel",
-        )),
-    })
+    message_view(&node, &me.user_id, &gid, &channel, &message).map(Json)
 }
 
 /// The message ops that name only a message: delete, reactions, pins.
@@ -1180,8 +1176,9 @@ async fn message_op(
     body: impl FnOnce(MessageId) -> Body,
 ) -> Result<Response> {
     let gid: GuildId = id(g, "guild id")?;
+    let channel: ChannelId = id(c, "channel id")?;
     let message: MessageId = id(m, "message id")?;
-    shown_message(node, me, &gid, c, &message)?;
+    node.with_member_guild(me, &gid, |g| shown(g, me, &channel, &message).map(drop))?;
     submit_checked(node, me, &gid, body(message)).await?;
     Ok(no_content())
 }
@@ -1276,13 +1273,7 @@ pub async fn mark_read(
     let channel: ChannelId = id(&c, "channel id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
         viewable(g, &me.user_id, &channel)?;
-        match g.message(&req.message_id) {
-            Some(m) if m.channel == channel => Ok(()),
-            _ => Err(ApiError::not_found(
-                "unknown_message",
-                "no such message in this channel",
-            )),
-        }
+        in_channel(g, &channel, &req.message_id).map(drop)
     })?;
     node.store
         .write(vec![Write::ReadState {

@@ -129,14 +129,19 @@ pub fn read_states_json(states: &[(ChannelId, OpId)]) -> Value {
     )
 }
 
-/// The channel whose permissions gate a message's channel or thread.
-fn gate_channel(guild: &Guild, channel: &ChannelId) -> ChannelId {
+/// The parent channel of a thread; `None` if `channel` is not a thread.
+pub(crate) fn thread_parent(guild: &Guild, channel: &ChannelId) -> Option<ChannelId> {
     match guild.op(channel).map(|op| &op.envelope().body) {
         Some(Body::ThreadCreate {
             channel: parent, ..
-        }) => *parent,
-        _ => *channel,
+        }) => Some(*parent),
+        _ => None,
     }
+}
+
+/// The channel whose permissions gate a message's channel or thread.
+pub(crate) fn gate_channel(guild: &Guild, channel: &ChannelId) -> ChannelId {
+    thread_parent(guild, channel).unwrap_or(*channel)
 }
 
 fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Event> {
@@ -147,6 +152,19 @@ fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Ev
         name,
         data: message_json(&view),
     })
+}
+
+/// MESSAGE_DELETE for `message`, if it names a message.
+fn delete_event(guild: &Guild, message: &OpId) -> Option<Event> {
+    match &guild.op(message)?.envelope().body {
+        Body::MessageCreate { channel, .. } => Some(Event {
+            guild: guild.id(),
+            channel: Some(gate_channel(guild, channel)),
+            name: "MESSAGE_DELETE",
+            data: json!({ "id": message, "channel_id": channel }),
+        }),
+        _ => None,
+    }
 }
 
 /// The events clients should see after `changes` (ops whose verdict changed) were applied.
@@ -164,14 +182,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
         let env = op.envelope();
         if !verdict.is_valid() {
             // A late removal can invalidate a message clients already show.
-            if let Body::MessageCreate { channel, .. } = &env.body {
-                events.push(Event {
-                    guild: gid,
-                    channel: Some(gate_channel(guild, channel)),
-                    name: "MESSAGE_DELETE",
-                    data: json!({ "id": id, "channel_id": channel, "guild_id": gid }),
-                });
-            }
+            events.extend(delete_event(guild, id));
             continue;
         }
         let event = match &env.body {
@@ -181,17 +192,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
             | Body::ReactionRemove { message, .. }
             | Body::Pin { message }
             | Body::Unpin { message } => message_event(guild, "MESSAGE_UPDATE", message),
-            Body::MessageDelete { message } => {
-                guild.op(message).and_then(|m| match &m.envelope().body {
-                    Body::MessageCreate { channel, .. } => Some(Event {
-                        guild: gid,
-                        channel: Some(gate_channel(guild, channel)),
-                        name: "MESSAGE_DELETE",
-                        data: json!({ "id": message, "channel_id": channel, "guild_id": gid }),
-                    }),
-                    _ => None,
-                })
-            }
+            Body::MessageDelete { message } => delete_event(guild, message),
             Body::ThreadCreate {
                 channel,
                 name,

@@ -21,9 +21,8 @@ use crate::error::ApiError;
 use crate::node::{Event, Node, Published, Status};
 use crate::views;
 
-/// Close codes (4000–4999 are ours; see `spec/gateway.md`).
+/// Close codes (4000–4999 are ours; 4000 is reserved; see `spec/gateway.md`).
 pub mod close {
-    pub const UNKNOWN_ERROR: u16 = 4000;
     pub const UNKNOWN_OP: u16 = 4001;
     pub const DECODE_ERROR: u16 = 4002;
     pub const NOT_AUTHENTICATED: u16 = 4003;
@@ -171,9 +170,6 @@ impl Session {
         };
         let guild = guild.lock().expect("guild lock");
         let state = guild.state();
-        if event.name == "GUILD_DELETE" {
-            return state.is_member(&self.user);
-        }
         if !state.is_member(&self.user) {
             // Tell a removed member they were removed, nothing else.
             return event.data.get("user_id") == Some(&json!(self.user));
@@ -225,7 +221,8 @@ async fn pump(
         }
         let expired = {
             let inner = session.inner.lock().expect("session lock");
-            !inner.attached && inner.detached_at.is_some_and(|t| t.elapsed() >= ttl)
+            inner.revoked
+                || (!inner.attached && inner.detached_at.is_some_and(|t| t.elapsed() >= ttl))
         };
         if expired {
             break;
@@ -516,12 +513,16 @@ async fn serve(conn: &mut Conn, session: &Arc<Session>, mut sent: u64, generatio
         let woken = session.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if session.inner.lock().expect("session lock").revoked {
+        let (revoked, replaced) = {
+            let inner = session.inner.lock().expect("session lock");
+            (inner.revoked, inner.generation != generation)
+        };
+        if revoked {
             conn.close(close::AUTHENTICATION_FAILED, "logged out").await;
             return;
         }
-        if session.inner.lock().expect("session lock").generation != generation {
-            conn.close(close::SESSION_TIMED_OUT, "resumed elsewhere")
+        if replaced {
+            conn.close(close::SESSION_REPLACED, "resumed elsewhere")
                 .await;
             return;
         }
@@ -624,33 +625,15 @@ async fn handle(
             let nonce = send.nonce.clone();
             let fail = |e| Handled::Error(nonce.clone(), e);
             node.user_rate_check(&user).map_err(fail)?;
-            if let Some(n) = &send.nonce
-                && (n.is_empty() || n.len() > 64)
-            {
-                return Err(fail(ApiError::bad_request(
-                    "invalid_nonce",
-                    "nonces are 1 to 64 bytes",
-                )));
-            }
-            crate::rest::check_reply(
-                node,
-                &user,
-                &send.guild_id,
-                &send.channel_id,
-                send.reply_to.as_ref(),
-            )
-            .map_err(fail)?;
             let body = Body::MessageCreate {
                 channel: send.channel_id,
                 content: send.content,
                 reply_to: send.reply_to,
             };
-            guildhall_proto::validate::check_body(&body)
-                .map_err(|why| fail(ApiError::bad_request("invalid_content", why)))?;
-            let id = node
-                .submit_with(&user, &send.guild_id, body, send.nonce.as_deref())
-                .await
-                .map_err(fail)?;
+            let id =
+                crate::rest::send_message(node, &user, &send.guild_id, body, send.nonce.as_deref())
+                    .await
+                    .map_err(fail)?;
             Ok(Some(
                 json!({ "op": "ack", "d": { "nonce": send.nonce, "message_id": id } }),
             ))
@@ -662,13 +645,10 @@ async fn handle(
             // Typing follows the rules for sending there: a text channel, or a thread of one.
             let gate = node
                 .with_member_guild(&user, &typing.guild_id, |g| {
-                    let (gate, needed) =
-                        match g.op(&typing.channel_id).map(|op| &op.envelope().body) {
-                            Some(Body::ThreadCreate { channel, .. }) => {
-                                (*channel, Permissions::SEND_MESSAGES_IN_THREADS)
-                            }
-                            _ => (typing.channel_id, Permissions::SEND_MESSAGES),
-                        };
+                    let (gate, needed) = match views::thread_parent(g, &typing.channel_id) {
+                        Some(parent) => (parent, Permissions::SEND_MESSAGES_IN_THREADS),
+                        None => (typing.channel_id, Permissions::SEND_MESSAGES),
+                    };
                     let state = g.state();
                     let text = state
                         .channels
@@ -681,7 +661,7 @@ async fn handle(
             let Some(gate) = gate else {
                 return Err(Handled::Error(
                     None,
-                    Node::forbidden("you cannot send messages in this channel"),
+                    ApiError::forbidden("you cannot send messages in this channel"),
                 ));
             };
             node.publish(Event {

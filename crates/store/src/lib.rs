@@ -214,13 +214,6 @@ impl Store {
         Ok(async move { done.await.map_err(|_| StoreError::Closed)? })
     }
 
-    /// The write path for callers outside an async runtime (the admin CLI).
-    pub fn write_blocking(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let (reply, done) = oneshot::channel();
-        self.committer.submit(Job { writes, reply })?;
-        done.blocking_recv().map_err(|_| StoreError::Closed)?
-    }
-
     pub fn schema_version(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let meta = txn.open_table(META).map_err(db_err)?;
@@ -291,17 +284,6 @@ impl Store {
             .get(user.0.as_slice())
             .map_err(db_err)?
             .map(|v| v.value().to_owned()))
-    }
-
-    pub fn accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in accounts.iter().map_err(db_err)? {
-            let (_, v) = entry.map_err(db_err)?;
-            out.push(serde_json::from_str(v.value()).map_err(db_err)?);
-        }
-        Ok(out)
     }
 
     pub fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
