@@ -71,6 +71,36 @@ fn admin_commands_work_on_a_data_dir() {
 }
 
 #[test]
+fn the_node_key_persists_and_the_deny_list_is_edited_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, first, err) = guildhall(&["--data-dir", data, "admin", "peer-id"]);
+    assert!(ok, "{err}");
+    let (_, second, _) = guildhall(&["--data-dir", data, "admin", "peer-id"]);
+    assert_eq!(first, second, "the node key is created once and kept");
+    let peer = first.trim();
+    assert!(
+        peer.starts_with("12D3Koo"),
+        "an ed25519 libp2p peer id: {peer}"
+    );
+
+    let (ok, out, err) = guildhall(&["--data-dir", data, "admin", "deny-peer", peer]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("denied {peer}"));
+    let denied = std::fs::read_to_string(dir.path().join("data/denied-peers")).unwrap();
+    assert_eq!(denied.trim(), peer);
+    let (ok, _, _) = guildhall(&["--data-dir", data, "admin", "allow-peer", peer]);
+    assert!(ok);
+    let denied = std::fs::read_to_string(dir.path().join("data/denied-peers")).unwrap();
+    assert!(denied.trim().is_empty());
+
+    let (ok, _, err) = guildhall(&["--data-dir", data, "admin", "deny-peer", "not-a-peer"]);
+    assert!(!ok);
+    assert!(err.contains("invalid value"), "{err}");
+}
+
+#[test]
 fn a_bad_config_file_is_refused_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("guildhall.toml");

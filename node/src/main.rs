@@ -1,6 +1,7 @@
 //! The `guildhall` node binary: runs a node (`guildhall`), or administers a stopped node's data
 //! directory (`guildhall admin ...`).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use guildhall_gateway::{Node, NodeConfig, rest};
+use guildhall_net::{Multiaddr, NetConfig, PeerId};
 use guildhall_proto::id::GuildId;
 use serde::Deserialize;
 
@@ -24,9 +26,21 @@ struct Cli {
     /// Address for the REST API and WebSocket gateway.
     #[arg(long, env = "GUILDHALL_LISTEN")]
     listen: Option<SocketAddr>,
-    /// A TOML file with any of: data_dir, listen, heartbeat_interval_ms, session_ttl_ms,
-    /// user_rate, user_burst, auth_rate, auth_burst, ip_rate, ip_burst. Flags and environment
-    /// override it.
+    /// Address for federation with other nodes (libp2p), as a multiaddr.
+    #[arg(long, env = "GUILDHALL_P2P_LISTEN")]
+    p2p_listen: Option<Multiaddr>,
+    /// The federation address to put in invite codes, if peers cannot dial the listen address.
+    #[arg(long, env = "GUILDHALL_P2P_ANNOUNCE")]
+    p2p_announce: Option<Multiaddr>,
+    /// A node to federate with, as `/ip4/../tcp/../p2p/<peer id>`; repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<Multiaddr>,
+    /// Run without federation: guilds live on this node only.
+    #[arg(long, env = "GUILDHALL_NO_P2P")]
+    no_p2p: bool,
+    /// A TOML file with any of: data_dir, listen, p2p_listen, p2p_announce, peers, deny_peers,
+    /// heartbeat_interval_ms, session_ttl_ms, user_rate, user_burst, auth_rate, auth_burst,
+    /// ip_rate, ip_burst. Flags and environment override it.
     #[arg(long, env = "GUILDHALL_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -64,6 +78,12 @@ enum Admin {
     },
     /// List the guilds this node holds.
     ListGuilds,
+    /// Print this node's federation peer id.
+    PeerId,
+    /// Refuse all traffic with a node (by peer id), from the next start on.
+    DenyPeer { peer: PeerId },
+    /// Take a node off the deny-list.
+    AllowPeer { peer: PeerId },
 }
 
 #[derive(Deserialize, Default)]
@@ -71,6 +91,12 @@ enum Admin {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    p2p_listen: Option<Multiaddr>,
+    p2p_announce: Option<Multiaddr>,
+    #[serde(default)]
+    peers: Vec<Multiaddr>,
+    #[serde(default)]
+    deny_peers: Vec<String>,
     heartbeat_interval_ms: Option<u64>,
     session_ttl_ms: Option<u64>,
     user_rate: Option<f64>,
@@ -82,6 +108,9 @@ struct FileConfig {
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7701";
+/// Peer ids denied by `guildhall admin deny-peer`, one per line, in the data dir.
+const DENY_FILE: &str = "denied-peers";
 
 fn load_file_config(path: Option<&Path>) -> Result<FileConfig, String> {
     let Some(path) = path else {
@@ -128,10 +157,29 @@ fn run(cli: Cli) -> Result<(), String> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address"));
+    let federation = (!cli.no_p2p).then(|| {
+        let listen = cli
+            .p2p_listen
+            .or(file.p2p_listen.clone())
+            .unwrap_or_else(|| DEFAULT_P2P_LISTEN.parse().expect("default multiaddr"));
+        let mut net = NetConfig::new(listen);
+        net.announce = cli.p2p_announce.or(file.p2p_announce.clone());
+        net.bootstrap = cli.peers.into_iter().chain(file.peers.clone()).collect();
+        net.peers_file = Some(config.data_dir.join("peers"));
+        net.deny = read_deny_file(&config.data_dir);
+        for peer in &file.deny_peers {
+            net.deny.push(
+                peer.parse()
+                    .map_err(|e| format!("deny_peers: {peer}: {e}"))?,
+            );
+        }
+        Ok::<_, String>(net)
+    });
+    let federation = federation.transpose()?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         match cli.command {
-            None => serve(config, listen).await,
+            None => serve(config, listen, federation).await,
             Some(Command::Admin { action }) => admin(config, action).await,
         }
     })
@@ -151,20 +199,58 @@ fn open(config: NodeConfig) -> Result<Arc<Node>, String> {
     })
 }
 
-async fn serve(config: NodeConfig, listen: SocketAddr) -> Result<(), String> {
+fn read_deny_file(data_dir: &Path) -> Vec<PeerId> {
+    std::fs::read_to_string(data_dir.join(DENY_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn write_deny_file(data_dir: &Path, peers: &[PeerId]) -> Result<(), String> {
+    let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(data_dir.join(DENY_FILE), text).map_err(|e| e.to_string())
+}
+
+fn node_key(data_dir: &Path) -> Result<guildhall_net::NodeKey, String> {
+    guildhall_net::load_or_create_key(&data_dir.join("node.key"))
+        .map_err(|e| format!("node key: {e}"))
+}
+
+async fn serve(
+    config: NodeConfig,
+    listen: SocketAddr,
+    federation: Option<NetConfig>,
+) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
     let node = open(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let net = match federation {
+        Some(net_config) => Some(
+            guildhall_net::start(net_config, node_key(&data_dir)?, node.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     tracing::info!(
         data_dir = %data_dir.display(),
         guilds = node.guild_count(),
         "guildhall {} listening on http://{local} (API under /api/v1, gateway at ws://{local}/api/v1/gateway)",
         env!("CARGO_PKG_VERSION"),
     );
-    println!("guildhall listening on http://{local}");
+    // A node whose stdout was closed (a supervisor that read the first line) keeps running.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "guildhall listening on http://{local}");
+    if let Some(net) = net {
+        for addr in net.listen_addrs() {
+            let _ = writeln!(stdout, "guildhall federating on {addr}");
+        }
+        node.attach_net(net);
+    }
     tokio::select! {
         served = guildhall_gateway::serve(node, listener) => served.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => {
@@ -201,6 +287,21 @@ async fn admin(config: NodeConfig, action: Admin) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("{} ({})", e.message, e.code))?;
             println!("{}", invite["code"].as_str().unwrap_or_default());
+        }
+        Admin::PeerId => println!("{}", node_key(&node.config.data_dir)?.public().to_peer_id()),
+        Admin::DenyPeer { peer } => {
+            let mut denied = read_deny_file(&node.config.data_dir);
+            if !denied.contains(&peer) {
+                denied.push(peer);
+            }
+            write_deny_file(&node.config.data_dir, &denied)?;
+            println!("denied {peer}");
+        }
+        Admin::AllowPeer { peer } => {
+            let mut denied = read_deny_file(&node.config.data_dir);
+            denied.retain(|p| *p != peer);
+            write_deny_file(&node.config.data_dir, &denied)?;
+            println!("allowed {peer}");
         }
         Admin::ListGuilds => {
             for id in node.store.guilds().map_err(|e| e.to_string())? {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use guildhall_client::{Client, Dispatch, Gateway, Guild, User};
 use guildhall_gateway::{Node, NodeConfig};
+use guildhall_net::{Multiaddr, NetConfig, NetHandle};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -36,6 +37,35 @@ impl TestNode {
             node,
             _dir: dir,
         }
+    }
+
+    /// A node that federates over libp2p on an ephemeral loopback port, dialing `peers`.
+    pub async fn federated(peers: &[&TestNode]) -> TestNode {
+        Self::federated_with(peers, |_| {}).await
+    }
+
+    pub async fn federated_with(
+        peers: &[&TestNode],
+        configure: impl FnOnce(&mut NetConfig),
+    ) -> TestNode {
+        let node = Self::start().await;
+        let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+        config.bootstrap = peers.iter().map(|p| p.p2p_addr()).collect();
+        configure(&mut config);
+        let key = guildhall_net::NodeKey::generate_ed25519();
+        let net = guildhall_net::start(config, key, node.node.clone())
+            .await
+            .unwrap();
+        node.node.attach_net(net);
+        node
+    }
+
+    pub fn net(&self) -> &NetHandle {
+        self.node.net().expect("a federated node")
+    }
+
+    pub fn p2p_addr(&self) -> Multiaddr {
+        self.net().listen_addrs()[0].clone()
     }
 
     pub async fn user(&self, name: &str) -> (Client, User) {

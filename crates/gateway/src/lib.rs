@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod error;
+pub mod federation;
 pub mod node;
 pub mod rest;
 mod views;

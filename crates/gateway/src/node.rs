@@ -4,15 +4,16 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
+use guildhall_net::{Applied, Multiaddr, NetHandle};
 use guildhall_proto::body::Body;
-use guildhall_proto::guild::{Guild, Inserted, Verdict};
+use guildhall_proto::guild::{Guild, InsertError, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
-use guildhall_proto::op::{Envelope, Op};
+use guildhall_proto::op::{Envelope, Op, VerifiedOp};
 use guildhall_store::{Store, TokenRecord, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,6 +39,8 @@ pub struct NodeConfig {
     pub ip_rate: f64,
     pub ip_burst: f64,
     pub max_frame_bytes: usize,
+    /// How far into the future a peer's op may be timestamped before it is held back.
+    pub max_clock_skew: Duration,
 }
 
 impl NodeConfig {
@@ -53,6 +56,7 @@ impl NodeConfig {
             ip_rate: 500.0,
             ip_burst: 1_000.0,
             max_frame_bytes: 64 * 1024,
+            max_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +112,10 @@ pub struct Node {
     /// Set when a commit failed after its op entered a replica: memory and disk may differ, so
     /// writes stop until a restart reloads from disk.
     write_failed: std::sync::atomic::AtomicBool,
+    /// The federation swarm, once started: local ops are gossiped through it.
+    net: OnceLock<NetHandle>,
+    /// Serializes adopting guilds fetched from peers.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 /// Rate-limit buckets kept before idle ones are dropped.
@@ -161,6 +169,8 @@ impl Node {
             metrics: Metrics::default(),
             started: Instant::now(),
             write_failed: std::sync::atomic::AtomicBool::new(false),
+            net: OnceLock::new(),
+            adopting: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -190,6 +200,23 @@ impl Node {
             "guild loaded"
         );
         Ok(guild)
+    }
+
+    /// Connects the node to the federation swarm and serves every guild held through it.
+    pub fn attach_net(&self, net: NetHandle) {
+        for id in self.guilds.read().expect("guild map lock").keys() {
+            net.serve(*id);
+        }
+        let _ = self.net.set(net);
+    }
+
+    pub fn net(&self) -> Option<&NetHandle> {
+        self.net.get()
+    }
+
+    /// Where peers can fetch this node's guilds from, for invite codes.
+    pub fn federation_addr(&self) -> Option<Multiaddr> {
+        self.net.get()?.listen_addrs().into_iter().next()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
@@ -301,6 +328,9 @@ impl Node {
             .write()
             .expect("guild map lock")
             .insert(id, Arc::new(Mutex::new(guild)));
+        if let Some(net) = self.net.get() {
+            net.serve(id);
+        }
         for (position, (kind, channel)) in [
             (guildhall_proto::body::ChannelKind::Text, "general"),
             (guildhall_proto::body::ChannelKind::Voice, "General"),
@@ -358,7 +388,7 @@ impl Node {
             let id = op.id();
             let bytes = op.encode();
             let outcome = match g.insert(op)? {
-                Inserted::Applied { changes } if g.verdict(&id) == Some(&Verdict::Valid) => {
+                Inserted::Applied { changes, .. } if g.verdict(&id) == Some(&Verdict::Valid) => {
                     Ok(views::events_for(&g, &changes))
                 }
                 other => Err(ApiError::internal(format!(
@@ -370,7 +400,7 @@ impl Node {
             let mut writes = vec![Write::Op {
                 guild: *guild_id,
                 id,
-                bytes,
+                bytes: bytes.clone(),
             }];
             if let (Some(nonce), Ok(_)) = (nonce, &outcome) {
                 let mut recent = self.nonces.lock().expect("nonce lock");
@@ -384,7 +414,11 @@ impl Node {
                     op: id,
                 });
             }
-            (id, self.store.enqueue(writes), outcome)
+            (
+                id,
+                self.store.enqueue(writes),
+                outcome.map(|events| (events, bytes)),
+            )
         };
         let committed = match committed {
             Ok(pending) => pending.await,
@@ -396,10 +430,123 @@ impl Node {
             return Err(e.into());
         }
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
-        for event in outcome? {
+        let (events, bytes) = outcome?;
+        if let Some(net) = self.net.get() {
+            net.publish(*guild_id, bytes);
+        }
+        for event in events {
             self.publish(event);
         }
         Ok(id)
+    }
+
+    /// The write path for ops from peers (already signature-checked): insert, store every op
+    /// that entered the replica, await the commit, then fan out. Same core, same store, same
+    /// events as a local op.
+    pub async fn apply_remote(&self, guild_id: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+        let ignored = |why| vec![Applied::Ignored(why); ops.len()];
+        if self.writes_refused() {
+            return ignored("storage_failed");
+        }
+        let Ok(guild) = self.guild(&guild_id) else {
+            return ignored("unknown_guild");
+        };
+        let now = now_ms();
+        let skew = self.config.max_clock_skew.as_millis() as u64;
+        let (results, committed, events) = {
+            let mut g = guild.lock().expect("guild lock");
+            let mut results = Vec::with_capacity(ops.len());
+            let mut writes = Vec::new();
+            let mut changes = Vec::new();
+            for op in ops {
+                // Held back, not judged: validity must not depend on our clock. The op comes
+                // again with a later catch-up.
+                if op.envelope().hlc.is_too_far_ahead(now, skew) {
+                    results.push(Applied::Ignored("too_far_ahead"));
+                    continue;
+                }
+                results.push(match g.insert(op) {
+                    Ok(Inserted::Duplicate) => Applied::Duplicate,
+                    Ok(Inserted::Pending { .. }) => Applied::Pending,
+                    Ok(Inserted::Applied {
+                        accepted,
+                        changes: changed,
+                    }) => {
+                        writes.extend(accepted.into_iter().filter_map(|id| {
+                            g.op(&id).map(|op| Write::Op {
+                                guild: guild_id,
+                                id,
+                                bytes: op.encode(),
+                            })
+                        }));
+                        changes.extend(changed);
+                        Applied::Accepted
+                    }
+                    Err(InsertError::PendingFull) => Applied::Ignored("pending_full"),
+                    Err(e) => Applied::Refused(e.code()),
+                });
+            }
+            let events = views::events_for(&g, &changes);
+            let stored = writes.len();
+            let committed = (stored > 0).then(|| (stored, self.store.enqueue(writes)));
+            (results, committed, events)
+        };
+        if let Some((stored, committed)) = committed {
+            let committed = match committed {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = committed {
+                self.write_failed.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "commit of peer ops failed; refusing writes until restart");
+                return vec![Applied::Ignored("storage_failed"); results.len()];
+            }
+            self.metrics
+                .ops_committed
+                .fetch_add(stored as u64, Ordering::Relaxed);
+        }
+        for event in events {
+            self.publish(event);
+        }
+        results
+    }
+
+    /// Takes in a replica fetched from a peer (`order`: its ops in the order they entered),
+    /// stores it and serves it. Returns false if the guild was already held.
+    pub async fn adopt(&self, guild: Guild, order: &[OpId]) -> Result<bool, ApiError> {
+        let _adopting = self.adopting.lock().await;
+        let id = guild.id();
+        if self
+            .guilds
+            .read()
+            .expect("guild map lock")
+            .contains_key(&id)
+        {
+            return Ok(false);
+        }
+        let writes = order
+            .iter()
+            .filter_map(|op| {
+                guild.op(op).map(|o| Write::Op {
+                    guild: id,
+                    id: *op,
+                    bytes: o.encode(),
+                })
+            })
+            .collect::<Vec<_>>();
+        let stored = writes.len();
+        self.store.write(writes).await?;
+        self.metrics
+            .ops_committed
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        self.guilds
+            .write()
+            .expect("guild map lock")
+            .insert(id, Arc::new(Mutex::new(guild)));
+        if let Some(net) = self.net.get() {
+            net.serve(id);
+        }
+        Ok(true)
     }
 
     fn seen_nonce(&self, user: &UserId, nonce: &str) -> Result<Option<OpId>, ApiError> {

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::accounts;
 use crate::error::ApiError;
+use crate::federation::InviteCode;
 use crate::node::{Node, now_ms};
 use crate::views;
 
@@ -883,11 +884,6 @@ pub struct CreateInvite {
     max_age_secs: u64,
 }
 
-/// An invite code carries everything needed to join: guild, invite and secret.
-fn invite_code(gid: &GuildId, invite: &OpId, secret: &[u8]) -> String {
-    format!("{gid}.{invite}.{}", hex::encode(secret))
-}
-
 pub async fn create_invite(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
@@ -921,7 +917,13 @@ pub async fn invite(
     let invite = node.submit(me, gid, body).await?;
     Ok(json!({
         "id": invite,
-        "code": invite_code(gid, &invite, &secret),
+        "code": InviteCode {
+            guild: *gid,
+            invite,
+            secret: secret.to_vec(),
+            addr: node.federation_addr(),
+        }
+        .encode(),
         "guild_id": gid,
         "max_uses": max_uses,
         "expires_at_ms": (expires_at_ms != 0).then_some(expires_at_ms),
@@ -962,24 +964,19 @@ pub async fn accept_invite(
     Authed(me): Authed,
     Path(code): Path<String>,
 ) -> Result<Json<Value>> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_invite_code",
-            "invite codes look like <guild>.<invite>.<secret>",
-        )
+    let code = InviteCode::parse(&code)?;
+    let gid = code.guild;
+    if let Err(unknown) = node.guild(&gid) {
+        match code.addr.clone() {
+            Some(addr) => node.fetch_guild(&code, addr).await?,
+            None => return Err(unknown),
+        }
+    }
+    let body = Body::Join {
+        invite: code.invite,
+        secret: code.secret,
     };
-    let mut parts = code.split('.');
-    let (Some(g), Some(i), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    let gid: GuildId = g.parse().map_err(|_| bad())?;
-    let invite: OpId = i.parse().map_err(|_| bad())?;
-    let secret = hex::decode(s).map_err(|_| bad())?;
-    node.guild(&gid)?;
-    node.submit(&me.user_id, &gid, Body::Join { invite, secret })
-        .await?;
+    node.submit(&me.user_id, &gid, body).await?;
     node.with_member_guild(&me.user_id, &gid, |g| {
         Ok(Json(views::guild_json(g, &me.user_id)))
     })

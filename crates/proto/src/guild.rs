@@ -86,9 +86,13 @@ pub enum Inserted {
     Duplicate,
     /// Held back until these predecessors arrive.
     Pending { missing: Vec<OpId> },
-    /// Accepted into the guild (valid or not); `changes` lists every op whose verdict changed,
-    /// this one and any released from pending included, in order.
-    Applied { changes: Vec<(OpId, Verdict)> },
+    /// Accepted into the guild (valid or not); `accepted` lists the ops added to the replica
+    /// (this one, then any released from pending) in the order they entered, `changes` every op
+    /// whose verdict changed.
+    Applied {
+        accepted: Vec<OpId>,
+        changes: Vec<(OpId, Verdict)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -327,10 +331,12 @@ impl Guild {
         }
         self.check_links(op.envelope())?;
         let mut changes = Vec::new();
+        let mut accepted = Vec::new();
         let mut ready = vec![op];
         while let Some(op) = ready.pop() {
             let id = op.id();
             if self.check_links(op.envelope()).is_ok() {
+                accepted.push(id);
                 changes.extend(self.accept(op));
             }
             for waiter in self.waiting_on.remove(&id).unwrap_or_default() {
@@ -343,7 +349,7 @@ impl Guild {
                 }
             }
         }
-        Ok(Inserted::Applied { changes })
+        Ok(Inserted::Applied { accepted, changes })
     }
 
     fn missing_predecessors(&self, env: &Envelope) -> Vec<OpId> {

@@ -378,11 +378,20 @@ impl GuildState {
         if self.is_member(author) {
             return Err(AuthError::AlreadyMember);
         }
+        self.check_invite(invite, secret, hlc)
+    }
+
+    /// Whether `invite` with `secret` admits someone at `at`: what a node checks before it
+    /// replicates a guild to a peer whose user holds the invite.
+    pub fn check_invite(&self, invite: &InviteId, secret: &[u8], at: Hlc) -> Result<(), AuthError> {
+        if self.deleted {
+            return Err(AuthError::GuildDeleted);
+        }
         let inv = self.invites.get(invite).ok_or(AuthError::UnknownInvite)?;
         if sha256(&[secret]) != inv.secret_hash {
             return Err(AuthError::InviteSecretMismatch);
         }
-        if inv.expires_at_ms != 0 && hlc.ms() >= inv.expires_at_ms {
+        if inv.expires_at_ms != 0 && at.ms() >= inv.expires_at_ms {
             return Err(AuthError::InviteExpired);
         }
         if inv.max_uses != 0 && inv.uses >= inv.max_uses {

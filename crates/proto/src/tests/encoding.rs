@@ -261,10 +261,17 @@ fn ops_wait_for_missing_predecessors_then_apply() {
         other => panic!("expected pending, got {other:?}"),
     }
     assert_eq!(reader.guild.insert(message).unwrap(), Inserted::Duplicate);
-    let Inserted::Applied { changes } = reader.guild.insert(later.remove(0)).unwrap() else {
+    let channel = later.remove(0);
+    let channel_id = channel.id();
+    let Inserted::Applied { accepted, changes } = reader.guild.insert(channel).unwrap() else {
         panic!("the channel applies");
     };
     assert_eq!(changes.len(), 2, "the channel and the released message");
+    assert_eq!(
+        accepted,
+        vec![channel_id, hello],
+        "in the order they entered"
+    );
     assert_eq!(reader.verdict(&hello), Verdict::Valid);
     assert_eq!(reader.guild.state_hash(), author.guild.state_hash());
 }

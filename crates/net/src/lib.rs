@@ -1,0 +1,271 @@
+//! Guildhall's peer-to-peer shell: a libp2p swarm that gossips signed ops per guild, answers
+//! join and catch-up requests, and hands every peer's op to the node through [`Host`].
+
+pub mod protocol;
+mod swarm;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use guildhall_proto::id::{GuildId, InviteId, UserId};
+use guildhall_proto::op::VerifiedOp;
+pub use libp2p::identity::Keypair as NodeKey;
+pub use libp2p::{Multiaddr, PeerId};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Where to accept peers, e.g. `/ip4/0.0.0.0/tcp/4001`.
+    pub listen: Multiaddr,
+    /// The address put in invite codes, when the listen address is not what peers can dial
+    /// (`0.0.0.0`, or behind NAT). Must end in `/p2p/<this node's peer id>` or have none.
+    pub announce: Option<Multiaddr>,
+    /// Peers dialed at start and redialed whenever the connection drops.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Nodes never to connect with (operator deny-list).
+    pub deny: Vec<PeerId>,
+    /// Where the addresses of peers met so far are kept, so a restart redials them.
+    pub peers_file: Option<PathBuf>,
+    /// How often each guild is reconciled with every peer serving it.
+    pub catchup_interval: Duration,
+    /// How often dropped peers are redialed.
+    pub redial_interval: Duration,
+    /// Invalid messages or refused ops that get a peer blocked. An honest node never relays
+    /// such ops (it validates before forwarding), so a few are evidence enough; gossipsub's own
+    /// scoring graylists the peer at about the same count.
+    pub max_strikes: u32,
+    /// Gossip messages per second a peer may send, and the burst above it.
+    pub peer_rate: f64,
+    pub peer_burst: f64,
+}
+
+impl NetConfig {
+    pub fn new(listen: Multiaddr) -> Self {
+        NetConfig {
+            listen,
+            announce: None,
+            bootstrap: Vec::new(),
+            deny: Vec::new(),
+            peers_file: None,
+            catchup_interval: Duration::from_secs(10),
+            redial_interval: Duration::from_secs(2),
+            max_strikes: 3,
+            peer_rate: 2_000.0,
+            peer_burst: 10_000.0,
+        }
+    }
+}
+
+/// Ops for a peer, oldest first in an order where each follows its predecessors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<Vec<u8>>,
+    /// Cut at a limit: ask again.
+    pub more: bool,
+}
+
+/// Why a node refused a peer's request, with a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Refusal {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the node did with one op from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored (whatever its verdict): forward it.
+    Accepted,
+    /// Already held.
+    Duplicate,
+    /// Held until its predecessors arrive: catch up with the sender.
+    Pending,
+    /// Not for this node now (a guild it does not serve, a timestamp too far ahead): dropped
+    /// without blame.
+    Ignored(&'static str),
+    /// Broken (chain, causality, deps): the sender is at fault.
+    Refused(&'static str),
+}
+
+/// The node behind the swarm: its replicas and its one apply path.
+pub trait Host: Send + Sync + 'static {
+    /// Highest seq held per author in a guild, or `None` if the guild is not served here.
+    fn version_vector(&self, guild: &GuildId) -> Option<BTreeMap<UserId, u64>>;
+    /// The ops a peer with `have` lacks, bounded by `MAX_BATCH_OPS` / `MAX_BATCH_BYTES`.
+    fn missing_ops(&self, guild: &GuildId, have: &BTreeMap<UserId, u64>) -> Option<Batch>;
+    /// Checks an invite for a peer whose user wants to join, then answers as `missing_ops`.
+    fn join_ops(
+        &self,
+        guild: &GuildId,
+        invite: &InviteId,
+        secret: &[u8],
+        have: &BTreeMap<UserId, u64>,
+    ) -> Result<Batch, Refusal>;
+    /// Validates, stores and fans out ops of one guild from a peer, in order.
+    fn apply(
+        &self,
+        guild: GuildId,
+        ops: Vec<VerifiedOp>,
+    ) -> impl Future<Output = Vec<Applied>> + Send;
+}
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error("cannot start the swarm: {0}")]
+    Start(String),
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, String),
+    #[error("the peer refused: {0}")]
+    Refused(Refusal),
+    #[error("the peer sent a bad response: {0}")]
+    BadResponse(String),
+    #[error("the network task stopped")]
+    Stopped,
+}
+
+enum Command {
+    Publish(GuildId, Vec<u8>),
+    Serve(GuildId),
+    Join {
+        addr: Multiaddr,
+        request: protocol::Request,
+        reply: oneshot::Sender<Result<Batch, NetError>>,
+    },
+    Catchup(GuildId, PeerId),
+    SyncAll(GuildId),
+    Block(PeerId),
+    Unblock(PeerId),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
+}
+
+/// The node's handle on the running swarm; cheap to clone.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    peer_id: PeerId,
+    listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
+}
+
+/// Starts the swarm on the tokio runtime; returns once it listens.
+pub async fn start<H: Host>(
+    config: NetConfig,
+    key: NodeKey,
+    host: Arc<H>,
+) -> Result<NetHandle, NetError> {
+    swarm::start(config, key, host).await
+}
+
+impl NetHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Addresses peers can dial, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs.lock().expect("listen addrs lock").clone()
+    }
+
+    fn send(&self, command: Command) {
+        // The swarm task only stops with the runtime; there is nobody left to tell.
+        let _ = self.commands.send(command);
+    }
+
+    /// Gossips a committed local op to the guild's peers.
+    pub fn publish(&self, guild: GuildId, op: Vec<u8>) {
+        self.send(Command::Publish(guild, op));
+    }
+
+    /// Joins the guild's gossip topic and reconciles it with the peers serving it.
+    pub fn serve(&self, guild: GuildId) {
+        self.send(Command::Serve(guild));
+    }
+
+    /// Reconciles a guild with every connected peer serving it, now.
+    pub fn sync(&self, guild: GuildId) {
+        self.send(Command::SyncAll(guild));
+    }
+
+    /// Asks the node at `addr` (ending in `/p2p/<peer id>`) to let a user of ours join: the
+    /// next batch of the guild beyond `have`.
+    pub async fn join(
+        &self,
+        addr: Multiaddr,
+        guild: GuildId,
+        invite: InviteId,
+        secret: Vec<u8>,
+        have: &BTreeMap<UserId, u64>,
+    ) -> Result<Batch, NetError> {
+        let (reply, answer) = oneshot::channel();
+        let request = protocol::Request::Join {
+            guild,
+            invite,
+            secret,
+            have: have.iter().map(|(a, s)| (*a, *s)).collect(),
+        };
+        self.send(Command::Join {
+            addr,
+            request,
+            reply,
+        });
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Pulls what `peer` has of a guild beyond what we hold.
+    pub fn catch_up(&self, guild: GuildId, peer: PeerId) {
+        self.send(Command::Catchup(guild, peer));
+    }
+
+    /// Drops and refuses every connection with `peer` until unblocked.
+    pub fn block(&self, peer: PeerId) {
+        self.send(Command::Block(peer));
+    }
+
+    pub fn unblock(&self, peer: PeerId) {
+        self.send(Command::Unblock(peer));
+    }
+
+    /// Faults seen from peers so far, by code (`bad_signature`, `gossip_flood`, ...).
+    pub async fn faults(&self) -> BTreeMap<&'static str, u64> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Faults(reply));
+        answer.await.unwrap_or_default()
+    }
+
+    /// Peers connected now.
+    pub async fn peers(&self) -> Vec<PeerId> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Peers(reply));
+        answer.await.unwrap_or_default()
+    }
+}
+
+/// Loads the node's libp2p identity from `path`, creating it on first start.
+pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<NodeKey> {
+    if let Ok(bytes) = std::fs::read(path) {
+        return NodeKey::from_protobuf_encoding(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+    }
+    let key = NodeKey::generate_ed25519();
+    let bytes = key
+        .to_protobuf_encoding()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(key)
+}

@@ -1,0 +1,110 @@
+//! What nodes say to each other: gossip topics, the sync request-response protocol and its
+//! limits. `spec/federation.md` is the normative description of these types.
+
+use guildhall_proto::id::{GuildId, InviteId, UserId};
+use libp2p::StreamProtocol;
+use libp2p::gossipsub::IdentTopic;
+use serde::{Deserialize, Serialize};
+
+/// The request-response protocol for join and catch-up.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/guildhall/sync/1");
+/// The identify protocol version nodes announce.
+pub const PROTOCOL_VERSION: &str = "/guildhall/1";
+
+/// Ops in one sync response, and their total encoded bytes: whichever is reached first.
+pub const MAX_BATCH_OPS: usize = 2_000;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A request names a guild and at most this many authors' positions.
+pub const MAX_REQUEST_BYTES: u64 = 256 * 1024;
+pub const MAX_HAVE_AUTHORS: usize = 4_096;
+/// A response: one batch of ops plus its CBOR framing.
+pub const MAX_RESPONSE_BYTES: u64 = MAX_BATCH_BYTES as u64 + 256 * 1024;
+/// A gossip message is one op, plus gossipsub's own framing.
+pub const MAX_GOSSIP_BYTES: usize = guildhall_proto::limits::MAX_OP_BYTES + 4 * 1024;
+
+/// The gossipsub topic carrying a guild's new ops.
+pub fn guild_topic(guild: &GuildId) -> IdentTopic {
+    IdentTopic::new(format!("guildhall/1/guild/{guild}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// "Here is the highest seq I hold per author; send what I lack." Authors not listed are
+    /// ones the requester holds nothing of.
+    Catchup {
+        guild: GuildId,
+        have: Vec<(UserId, u64)>,
+    },
+    /// "A user of mine holds this invite; let me replicate the guild." Answered like a
+    /// catch-up; the joiner repeats it with its growing `have` until `more` is false.
+    Join {
+        guild: GuildId,
+        invite: InviteId,
+        #[serde(with = "serde_bytes")]
+        secret: Vec<u8>,
+        have: Vec<(UserId, u64)>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Signed ops in an order where every op follows its predecessors; `more` when the batch
+    /// was cut at a limit and the requester should ask again.
+    Ops {
+        ops: Vec<serde_bytes::ByteBuf>,
+        more: bool,
+    },
+    Refused {
+        code: String,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cbor<T: Serialize>(value: &T) -> String {
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), value).unwrap();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The bytes `spec/federation.md` §4 shows, so that the spec and the codec cannot drift.
+    #[test]
+    fn sync_messages_have_the_documented_cbor_bytes() {
+        let guild = guildhall_proto::id::OpId([0x11; 32]);
+        let author = UserId([0x22; 32]);
+        let request = Request::Catchup {
+            guild,
+            have: vec![(author, 7)],
+        };
+        // {"catchup": {"guild": "1111…", "have": [["2222…", 7]]}}: map(1), "catchup",
+        // map(2), "guild", the id, "have", array(1), array(2), the author, 7.
+        let expected = format!(
+            "a1{catchup}a2{guild_key}{guild}{have_key}8182{author}07",
+            catchup = "6763617463687570",
+            guild_key = "656775696c64",
+            guild = id_text(0x11),
+            have_key = "6468617665",
+            author = id_text(0x22),
+        );
+        assert_eq!(cbor(&request), expected);
+        let response = Response::Ops {
+            ops: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+            more: false,
+        };
+        assert_eq!(
+            cbor(&response),
+            "a1636f7073a2636f70738143010203646d6f7265f4"
+        );
+    }
+
+    /// An id's CBOR form: a 64-character text string (head 0x78 0x40) of lowercase hex.
+    fn id_text(byte: u8) -> String {
+        let text = format!("{byte:02x}").repeat(32);
+        let ascii: String = text.bytes().map(|c| format!("{c:02x}")).collect();
+        format!("7840{ascii}")
+    }
+}

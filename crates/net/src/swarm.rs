@@ -1,0 +1,724 @@
+//! The swarm task: owns the libp2p swarm, turns its events into calls on the host, and the
+//! handle's commands into network traffic.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use guildhall_proto::id::GuildId;
+use guildhall_proto::op::{Op, VerifiedOp};
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{self, Request, Response};
+use crate::{Applied, Batch, Command, Host, NetConfig, NetError, NetHandle, Refusal};
+
+type Gossip =
+    gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>;
+type Sync = request_response::Behaviour<request_response::cbor::codec::Codec<Request, Response>>;
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossip: Gossip,
+    sync: Sync,
+}
+
+/// What background work reports back to the swarm task.
+enum Report {
+    Validated {
+        message: MessageId,
+        source: PeerId,
+        guild: GuildId,
+        outcome: Result<Applied, &'static str>,
+    },
+    CaughtUp {
+        peer: PeerId,
+        guild: GuildId,
+        more: bool,
+        faults: usize,
+    },
+}
+
+/// A gossip message waiting for its turn: ops are applied in arrival order.
+struct Inbound {
+    message: MessageId,
+    source: PeerId,
+    guild: GuildId,
+    data: Vec<u8>,
+}
+
+pub(crate) async fn start<H: Host>(
+    config: NetConfig,
+    key: Keypair,
+    host: Arc<H>,
+) -> Result<NetHandle, NetError> {
+    let start_err = |e: &dyn std::fmt::Display| NetError::Start(e.to_string());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| start_err(&e))?
+        .with_behaviour(|key| behaviour(key).map_err(|e| e.into()))
+        .map_err(|e| start_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+    for peer in &config.deny {
+        swarm.behaviour_mut().blocked.block_peer(*peer);
+    }
+    swarm
+        .listen_on(config.listen.clone())
+        .map_err(|e| start_err(&e))?;
+    let peer_id = *swarm.local_peer_id();
+    let announced = config.announce.clone().map(|a| {
+        if peer_of(&a).is_some() {
+            a
+        } else {
+            a.with(Protocol::P2p(peer_id))
+        }
+    });
+    let listen_addrs = Arc::new(Mutex::new(announced.into_iter().collect::<Vec<_>>()));
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (reports, report_rx) = mpsc::unbounded_channel();
+    let (inbound, inbound_rx) = mpsc::unbounded_channel();
+    tokio::spawn(apply_gossip(host.clone(), inbound_rx, reports.clone()));
+    let (listening, is_listening) = oneshot::channel();
+    let mut known = HashMap::new();
+    for addr in config.bootstrap.iter().chain(&read_peers_file(&config)) {
+        if let Some(peer) = peer_of(addr) {
+            known.insert(peer, addr.clone());
+        }
+    }
+    let task = Task {
+        swarm,
+        host,
+        config,
+        listen_addrs: listen_addrs.clone(),
+        listening: Some(listening),
+        commands: command_rx,
+        reports,
+        report_rx,
+        inbound,
+        topics: HashMap::new(),
+        joins: HashMap::new(),
+        catchups: HashMap::new(),
+        in_flight: HashSet::new(),
+        strikes: HashMap::new(),
+        faults: BTreeMap::new(),
+        buckets: HashMap::new(),
+        known,
+    };
+    tokio::spawn(task.run());
+    is_listening
+        .await
+        .map_err(|_| NetError::Start("the swarm stopped before listening".into()))?;
+    Ok(NetHandle {
+        commands,
+        peer_id,
+        listen_addrs,
+    })
+}
+
+fn behaviour(key: &Keypair) -> Result<Behaviour, String> {
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(protocol::MAX_GOSSIP_BYTES)
+        .heartbeat_interval(Duration::from_millis(500))
+        .message_id_fn(|m| MessageId::from(Sha256::digest(&m.data).to_vec()))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut gossip = Gossip::new_with_subscription_filter(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+        gossipsub::AllowAllSubscriptionFilter {},
+    )?;
+    gossip.with_peer_score(
+        gossipsub::PeerScoreParams::default(),
+        gossipsub::PeerScoreThresholds::default(),
+    )?;
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(protocol::MAX_REQUEST_BYTES)
+        .set_response_size_maximum(protocol::MAX_RESPONSE_BYTES);
+    let sync = Sync::with_codec(
+        codec,
+        [(protocol::SYNC_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+    );
+    Ok(Behaviour {
+        blocked: Default::default(),
+        identify: identify::Behaviour::new(identify::Config::new(
+            protocol::PROTOCOL_VERSION.into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
+        gossip,
+        sync,
+    })
+}
+
+/// Score weights for one guild topic: the penalty grows with the square of the invalid ops
+/// sent, so three put a peer past the default graylist threshold (-80).
+fn topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..Default::default()
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+fn read_peers_file(config: &NetConfig) -> Vec<Multiaddr> {
+    let Some(path) = &config.peers_file else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Verifies and applies gossip ops one at a time, in arrival order, so that an author's ops
+/// from one peer never overtake each other.
+async fn apply_gossip<H: Host>(
+    host: Arc<H>,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    while let Some(m) = inbound.recv().await {
+        let outcome = match Op::decode(&m.data).and_then(Op::verify) {
+            Err(e) => Err(e.code()),
+            Ok(op) if op.guild() != m.guild => Err("wrong_topic"),
+            Ok(op) => Ok(host
+                .apply(m.guild, vec![op])
+                .await
+                .pop()
+                .unwrap_or(Applied::Duplicate)),
+        };
+        let report = Report::Validated {
+            message: m.message,
+            source: m.source,
+            guild: m.guild,
+            outcome,
+        };
+        if reports.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+/// Verifies a batch from a peer (on the blocking pool: signature checks are the cost) and
+/// applies the ops that verify. Returns how many were at fault.
+async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::ByteBuf>) -> usize {
+    let verified = tokio::task::spawn_blocking(move || {
+        ops.into_iter()
+            .map(|bytes| match Op::decode(&bytes).and_then(Op::verify) {
+                Ok(op) if op.guild() == guild => Ok(op),
+                Ok(_) => Err("wrong_guild"),
+                Err(e) => Err(e.code()),
+            })
+            .collect::<Vec<Result<VerifiedOp, &'static str>>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut faults = 0;
+    let mut good = Vec::new();
+    for op in verified {
+        match op {
+            Ok(op) => good.push(op),
+            Err(code) => {
+                tracing::warn!(%guild, code, "peer sent an op that does not verify");
+                faults += 1;
+            }
+        }
+    }
+    for applied in host.apply(guild, good).await {
+        if let Applied::Refused(code) = applied {
+            tracing::warn!(%guild, code, "peer sent an op the core refused");
+            faults += 1;
+        }
+    }
+    faults
+}
+
+struct Task<H: Host> {
+    swarm: Swarm<Behaviour>,
+    host: Arc<H>,
+    config: NetConfig,
+    listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
+    listening: Option<oneshot::Sender<()>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    reports: mpsc::UnboundedSender<Report>,
+    report_rx: mpsc::UnboundedReceiver<Report>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    topics: HashMap<TopicHash, GuildId>,
+    joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Batch, NetError>>>,
+    catchups: HashMap<OutboundRequestId, (PeerId, GuildId)>,
+    /// One catch-up per (peer, guild) at a time.
+    in_flight: HashSet<(PeerId, GuildId)>,
+    strikes: HashMap<PeerId, u32>,
+    /// Faults seen from peers, by code, for operators.
+    faults: BTreeMap<&'static str, u64>,
+    buckets: HashMap<PeerId, (f64, Instant)>,
+    /// Peers to keep connected with, and where to reach them.
+    known: HashMap<PeerId, Multiaddr>,
+}
+
+impl<H: Host> Task<H> {
+    async fn run(mut self) {
+        let mut catchup = tokio::time::interval(self.config.catchup_interval);
+        let mut redial = tokio::time::interval(self.config.redial_interval);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                Some(report) = self.report_rx.recv() => self.on_report(report),
+                _ = catchup.tick() => self.catch_up_everywhere(),
+                _ = redial.tick() => self.redial(),
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish(guild, op) => {
+                let topic = protocol::guild_topic(&guild);
+                match self.swarm.behaviour_mut().gossip.publish(topic, op) {
+                    Ok(_) => {}
+                    // Peers that missed it catch up when they subscribe or on the next round.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                    Err(e) => tracing::debug!(%guild, error = %e, "gossip publish failed"),
+                }
+            }
+            Command::Serve(guild) => self.serve(guild),
+            Command::Join {
+                addr,
+                request,
+                reply,
+            } => {
+                let Some(peer) = peer_of(&addr) else {
+                    let _ = reply.send(Err(NetError::Unreachable(
+                        addr.to_string(),
+                        "the address has no /p2p/<peer id>".into(),
+                    )));
+                    return;
+                };
+                self.known.insert(peer, addr.clone());
+                self.swarm.add_peer_address(peer, addr.clone());
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.joins.insert(id, reply);
+            }
+            Command::Catchup(guild, peer) => self.request_catchup(peer, guild),
+            Command::SyncAll(guild) => {
+                for peer in self.peers_serving(&guild) {
+                    self.request_catchup(peer, guild);
+                }
+            }
+            Command::Block(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Unblock(peer) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                self.redial();
+            }
+            Command::Faults(reply) => {
+                let _ = reply.send(self.faults.clone());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn serve(&mut self, guild: GuildId) {
+        let topic = protocol::guild_topic(&guild);
+        self.topics.insert(topic.hash(), guild);
+        let gossip = &mut self.swarm.behaviour_mut().gossip;
+        if let Err(e) = gossip.subscribe(&topic) {
+            tracing::warn!(%guild, error = ?e, "cannot subscribe to the guild's topic");
+        }
+        let _ = gossip.set_topic_params(topic, topic_score());
+        for peer in self.peers_serving(&guild) {
+            self.request_catchup(peer, guild);
+        }
+    }
+
+    fn peers_serving(&self, guild: &GuildId) -> Vec<PeerId> {
+        let hash = protocol::guild_topic(guild).hash();
+        self.swarm
+            .behaviour()
+            .gossip
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    fn request_catchup(&mut self, peer: PeerId, guild: GuildId) {
+        if !self.in_flight.insert((peer, guild)) {
+            return;
+        }
+        let Some(have) = self.host.version_vector(&guild) else {
+            self.in_flight.remove(&(peer, guild));
+            return;
+        };
+        let request = Request::Catchup {
+            guild,
+            have: have.into_iter().collect(),
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.catchups.insert(id, (peer, guild));
+    }
+
+    fn catch_up_everywhere(&mut self) {
+        let guilds: Vec<GuildId> = self.topics.values().copied().collect();
+        for guild in guilds {
+            for peer in self.peers_serving(&guild) {
+                self.request_catchup(peer, guild);
+            }
+        }
+    }
+
+    fn redial(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let to_dial: Vec<Multiaddr> = self
+            .known
+            .iter()
+            .filter(|(peer, _)| !connected.contains(peer))
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        for addr in to_dial {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "redial failed");
+            }
+        }
+    }
+
+    /// Counts a fault against a peer; past the limit the peer is blocked.
+    fn strike(&mut self, peer: PeerId, why: &'static str, count: u32) {
+        *self.faults.entry(why).or_default() += u64::from(count);
+        let strikes = self.strikes.entry(peer).or_default();
+        *strikes += count;
+        tracing::warn!(%peer, why, strikes = *strikes, "peer misbehaved");
+        if *strikes >= self.config.max_strikes {
+            tracing::warn!(%peer, "blocking the peer: too many faults");
+            self.known.remove(&peer);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        }
+    }
+
+    /// Takes one token from the peer's gossip bucket.
+    fn within_rate(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let (rate, burst) = (self.config.peer_rate, self.config.peer_burst);
+        let (tokens, last) = self.buckets.entry(peer).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Validated {
+                message,
+                source,
+                guild,
+                outcome,
+            } => {
+                let acceptance = match outcome {
+                    Ok(Applied::Accepted) => MessageAcceptance::Accept,
+                    Ok(Applied::Duplicate | Applied::Ignored(_)) => MessageAcceptance::Ignore,
+                    Ok(Applied::Pending) => {
+                        self.request_catchup(source, guild);
+                        MessageAcceptance::Ignore
+                    }
+                    Ok(Applied::Refused(code)) | Err(code) => {
+                        self.strike(source, code, 1);
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(&message, &source, acceptance);
+            }
+            Report::CaughtUp {
+                peer,
+                guild,
+                more,
+                faults,
+            } => {
+                self.in_flight.remove(&(peer, guild));
+                if faults > 0 {
+                    self.strike(peer, "bad_sync_batch", faults as u32);
+                }
+                if more {
+                    self.request_catchup(peer, guild);
+                }
+            }
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                tracing::info!(address = %full, "federation listening");
+                self.listen_addrs
+                    .lock()
+                    .expect("listen addrs lock")
+                    .push(full);
+                if let Some(listening) = self.listening.take() {
+                    let _ = listening.send(());
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                tracing::debug!(peer = %peer_id, "peer connected");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.on_identify(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(event)) => self.on_gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if info.protocol_version != protocol::PROTOCOL_VERSION {
+            return;
+        }
+        let Some(addr) = info.listen_addrs.into_iter().find(|a| {
+            // Unspecified addresses cannot be dialed.
+            !a.iter().any(|p| {
+                matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                    || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+            })
+        }) else {
+            return;
+        };
+        let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+        if self.known.get(&peer) != Some(&addr) {
+            self.known.insert(peer, addr);
+            self.write_peers_file();
+        }
+    }
+
+    fn write_peers_file(&self) {
+        let Some(path) = &self.config.peers_file else {
+            return;
+        };
+        let mut lines: Vec<String> = self.known.values().map(|a| a.to_string()).collect();
+        lines.sort();
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, lines.join("\n") + "\n")
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the peers file");
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let gossip = &mut self.swarm.behaviour_mut().gossip;
+                let Some(guild) = self.topics.get(&message.topic).copied() else {
+                    // Not a topic we serve: gossipsub only delivers subscribed topics, so the
+                    // peer pushed it unasked.
+                    gossip.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Reject,
+                    );
+                    self.strike(propagation_source, "unserved_topic", 1);
+                    return;
+                };
+                if !self.within_rate(propagation_source) {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossip
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
+                    self.strike(propagation_source, "gossip_flood", 1);
+                    return;
+                }
+                let _ = self.inbound.send(Inbound {
+                    message: message_id,
+                    source: propagation_source,
+                    guild,
+                    data: message.data,
+                });
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if let Some(guild) = self.topics.get(&topic).copied() {
+                    self.request_catchup(peer_id, guild);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = self.answer(peer, request);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.joins.remove(&request_id) {
+                    let _ = reply.send(match response {
+                        Response::Ops { ops, more } => Ok(Batch {
+                            ops: ops.into_iter().map(|b| b.into_vec()).collect(),
+                            more,
+                        }),
+                        Response::Refused { code, message } => {
+                            Err(NetError::Refused(Refusal { code, message }))
+                        }
+                    });
+                } else if let Some((peer, guild)) = self.catchups.remove(&request_id) {
+                    self.on_catchup_response(peer, guild, response);
+                } else {
+                    tracing::debug!(%peer, "response to a request not made");
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.joins.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Unreachable(
+                        peer.to_string(),
+                        error.to_string(),
+                    )));
+                } else if let Some(key) = self.catchups.remove(&request_id) {
+                    tracing::debug!(%peer, error = %error, "catch-up request failed");
+                    self.in_flight.remove(&key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_catchup_response(&mut self, peer: PeerId, guild: GuildId, response: Response) {
+        match response {
+            Response::Ops { ops, more } => {
+                let host = self.host.clone();
+                let reports = self.reports.clone();
+                tokio::spawn(async move {
+                    let faults = apply_batch(&*host, guild, ops).await;
+                    let _ = reports.send(Report::CaughtUp {
+                        peer,
+                        guild,
+                        more,
+                        faults,
+                    });
+                });
+            }
+            Response::Refused { code, message } => {
+                tracing::debug!(%peer, %guild, code, message, "catch-up refused");
+                self.in_flight.remove(&(peer, guild));
+            }
+        }
+    }
+
+    fn answer(&mut self, peer: PeerId, request: Request) -> Response {
+        let (guild, have) = match &request {
+            Request::Catchup { guild, have } | Request::Join { guild, have, .. } => (*guild, have),
+        };
+        if have.len() > protocol::MAX_HAVE_AUTHORS {
+            return Response::Refused {
+                code: "too_many_authors".into(),
+                message: "the version vector is too long".into(),
+            };
+        }
+        let have: BTreeMap<_, _> = have.iter().copied().collect();
+        let batch = match &request {
+            Request::Catchup { .. } => {
+                // The peer holds ops we lack: pull them too, so one side's catch-up heals both.
+                if let Some(ours) = self.host.version_vector(&guild)
+                    && have.iter().any(|(a, s)| ours.get(a).is_none_or(|o| o < s))
+                {
+                    self.request_catchup(peer, guild);
+                }
+                self.host.missing_ops(&guild, &have).ok_or_else(|| {
+                    Refusal::new("unknown_guild", "this node does not serve that guild")
+                })
+            }
+            Request::Join { invite, secret, .. } => {
+                self.host.join_ops(&guild, invite, secret, &have)
+            }
+        };
+        match batch {
+            Ok(batch) => Response::Ops {
+                ops: batch
+                    .ops
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                more: batch.more,
+            },
+            Err(r) => Response::Refused {
+                code: r.code,
+                message: r.message,
+            },
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Federation over real libp2p on loopback: guilds joined by invite across nodes, live
+//! replication, partitions that heal, and peers that lie.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{TestNode, WAIT, dispatch_where};
+use guildhall_client::{Gateway, Page};
+use guildhall_net::{Applied, Batch, Host, NetConfig, Refusal};
+use guildhall_proto::id::{GuildId, InviteId, UserId};
+use guildhall_proto::op::VerifiedOp;
+
+/// Waits until every node holds the guild with the same state hash (state and history).
+async fn converged(nodes: &[&TestNode], guild: &str) -> [u8; 32] {
+    let gid: GuildId = guild.parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let hashes: Vec<Option<[u8; 32]>> = nodes
+            .iter()
+            .map(|n| {
+                n.node
+                    .guild(&gid)
+                    .ok()
+                    .map(|g| g.lock().unwrap().state_hash())
+            })
+            .collect();
+        if hashes[0].is_some() && hashes.iter().all(|h| *h == hashes[0]) {
+            return hashes[0].unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge on {guild}: {hashes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it holds or the wait runs out.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guild_lives_on_three_nodes_and_every_change_reaches_every_client() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let c = TestNode::federated(&[&b]).await;
+    let (alice, _) = a.user("alice").await;
+    let (bob, bob_user) = b.user("bob").await;
+    let (carol, carol_user) = c.user("carol").await;
+
+    let guild = alice.create_guild("Federated").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    let joined = bob.accept_invite(&invite.code).await.unwrap();
+    assert_eq!(joined.id, guild.id);
+    assert_eq!(joined.name, "Federated");
+    carol.accept_invite(&invite.code).await.unwrap();
+    converged(&[&a, &b, &c], &guild.id).await;
+    let on_a = alice.guild(&guild.id).await.unwrap();
+    assert_eq!(
+        on_a.member_count, 3,
+        "both remote joins reached the owner's node"
+    );
+
+    let mut alice_gw = Gateway::connect(&alice).await.unwrap();
+    let mut bob_gw = Gateway::connect(&bob).await.unwrap();
+    let mut carol_gw = Gateway::connect(&carol).await.unwrap();
+
+    let sent = alice
+        .send(&guild.id, &channel, "hello from A")
+        .await
+        .unwrap();
+    for gw in [&mut bob_gw, &mut carol_gw] {
+        let d = dispatch_where(gw, "MESSAGE_CREATE", "id", &sent.id).await;
+        assert_eq!(d.data["content"], "hello from A");
+    }
+    let reply = carol
+        .send(&guild.id, &channel, "hello from C")
+        .await
+        .unwrap();
+    dispatch_where(&mut alice_gw, "MESSAGE_CREATE", "id", &reply.id).await;
+    dispatch_where(&mut bob_gw, "MESSAGE_CREATE", "id", &reply.id).await;
+
+    bob.edit(&guild.id, &channel, &sent.id, "edited?")
+        .await
+        .expect_err("only the author edits");
+    carol
+        .edit(&guild.id, &channel, &reply.id, "hello from C, edited")
+        .await
+        .unwrap();
+    let d = dispatch_where(&mut alice_gw, "MESSAGE_UPDATE", "id", &reply.id).await;
+    assert_eq!(d.data["content"], "hello from C, edited");
+    bob.react(&guild.id, &channel, &sent.id, "👍")
+        .await
+        .unwrap();
+    loop {
+        let d = dispatch_where(&mut carol_gw, "MESSAGE_UPDATE", "id", &sent.id).await;
+        if d.data["reactions"].to_string().contains("👍") {
+            break;
+        }
+    }
+    carol
+        .delete_message(&guild.id, &channel, &reply.id)
+        .await
+        .unwrap();
+    dispatch_where(&mut bob_gw, "MESSAGE_DELETE", "id", &reply.id).await;
+
+    // A role change on A binds B: a member-level overwrite denying carol the channel.
+    alice
+        .set_member_overwrite(&guild.id, &channel, &carol_user.id, 0, 1 << 10)
+        .await
+        .unwrap();
+    converged(&[&a, &b, &c], &guild.id).await;
+    let hidden = carol.send(&guild.id, &channel, "can I still talk?").await;
+    assert!(hidden.is_err(), "the overwrite made on A applies on C");
+
+    // A ban on A stops bob on B.
+    alice.ban(&guild.id, &bob_user.id).await.unwrap();
+    eventually("bob's node applies the ban", async || {
+        bob.send(&guild.id, &channel, "still here?").await.is_err()
+    })
+    .await;
+    let hash = converged(&[&a, &b, &c], &guild.id).await;
+    let history = |n: &TestNode| {
+        let g = n.node.guild(&guild.id.parse().unwrap()).unwrap();
+        let g = g.lock().unwrap();
+        g.messages(&channel.parse().unwrap(), None, None, 100)
+            .into_iter()
+            .map(|m| (m.id, m.content))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(history(&a), history(&c));
+    assert_eq!(history(&a), history(&b));
+    assert_ne!(hash, [0; 32]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_heals_with_nothing_lost_and_the_ban_winning() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let (alice, _) = a.user("alice").await;
+    let (bob, bob_user) = b.user("bob").await;
+    let (dave, _) = b.user("dave").await;
+    let guild = alice.create_guild("Split").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    bob.accept_invite(&invite.code).await.unwrap();
+    dave.accept_invite(&invite.code).await.unwrap();
+    let before = bob
+        .send(&guild.id, &channel, "before the split")
+        .await
+        .unwrap();
+    converged(&[&a, &b], &guild.id).await;
+
+    a.net().block(b.net().peer_id());
+    b.net().block(a.net().peer_id());
+    eventually("the nodes are apart", async || {
+        a.net().peers().await.is_empty()
+    })
+    .await;
+
+    // Both sides keep chatting; A bans bob without having seen his partition messages.
+    let mut acked_a = Vec::new();
+    let mut acked_b = Vec::new();
+    for i in 0..5 {
+        acked_a.push(
+            alice
+                .send(&guild.id, &channel, &format!("A{i}"))
+                .await
+                .unwrap(),
+        );
+        acked_b.push(
+            dave.send(&guild.id, &channel, &format!("B{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    alice.ban(&guild.id, &bob_user.id).await.unwrap();
+    let mut dave_gw = Gateway::connect(&dave).await.unwrap();
+    let doomed = bob.send(&guild.id, &channel, "bob, unaware").await.unwrap();
+    dispatch_where(&mut dave_gw, "MESSAGE_CREATE", "id", &doomed.id).await;
+
+    a.net().unblock(b.net().peer_id());
+    b.net().unblock(a.net().peer_id());
+    converged(&[&a, &b], &guild.id).await;
+
+    // Dave saw bob's message retracted once the ban arrived.
+    dispatch_where(&mut dave_gw, "MESSAGE_DELETE", "id", &doomed.id).await;
+    for node in [&a, &b] {
+        let g = node.node.guild(&guild.id.parse().unwrap()).unwrap();
+        let g = g.lock().unwrap();
+        let ids: Vec<String> = g
+            .messages(&channel.parse().unwrap(), None, None, 100)
+            .into_iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        for acked in acked_a.iter().chain(&acked_b).chain([&before]) {
+            assert!(ids.contains(&acked.id), "acknowledged {} kept", acked.id);
+        }
+        assert!(
+            !ids.contains(&doomed.id),
+            "the banned user's concurrent message is cut"
+        );
+    }
+}
+
+/// A peer that serves one guild and relays whatever the test gives it.
+struct Rogue {
+    guild: GuildId,
+}
+
+impl Host for Rogue {
+    fn version_vector(&self, guild: &GuildId) -> Option<BTreeMap<UserId, u64>> {
+        (*guild == self.guild).then(BTreeMap::new)
+    }
+    fn missing_ops(&self, _: &GuildId, _: &BTreeMap<UserId, u64>) -> Option<Batch> {
+        None
+    }
+    fn join_ops(
+        &self,
+        _: &GuildId,
+        _: &InviteId,
+        _: &[u8],
+        _: &BTreeMap<UserId, u64>,
+    ) -> Result<Batch, Refusal> {
+        Err(Refusal::new("no", "no"))
+    }
+    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+        vec![Applied::Duplicate; ops.len()]
+    }
+}
+
+/// A rogue peer connected to `target`, in `guild`'s topic.
+async fn rogue_peer(target: &TestNode, guild: GuildId) -> guildhall_net::NetHandle {
+    let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    config.bootstrap = vec![target.p2p_addr()];
+    let rogue = guildhall_net::start(
+        config,
+        guildhall_net::NodeKey::generate_ed25519(),
+        std::sync::Arc::new(Rogue { guild }),
+    )
+    .await
+    .unwrap();
+    rogue.serve(guild);
+    let id = rogue.peer_id();
+    eventually("the rogue is connected", async || {
+        target.net().peers().await.contains(&id)
+    })
+    .await;
+    rogue
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let (alice, _) = a.user("alice").await;
+    let (bob, _) = b.user("bob").await;
+    let guild = alice.create_guild("Targeted").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    bob.accept_invite(&invite.code).await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+
+    let rogue = rogue_peer(&a, gid).await;
+    let rogue_id = rogue.peer_id();
+
+    // A real op, then forged variants of it.
+    let real = {
+        let g = a.node.guild(&gid).unwrap();
+        let g = g.lock().unwrap();
+        g.ops().next().unwrap().encode()
+    };
+    let before = a.node.guild(&gid).unwrap().lock().unwrap().len();
+    // Each round differs, or gossipsub would drop the repeats as already seen.
+    let mut round = 0usize;
+    while a.net().peers().await.contains(&rogue_id) {
+        assert!(round < 1_000, "the rogue was never blocked");
+        round += 1;
+        let mut forged = real.clone();
+        let at = forged.len() - 1 - round % 64;
+        forged[at] ^= 1 << (round % 8);
+        let mut junk = vec![0xff; 100];
+        junk[0] = 1;
+        junk[1..9].copy_from_slice(&round.to_le_bytes());
+        let mut oversized = vec![1u8; guildhall_proto::limits::MAX_OP_BYTES + 1];
+        oversized[1..9].copy_from_slice(&round.to_le_bytes());
+        for bytes in [forged, junk, oversized] {
+            rogue.publish(gid, bytes);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.node.guild(&gid).unwrap().lock().unwrap().len(),
+        before,
+        "nothing the rogue sent was stored"
+    );
+    let faults = a.net().faults().await;
+    let refused: u64 = ["bad_signature", "malformed_op", "op_too_large"]
+        .iter()
+        .filter_map(|code| faults.get(code))
+        .sum();
+    assert!(refused >= 3, "refusals are counted by reason: {faults:?}");
+
+    // Honest traffic still flows both ways.
+    let mut bob_gw = Gateway::connect(&bob).await.unwrap();
+    let sent = alice.send(&guild.id, &channel, "still fine").await.unwrap();
+    dispatch_where(&mut bob_gw, "MESSAGE_CREATE", "id", &sent.id).await;
+    let messages = bob
+        .messages(&guild.id, &channel, &Page::default())
+        .await
+        .unwrap();
+    assert!(messages.iter().any(|m| m.id == sent.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_peer_is_throttled_then_blocked_and_nothing_is_lost() {
+    let a = TestNode::federated_with(&[], |c| {
+        c.peer_rate = 1.0;
+        c.peer_burst = 2.0;
+    })
+    .await;
+    let b = TestNode::federated(&[&a]).await;
+    let (alice, _) = a.user("alice").await;
+    let (bob, _) = b.user("bob").await;
+    let guild = alice.create_guild("Flooded").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    bob.accept_invite(&invite.code).await.unwrap();
+    converged(&[&a, &b], &guild.id).await;
+    let gid: GuildId = guild.id.parse().unwrap();
+
+    // Valid ops that A has not seen yet: bob's, written while A and B are apart.
+    a.net().block(b.net().peer_id());
+    b.net().block(a.net().peer_id());
+    for i in 0..10 {
+        bob.send(&guild.id, &channel, &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let unseen: Vec<Vec<u8>> = {
+        let on_b = b.node.guild(&gid).unwrap();
+        let on_a = a.node.guild(&gid).unwrap();
+        let (on_b, on_a) = (on_b.lock().unwrap(), on_a.lock().unwrap());
+        on_b.ops()
+            .filter(|op| on_a.op(&op.id()).is_none())
+            .map(|op| op.encode())
+            .collect()
+    };
+    assert_eq!(unseen.len(), 10);
+    let rogue = rogue_peer(&a, gid).await;
+    for op in unseen {
+        rogue.publish(gid, op);
+    }
+    eventually("the flooding peer is blocked", async || {
+        !a.net().peers().await.contains(&rogue.peer_id())
+    })
+    .await;
+    assert!(a.net().faults().await["gossip_flood"] >= 3);
+
+    // What the flood carried arrives anyway once the honest peer is back.
+    a.net().unblock(b.net().peer_id());
+    b.net().unblock(a.net().peer_id());
+    converged(&[&a, &b], &guild.id).await;
+    let page = alice
+        .messages(&guild.id, &channel, &Page::default())
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 10);
+}
