@@ -186,6 +186,14 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 fn read_peers_file(config: &NetConfig) -> Vec<Multiaddr> {
     let Some(path) = &config.peers_file else {
         return Vec::new();
@@ -491,10 +499,13 @@ impl<H: Host> Task<H> {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
                 tracing::info!(address = %full, "federation listening");
-                self.listen_addrs
-                    .lock()
-                    .expect("listen addrs lock")
-                    .push(full);
+                let mut addrs = self.listen_addrs.lock().expect("listen addrs lock");
+                addrs.push(full);
+                // Invite codes take the first: an announced address, else one other hosts can
+                // reach, loopback last.
+                let announced = usize::from(self.config.announce.is_some());
+                addrs[announced..].sort_by_key(is_loopback);
+                drop(addrs);
                 if let Some(listening) = self.listening.take() {
                     let _ = listening.send(());
                 }
