@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use guildhall_client::{Client, Gateway};
+use guildhall_gateway::{Node, NodeConfig};
+use guildhall_proto::id::{GuildId, UserId};
 use tokio::sync::mpsc;
+
+mod federation;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Scenario {
@@ -22,6 +26,11 @@ enum Scenario {
     Restart,
     /// Holds `clients` idle gateway sessions for `count` seconds (measure the node's memory).
     Idle,
+    /// Two federated nodes: latency from a send on node A to delivery on node B.
+    Remote,
+    /// Two federated nodes apart while A takes `count` messages; time and bytes for B to catch
+    /// up once they reconnect, then the time for a third node to join the guild.
+    Catchup,
 }
 
 #[derive(Parser)]
@@ -52,24 +61,34 @@ struct Setup {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// A node in a temp dir with rate limits out of the way.
+fn open_node(dir: &tempfile::TempDir) -> Arc<Node> {
+    let mut config = NodeConfig::new(dir.path().join("data"));
+    config.user_rate = 1e9;
+    config.user_burst = 1e9;
+    config.auth_rate = 1e9;
+    config.auth_burst = 1e9;
+    config.ip_rate = 1e9;
+    config.ip_burst = 1e9;
+    Node::open(config).expect("node opens")
+}
+
+/// Serves the node's API on an ephemeral loopback port; returns its base URL.
+async fn serve(node: Arc<Node>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(guildhall_gateway::serve(node, listener));
+    base
+}
+
 async fn setup(server: Option<String>) -> Setup {
     let (base, dir) = match server {
         Some(base) => (base, None),
         None => {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut config = guildhall_gateway::NodeConfig::new(dir.path().join("data"));
-            config.user_rate = 1e9;
-            config.user_burst = 1e9;
-            config.auth_rate = 1e9;
-            config.auth_burst = 1e9;
-            config.ip_rate = 1e9;
-            config.ip_burst = 1e9;
-            let node = guildhall_gateway::Node::open(config).expect("node opens");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let base = format!("http://{}", listener.local_addr().expect("address"));
-            tokio::spawn(guildhall_gateway::serve(node, listener));
+            let base = serve(open_node(&dir)).await;
             (base, Some(dir))
         }
     };
@@ -124,8 +143,11 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    if let Scenario::Restart = args.scenario {
-        return restart(args.count, args.clients).await;
+    match args.scenario {
+        Scenario::Restart => return restart(args.count, args.clients).await,
+        Scenario::Remote => return federation::remote(args.count).await,
+        Scenario::Catchup => return federation::catchup(args.count, args.clients).await,
+        _ => {}
     }
     let s = setup(args.server.clone()).await;
     match args.scenario {
@@ -133,7 +155,9 @@ async fn main() {
         Scenario::Throughput => throughput(&s, args.clients, args.count).await,
         Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
         Scenario::Idle => idle(&s, args.clients, args.count).await,
-        Scenario::Restart => unreachable!("handled above"),
+        Scenario::Restart | Scenario::Remote | Scenario::Catchup => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -248,7 +272,7 @@ async fn fanout(s: &Setup, listeners: usize, rate: u64, seconds: u64) {
 }
 
 async fn restart(count: u64, writers: usize) {
-    use guildhall_gateway::{Node, NodeConfig, rest};
+    use guildhall_gateway::rest;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = NodeConfig::new(dir.path().join("data"));
     let node = Node::open(config.clone()).expect("node opens");
@@ -257,8 +281,32 @@ async fn restart(count: u64, writers: usize) {
         .expect("account")
         .user_id;
     let guild = node.create_guild(&owner, "restart").await.expect("guild");
+    let (written, secs) = write_messages(&node, owner, guild, count, writers).await;
+    println!(
+        "{writers} writers through Node::submit (sign, authorize, apply, group commit): {written} ops in {secs:.1} s = {:.0} ops/s",
+        written as f64 / secs
+    );
+    drop(node);
+    let started = Instant::now();
+    let node = Node::open(config).expect("node reopens");
+    println!(
+        "reopen with {written} stored messages: {:.0} ms to serving ({} guild)",
+        started.elapsed().as_secs_f64() * 1000.0,
+        node.guild_count()
+    );
+}
+
+/// Writes `count` messages into the guild's first text channel through `Node::submit` from
+/// `writers` concurrent tasks; returns how many were written and the seconds it took.
+async fn write_messages(
+    node: &Arc<Node>,
+    author: UserId,
+    guild: GuildId,
+    count: u64,
+    writers: usize,
+) -> (u64, f64) {
     let channel = node
-        .with_member_guild(&owner, &guild, |g| {
+        .with_member_guild(&author, &guild, |g| {
             let text = g
                 .state()
                 .channels
@@ -279,27 +327,14 @@ async fn restart(count: u64, writers: usize) {
                     content: format!("writer {w} message {i}: some ordinary chat text"),
                     reply_to: None,
                 };
-                node.submit(&owner, &guild, body).await.expect("submit");
+                node.submit(&author, &guild, body).await.expect("submit");
             }
         }));
     }
     for t in tasks {
         t.await.expect("writer");
     }
-    let written = per_writer * writers as u64;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{writers} writers through Node::submit (sign, authorize, apply, group commit): {written} ops in {secs:.1} s = {:.0} ops/s",
-        written as f64 / secs
-    );
-    drop(node);
-    let started = Instant::now();
-    let node = Node::open(config).expect("node reopens");
-    println!(
-        "reopen with {written} stored messages: {:.0} ms to serving ({} guild)",
-        started.elapsed().as_secs_f64() * 1000.0,
-        node.guild_count()
-    );
+    (per_writer * writers as u64, started.elapsed().as_secs_f64())
 }
 
 async fn idle(s: &Setup, clients: usize, seconds: u64) {

@@ -51,3 +51,24 @@ fn idle() {
         run(&["idle", "--clients", "3", "--count", "0"]).contains("3 idle gateway sessions open")
     );
 }
+
+#[test]
+fn remote() {
+    assert!(
+        run(&["remote", "--count", "20"])
+            .contains("send on node A → delivered to a client on node B: n=20")
+    );
+}
+
+#[test]
+fn catchup() {
+    let out = run(&["catchup", "--count", "200", "--clients", "4"]);
+    assert!(
+        out.contains("catch-up of 200 ops missed in a partition"),
+        "{out}"
+    );
+    assert!(
+        out.contains("join a guild with 200 messages of history"),
+        "{out}"
+    );
+}
