@@ -11,6 +11,7 @@ use guildhall_client::{Gateway, Page};
 use guildhall_net::{Applied, Batch, Host, NetConfig, Refusal};
 use guildhall_proto::id::{GuildId, InviteId, UserId};
 use guildhall_proto::op::VerifiedOp;
+use guildhall_proto::signal::Signal;
 
 /// Waits until every node holds the guild with the same state hash (state and history).
 async fn converged(nodes: &[&TestNode], guild: &str) -> [u8; 32] {
@@ -211,6 +212,50 @@ async fn a_partition_heals_with_nothing_lost_and_the_ban_winning() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_and_typing_cross_nodes_signed_by_the_user() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let (alice, _) = a.user("alice").await;
+    let (bob, bob_user) = b.user("bob").await;
+    let guild = alice.create_guild("Chatty").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    bob.accept_invite(&invite.code).await.unwrap();
+    converged(&[&a, &b], &guild.id).await;
+    let mut alice_gw = Gateway::connect(&alice).await.unwrap();
+
+    let mut bob_gw = Gateway::connect(&bob).await.unwrap();
+    let online = dispatch_where(&mut alice_gw, "PRESENCE_UPDATE", "user_id", &bob_user.id).await;
+    assert_eq!(online.data["status"], "online");
+    let profile: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/users/{}", a.base, bob_user.id))
+        .bearer_auth(alice.token().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        profile["status"], "online",
+        "node A knows bob's status from node B"
+    );
+
+    bob_gw.typing(&guild.id, &channel).await.unwrap();
+    let typing = dispatch_where(&mut alice_gw, "TYPING_START", "user_id", &bob_user.id).await;
+    assert_eq!(typing.data["channel_id"], channel.as_str());
+
+    bob_gw.set_presence("dnd").await.unwrap();
+    let dnd = dispatch_where(&mut alice_gw, "PRESENCE_UPDATE", "user_id", &bob_user.id).await;
+    assert_eq!(dnd.data["status"], "dnd");
+    // A dropped socket keeps its session resumable (and bob online); logging out ends it.
+    bob.logout().await.unwrap();
+    drop(bob_gw);
+    let offline = dispatch_where(&mut alice_gw, "PRESENCE_UPDATE", "user_id", &bob_user.id).await;
+    assert_eq!(offline.data["status"], "offline");
+}
+
 /// A peer that serves one guild and relays whatever the test gives it.
 struct Rogue {
     guild: GuildId,
@@ -231,6 +276,9 @@ impl Host for Rogue {
         _: &BTreeMap<UserId, u64>,
     ) -> Result<Batch, Refusal> {
         Err(Refusal::new("no", "no"))
+    }
+    fn signal(&self, _: Signal) -> Applied {
+        Applied::Duplicate
     }
     async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
         vec![Applied::Duplicate; ops.len()]

@@ -11,6 +11,7 @@ use guildhall_proto::guild::{Guild, Inserted};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
 use guildhall_proto::op::{Op, VerifiedOp};
+use guildhall_proto::signal::Signal;
 
 use crate::error::ApiError;
 use crate::node::{Node, now_ms};
@@ -43,6 +44,10 @@ impl Host for Node {
             .check_invite(invite, secret, Hlc::from_parts(now_ms(), 0))
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         Ok(missing_ops(&g, have))
+    }
+
+    fn signal(&self, signal: Signal) -> Applied {
+        self.apply_signal(signal)
     }
 
     async fn apply(&self, guild: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {

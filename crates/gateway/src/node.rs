@@ -9,13 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use guildhall_net::{Applied, Multiaddr, NetHandle};
-use guildhall_proto::body::Body;
+use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::guild::{Guild, InsertError, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
 use guildhall_proto::op::{Envelope, Op, VerifiedOp};
+use guildhall_proto::perm::Permissions;
+use guildhall_proto::signal::{Signal, SignalKind};
 use guildhall_store::{Store, TokenRecord, Write};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -78,14 +79,7 @@ pub struct Published {
     pub data: Box<str>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Online,
-    Idle,
-    Dnd,
-    Offline,
-}
+pub use guildhall_proto::signal::Status;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -105,6 +99,8 @@ pub struct Node {
     nonces: Mutex<HashMap<(UserId, String), OpId>>,
     events: broadcast::Sender<Arc<Published>>,
     presence: Mutex<HashMap<UserId, (Status, usize)>>,
+    /// Statuses other nodes announced for their users, each until its expiry (ms).
+    remote_presence: Mutex<HashMap<UserId, (Status, u64)>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     pub sessions: crate::ws::Sessions,
     pub metrics: Metrics,
@@ -122,6 +118,13 @@ pub struct Node {
 const MAX_BUCKETS: usize = 100_000;
 /// Recent nonces kept in memory; older ones are still found in the store.
 const MAX_RECENT_NONCES: usize = 100_000;
+/// How long a typing indicator holds.
+pub const TYPING_TTL_MS: u64 = 10_000;
+/// How long a status announced to other nodes holds, and how often it is re-announced.
+const PRESENCE_TTL_MS: u64 = 150_000;
+const PRESENCE_REFRESH: Duration = Duration::from_secs(60);
+/// Remote statuses kept before expired ones are dropped.
+const MAX_REMOTE_PRESENCE: usize = 100_000;
 
 /// The status others see, from the chosen status and the number of sessions.
 fn visible((status, sessions): (Status, usize)) -> Status {
@@ -164,6 +167,7 @@ impl Node {
             nonces: Mutex::new(HashMap::new()),
             events,
             presence: Mutex::new(HashMap::new()),
+            remote_presence: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             sessions: crate::ws::Sessions::default(),
             metrics: Metrics::default(),
@@ -202,12 +206,33 @@ impl Node {
         Ok(guild)
     }
 
-    /// Connects the node to the federation swarm and serves every guild held through it.
-    pub fn attach_net(&self, net: NetHandle) {
+    /// Connects the node to the federation swarm, serves every guild held through it, and
+    /// keeps re-announcing the statuses of its connected users to other nodes.
+    pub fn attach_net(self: &Arc<Self>, net: NetHandle) {
         for id in self.guilds.read().expect("guild map lock").keys() {
             net.serve(*id);
         }
         let _ = self.net.set(net);
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
+            refresh.tick().await;
+            loop {
+                refresh.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                let connected: Vec<UserId> = {
+                    let presence = node.presence.lock().expect("presence lock");
+                    presence
+                        .iter()
+                        .filter(|(_, (_, sessions))| *sessions > 0)
+                        .map(|(user, _)| *user)
+                        .collect()
+                };
+                for user in connected {
+                    node.signal_presence(&user);
+                }
+            }
+        });
     }
 
     pub fn net(&self) -> Option<&NetHandle> {
@@ -624,13 +649,154 @@ impl Node {
         before != visible(*entry)
     }
 
+    /// The user's status: from their sessions here, else as another node announced it.
     pub fn presence_of(&self, user: &UserId) -> Status {
-        let presence = self.presence.lock().expect("presence lock");
-        presence.get(user).copied().map_or(Status::Offline, visible)
+        let local = self
+            .presence
+            .lock()
+            .expect("presence lock")
+            .get(user)
+            .copied();
+        match local {
+            Some(entry) if entry.1 > 0 => visible(entry),
+            _ => {
+                let remote = self.remote_presence.lock().expect("presence lock");
+                match remote.get(user) {
+                    Some((status, expires)) if *expires > now_ms() => *status,
+                    _ => Status::Offline,
+                }
+            }
+        }
     }
 
-    /// Tells every guild `user` is in that their status changed.
+    /// Tells every guild `user` is in, here and on other nodes, that their status changed.
     pub fn announce_presence(&self, user: &UserId) {
+        self.publish_presence(user);
+        self.signal_presence(user);
+    }
+
+    fn signal_presence(&self, user: &UserId) {
+        let status = self.presence_of(user);
+        for guild in self.guilds_of(user) {
+            self.signal(
+                user,
+                &guild,
+                SignalKind::Presence { status },
+                PRESENCE_TTL_MS,
+            );
+        }
+    }
+
+    /// Sends a signal by `user` to the guild's other nodes, signed with the user's key.
+    fn signal(&self, user: &UserId, guild: &GuildId, kind: SignalKind, ttl_ms: u64) {
+        let Some(net) = self.net.get() else { return };
+        let Ok(key) = self.user_key(user) else { return };
+        let signal = Signal {
+            guild: *guild,
+            user: *user,
+            kind,
+            expires_at_ms: now_ms() + ttl_ms,
+        };
+        net.signal(*guild, signal.sign(&key));
+    }
+
+    /// The channel whose VIEW_CHANNEL gates `user` typing in `channel` (a thread's parent),
+    /// if they may send there: a text channel or a thread of one, with SEND_MESSAGES (or
+    /// SEND_MESSAGES_IN_THREADS).
+    fn typing_gate(
+        &self,
+        user: &UserId,
+        guild: &GuildId,
+        channel: &ChannelId,
+    ) -> Result<ChannelId, ApiError> {
+        let gate = self.with_member_guild(user, guild, |g| {
+            let (gate, needed) = match views::thread_parent(g, channel) {
+                Some(parent) => (parent, Permissions::SEND_MESSAGES_IN_THREADS),
+                None => (*channel, Permissions::SEND_MESSAGES),
+            };
+            let state = g.state();
+            let text = state
+                .channels
+                .get(&gate)
+                .is_some_and(|c| c.kind == ChannelKind::Text);
+            let allowed = state.channel_permissions(user, &gate).contains(needed);
+            Ok((text && allowed).then_some(gate))
+        })?;
+        gate.ok_or_else(|| ApiError::forbidden("you cannot send messages in this channel"))
+    }
+
+    fn publish_typing(&self, user: &UserId, guild: &GuildId, channel: &ChannelId, gate: ChannelId) {
+        self.publish(Event {
+            guild: *guild,
+            channel: Some(gate),
+            name: "TYPING_START",
+            data: json!({
+                "guild_id": guild,
+                "channel_id": channel,
+                "user_id": user,
+                "ttl_ms": TYPING_TTL_MS,
+            }),
+        });
+    }
+
+    /// A user of this node is typing: tell the sessions here and the guild's other nodes.
+    pub fn typing(
+        &self,
+        user: &UserId,
+        guild: &GuildId,
+        channel: &ChannelId,
+    ) -> Result<(), ApiError> {
+        let gate = self.typing_gate(user, guild, channel)?;
+        self.publish_typing(user, guild, channel, gate);
+        self.signal(
+            user,
+            guild,
+            SignalKind::Typing { channel: *channel },
+            TYPING_TTL_MS,
+        );
+        Ok(())
+    }
+
+    /// A signal from another node (signature already checked): shown here if it still holds
+    /// and its user may do what it says. A refused signal is not the relaying node's fault
+    /// (its view of the guild may lag ours), so it is ignored, never rejected.
+    pub fn apply_signal(&self, signal: Signal) -> Applied {
+        let skew = self.config.max_clock_skew.as_millis() as u64;
+        if !signal.is_current(now_ms(), skew) {
+            return Applied::Ignored("stale_signal");
+        }
+        let (user, guild) = (signal.user, signal.guild);
+        match signal.kind {
+            SignalKind::Typing { channel } => match self.typing_gate(&user, &guild, &channel) {
+                Ok(gate) => {
+                    self.publish_typing(&user, &guild, &channel, gate);
+                    Applied::Accepted
+                }
+                Err(_) => Applied::Ignored("not_allowed"),
+            },
+            SignalKind::Presence { status } => {
+                if self.with_member_guild(&user, &guild, |_| Ok(())).is_err() {
+                    return Applied::Ignored("not_a_member");
+                }
+                let before = self.presence_of(&user);
+                {
+                    let mut remote = self.remote_presence.lock().expect("presence lock");
+                    if remote.len() >= MAX_REMOTE_PRESENCE {
+                        let now = now_ms();
+                        remote.retain(|_, (_, expires)| *expires > now);
+                    }
+                    remote.insert(user, (status, signal.expires_at_ms));
+                }
+                if self.presence_of(&user) != before {
+                    self.publish_presence(&user);
+                }
+                Applied::Accepted
+            }
+        }
+    }
+
+    /// PRESENCE_UPDATE to this node's sessions in every guild `user` is in.
+    fn publish_presence(&self, user: &UserId) {
         let status = self.presence_of(user);
         for guild in self.guilds_of(user) {
             self.publish(Event {

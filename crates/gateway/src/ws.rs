@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
-use guildhall_proto::body::{Body, ChannelKind};
+use guildhall_proto::body::Body;
 use guildhall_proto::id::{ChannelId, GuildId, UserId};
 use guildhall_proto::perm::Permissions;
 use serde::Deserialize;
@@ -642,39 +642,8 @@ async fn handle(
             let typing: Typing = decode(frame.d)?;
             node.user_rate_check(&user)
                 .map_err(|e| Handled::Error(None, e))?;
-            // Typing follows the rules for sending there: a text channel, or a thread of one.
-            let gate = node
-                .with_member_guild(&user, &typing.guild_id, |g| {
-                    let (gate, needed) = match views::thread_parent(g, &typing.channel_id) {
-                        Some(parent) => (parent, Permissions::SEND_MESSAGES_IN_THREADS),
-                        None => (typing.channel_id, Permissions::SEND_MESSAGES),
-                    };
-                    let state = g.state();
-                    let text = state
-                        .channels
-                        .get(&gate)
-                        .is_some_and(|c| c.kind == ChannelKind::Text);
-                    let allowed = state.channel_permissions(&user, &gate).contains(needed);
-                    Ok((text && allowed).then_some(gate))
-                })
+            node.typing(&user, &typing.guild_id, &typing.channel_id)
                 .map_err(|e| Handled::Error(None, e))?;
-            let Some(gate) = gate else {
-                return Err(Handled::Error(
-                    None,
-                    ApiError::forbidden("you cannot send messages in this channel"),
-                ));
-            };
-            node.publish(Event {
-                guild: typing.guild_id,
-                channel: Some(gate),
-                name: "TYPING_START",
-                data: json!({
-                    "guild_id": typing.guild_id,
-                    "channel_id": typing.channel_id,
-                    "user_id": user,
-                    "ttl_ms": 10_000,
-                }),
-            });
             Ok(None)
         }
         "presence" => {

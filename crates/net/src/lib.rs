@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use guildhall_proto::id::{GuildId, InviteId, UserId};
 use guildhall_proto::op::VerifiedOp;
+use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
 pub use libp2p::{Multiaddr, PeerId};
 use thiserror::Error;
@@ -115,6 +116,8 @@ pub trait Host: Send + Sync + 'static {
         secret: &[u8],
         have: &BTreeMap<UserId, u64>,
     ) -> Result<Batch, Refusal>;
+    /// Shows a peer's signal (signature checked, guild matching its topic) to local clients.
+    fn signal(&self, signal: Signal) -> Applied;
     /// Validates, stores and fans out ops of one guild from a peer, in order.
     fn apply(
         &self,
@@ -139,6 +142,7 @@ pub enum NetError {
 
 enum Command {
     Publish(GuildId, Vec<u8>),
+    Signal(GuildId, Vec<u8>),
     Serve(GuildId),
     Join {
         addr: Multiaddr,
@@ -188,6 +192,11 @@ impl NetHandle {
     /// Gossips a committed local op to the guild's peers.
     pub fn publish(&self, guild: GuildId, op: Vec<u8>) {
         self.send(Command::Publish(guild, op));
+    }
+
+    /// Gossips a signed signal (typing, presence) to the guild's peers.
+    pub fn signal(&self, guild: GuildId, signal: Vec<u8>) {
+        self.send(Command::Signal(guild, signal));
     }
 
     /// Joins the guild's gossip topic and reconciles it with the peers serving it.

@@ -27,6 +27,11 @@ pub fn guild_topic(guild: &GuildId) -> IdentTopic {
     IdentTopic::new(format!("guildhall/1/guild/{guild}"))
 }
 
+/// The gossipsub topic carrying a guild's ephemeral signals (typing, presence).
+pub fn signal_topic(guild: &GuildId) -> IdentTopic {
+    IdentTopic::new(format!("guildhall/1/signals/{guild}"))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use guildhall_proto::id::GuildId;
 use guildhall_proto::op::{Op, VerifiedOp};
+use guildhall_proto::signal::Signal;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -49,11 +50,19 @@ enum Report {
     },
 }
 
+/// Which of a guild's two topics a message came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    Ops,
+    Signals,
+}
+
 /// A gossip message waiting for its turn: ops are applied in arrival order.
 struct Inbound {
     message: MessageId,
     source: PeerId,
     guild: GuildId,
+    carries: Carries,
     data: Vec<u8>,
 }
 
@@ -145,10 +154,7 @@ fn behaviour(key: &Keypair) -> Result<Behaviour, String> {
         gossip_config,
         gossipsub::AllowAllSubscriptionFilter {},
     )?;
-    gossip.with_peer_score(
-        gossipsub::PeerScoreParams::default(),
-        gossipsub::PeerScoreThresholds::default(),
-    )?;
+    gossip.with_peer_score(peer_score(), gossipsub::PeerScoreThresholds::default())?;
     let codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(protocol::MAX_REQUEST_BYTES)
         .set_response_size_maximum(protocol::MAX_RESPONSE_BYTES);
@@ -169,12 +175,28 @@ fn behaviour(key: &Keypair) -> Result<Behaviour, String> {
     })
 }
 
-/// Score weights for one guild topic: the penalty grows with the square of the invalid ops
-/// sent, so three put a peer past the default graylist threshold (-80).
+/// Score weights for one guild topic: only invalid messages count, as -10 times their
+/// square, so three put a peer past the graylist threshold (-80). Mesh-delivery quotas (P3)
+/// are off because a quiet guild delivers nothing for hours, and time in mesh (P1) is off so
+/// that a long-connected peer cannot bank credit against invalid messages.
 fn topic_score() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
         invalid_message_deliveries_weight: -10.0,
         invalid_message_deliveries_decay: 0.5,
+        ..Default::default()
+    }
+}
+
+/// Peer scoring without the IP colocation penalty: several nodes behind one address (a
+/// household, a NAT, loopback in tests) are normal here.
+fn peer_score() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
         ..Default::default()
     }
 }
@@ -213,14 +235,21 @@ async fn apply_gossip<H: Host>(
     reports: mpsc::UnboundedSender<Report>,
 ) {
     while let Some(m) = inbound.recv().await {
-        let outcome = match Op::decode(&m.data).and_then(Op::verify) {
-            Err(e) => Err(e.code()),
-            Ok(op) if op.guild() != m.guild => Err("wrong_topic"),
-            Ok(op) => Ok(host
-                .apply(m.guild, vec![op])
-                .await
-                .pop()
-                .unwrap_or(Applied::Duplicate)),
+        let outcome = match m.carries {
+            Carries::Ops => match Op::decode(&m.data).and_then(Op::verify) {
+                Err(e) => Err(e.code()),
+                Ok(op) if op.guild() != m.guild => Err("wrong_topic"),
+                Ok(op) => Ok(host
+                    .apply(m.guild, vec![op])
+                    .await
+                    .pop()
+                    .unwrap_or(Applied::Duplicate)),
+            },
+            Carries::Signals => match Signal::verify(&m.data) {
+                Err(e) => Err(e.code()),
+                Ok(signal) if signal.guild != m.guild => Err("wrong_topic"),
+                Ok(signal) => Ok(host.signal(signal)),
+            },
         };
         let report = Report::Validated {
             message: m.message,
@@ -278,7 +307,7 @@ struct Task<H: Host> {
     reports: mpsc::UnboundedSender<Report>,
     report_rx: mpsc::UnboundedReceiver<Report>,
     inbound: mpsc::UnboundedSender<Inbound>,
-    topics: HashMap<TopicHash, GuildId>,
+    topics: HashMap<TopicHash, (GuildId, Carries)>,
     joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Batch, NetError>>>,
     catchups: HashMap<OutboundRequestId, (PeerId, GuildId)>,
     /// One catch-up per (peer, guild) at a time.
@@ -318,6 +347,12 @@ impl<H: Host> Task<H> {
                     // Peers that missed it catch up when they subscribe or on the next round.
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
                     Err(e) => tracing::debug!(%guild, error = %e, "gossip publish failed"),
+                }
+            }
+            Command::Signal(guild, signal) => {
+                let topic = protocol::signal_topic(&guild);
+                if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, signal) {
+                    tracing::trace!(%guild, error = %e, "signal not sent");
                 }
             }
             Command::Serve(guild) => self.serve(guild),
@@ -361,13 +396,17 @@ impl<H: Host> Task<H> {
     }
 
     fn serve(&mut self, guild: GuildId) {
-        let topic = protocol::guild_topic(&guild);
-        self.topics.insert(topic.hash(), guild);
-        let gossip = &mut self.swarm.behaviour_mut().gossip;
-        if let Err(e) = gossip.subscribe(&topic) {
-            tracing::warn!(%guild, error = ?e, "cannot subscribe to the guild's topic");
+        for (topic, carries) in [
+            (protocol::guild_topic(&guild), Carries::Ops),
+            (protocol::signal_topic(&guild), Carries::Signals),
+        ] {
+            self.topics.insert(topic.hash(), (guild, carries));
+            let gossip = &mut self.swarm.behaviour_mut().gossip;
+            if let Err(e) = gossip.subscribe(&topic) {
+                tracing::warn!(%guild, error = ?e, "cannot subscribe to the guild's topic");
+            }
+            let _ = gossip.set_topic_params(topic, topic_score());
         }
-        let _ = gossip.set_topic_params(topic, topic_score());
         for peer in self.peers_serving(&guild) {
             self.request_catchup(peer, guild);
         }
@@ -401,7 +440,12 @@ impl<H: Host> Task<H> {
     }
 
     fn catch_up_everywhere(&mut self) {
-        let guilds: Vec<GuildId> = self.topics.values().copied().collect();
+        let guilds: Vec<GuildId> = self
+            .topics
+            .values()
+            .filter(|(_, carries)| *carries == Carries::Ops)
+            .map(|(guild, _)| *guild)
+            .collect();
         for guild in guilds {
             for peer in self.peers_serving(&guild) {
                 self.request_catchup(peer, guild);
@@ -566,7 +610,7 @@ impl<H: Host> Task<H> {
                 message,
             } => {
                 let gossip = &mut self.swarm.behaviour_mut().gossip;
-                let Some(guild) = self.topics.get(&message.topic).copied() else {
+                let Some((guild, carries)) = self.topics.get(&message.topic).copied() else {
                     // Not a topic we serve: gossipsub only delivers subscribed topics, so the
                     // peer pushed it unasked.
                     gossip.report_message_validation_result(
@@ -593,11 +637,12 @@ impl<H: Host> Task<H> {
                     message: message_id,
                     source: propagation_source,
                     guild,
+                    carries,
                     data: message.data,
                 });
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
-                if let Some(guild) = self.topics.get(&topic).copied() {
+                if let Some((guild, Carries::Ops)) = self.topics.get(&topic).copied() {
                     self.request_catchup(peer_id, guild);
                 }
             }

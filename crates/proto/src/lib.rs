@@ -12,6 +12,7 @@ pub mod limits;
 pub mod meta;
 pub mod op;
 pub mod perm;
+pub mod signal;
 pub mod state;
 pub mod validate;
 pub mod wire;
