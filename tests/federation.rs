@@ -423,3 +423,91 @@ async fn a_flooding_peer_is_throttled_then_blocked_and_nothing_is_lost() {
         .unwrap();
     assert_eq!(page.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_equivocating_author_is_caught_with_proof_and_one_fork_wins_everywhere() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let (alice, _) = a.user("alice").await;
+    let (mallory, mallory_user) = a.user("mallory").await;
+    let guild = alice.create_guild("Forked").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    mallory.accept_invite(&invite.code).await.unwrap();
+    b.user("bob")
+        .await
+        .0
+        .accept_invite(&invite.code)
+        .await
+        .unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    converged(&[&a, &b], &guild.id).await;
+
+    // Mallory takes her key elsewhere and signs two different ops at the same seq.
+    let exported: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/users/@me/key", a.base))
+        .bearer_auth(mallory.token().unwrap())
+        .json(&serde_json::json!({ "password": common::PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret: [u8; 32] = hex::decode(exported["secret_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = guildhall_proto::id::Keypair::from_secret(secret);
+    let forks: Vec<Vec<u8>> = ["fork one", "fork two"]
+        .iter()
+        .map(|content| {
+            let g = a.node.guild(&gid).unwrap();
+            let g = g.lock().unwrap();
+            let body = guildhall_proto::body::Body::MessageCreate {
+                channel: channel.parse().unwrap(),
+                content: (*content).into(),
+                reply_to: None,
+            };
+            let env = g.next_envelope(key.user_id(), guildhall_gateway::node::now_ms(), body);
+            env.sign(&key).unwrap().encode()
+        })
+        .collect();
+    let rogue = rogue_peer(&a, gid).await;
+    for fork in &forks {
+        rogue.publish(gid, fork.clone());
+    }
+    eventually("node A holds both forks", async || {
+        a.node
+            .guild(&gid)
+            .unwrap()
+            .lock()
+            .unwrap()
+            .equivocations()
+            .len()
+            == 1
+    })
+    .await;
+    converged(&[&a, &b], &guild.id).await;
+    for node in [&a, &b] {
+        let g = node.node.guild(&gid).unwrap();
+        let g = g.lock().unwrap();
+        let proof = &g.equivocations()[0];
+        assert_eq!(
+            proof.author.to_string(),
+            mallory_user.id,
+            "the proof names her"
+        );
+        let shown: Vec<String> = g
+            .messages(&channel.parse().unwrap(), None, None, 100)
+            .into_iter()
+            .map(|m| m.content)
+            .filter(|c| c.starts_with("fork"))
+            .collect();
+        assert_eq!(
+            shown.len(),
+            1,
+            "exactly one fork is shown, the same everywhere"
+        );
+    }
+}
