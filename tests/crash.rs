@@ -1,5 +1,6 @@
 //! Crash safety: a real node process under concurrent writers is killed with SIGKILL again and
 //! again; after every restart each acknowledged message is there and the store opens cleanly.
+//! A killed federated node catches up with what its peer took meanwhile.
 
 mod common;
 
@@ -16,28 +17,38 @@ const WRITERS: usize = 4;
 struct NodeProcess {
     child: Child,
     base: String,
+    /// Where other nodes reach it (`/ip4/…/p2p/…`).
+    p2p: String,
 }
 
 fn start(data_dir: &std::path::Path) -> NodeProcess {
+    start_with(data_dir, &[])
+}
+
+fn start_with(data_dir: &std::path::Path, args: &[&str]) -> NodeProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_guildhall"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0"])
         .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the guildhall binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("guildhall listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    NodeProcess { child, base }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut next_line = |prefix: &str| {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .to_owned()
+    };
+    let base = next_line("guildhall listening on ");
+    let p2p = next_line("guildhall federating on ");
+    NodeProcess { child, base, p2p }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,4 +129,66 @@ async fn sigkill_never_loses_an_acknowledged_message() {
     node.child.kill().unwrap();
     node.child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_federated_node_catches_up_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = start(&dir.path().join("a"));
+    let b_data = dir.path().join("b");
+    let mut b = start_with(&b_data, &["--peer", &a.p2p]);
+    let (alice, _) = Client::register(&a.base, "alice", PASSWORD).await.unwrap();
+    let (bob, _) = Client::register(&b.base, "bob", PASSWORD).await.unwrap();
+    let guild = alice.create_guild("Survivors").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
+    bob.accept_invite(&invite.code).await.unwrap();
+    let before = bob
+        .send(&guild.id, &channel, "before the crash")
+        .await
+        .unwrap();
+
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let mut sent = vec![before.id];
+    for i in 0..20 {
+        sent.push(
+            alice
+                .send(&guild.id, &channel, &format!("while B is down {i}"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+
+    b = start_with(&b_data, &["--peer", &a.p2p]);
+    let bob = Client::new(&b.base).with_token(bob.token().unwrap());
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let page = guildhall_client::Page {
+            limit: Some(100),
+            ..Default::default()
+        };
+        let held: Vec<String> = bob
+            .messages(&guild.id, &channel, &page)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        if sent.iter().all(|id| held.contains(id)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B holds {} of {} messages after restarting",
+            sent.iter().filter(|id| held.contains(id)).count(),
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in [&mut a, &mut b] {
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+    }
 }

@@ -10,7 +10,7 @@ use guildhall_proto::body::Body;
 use guildhall_proto::guild::{Guild, Inserted};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
-use guildhall_proto::op::{Op, VerifiedOp};
+use guildhall_proto::op::VerifiedOp;
 use guildhall_proto::signal::Signal;
 
 use crate::error::ApiError;
@@ -67,7 +67,13 @@ fn missing_ops(g: &Guild, have: &BTreeMap<UserId, u64>) -> Batch {
             g.ops_by_author(&author, from, seq)
         })
         .collect();
-    ops.sort_by_key(|op| (op.envelope().hlc, op.id()));
+    let order = |op: &&VerifiedOp| (op.envelope().hlc, op.id());
+    // Only the first batch's worth needs sorting: a long catch-up asks many times.
+    if ops.len() > MAX_BATCH_OPS {
+        ops.select_nth_unstable_by_key(MAX_BATCH_OPS, order);
+        ops.truncate(MAX_BATCH_OPS + 1);
+    }
+    ops.sort_by_key(order);
     let mut batch = Batch::default();
     let mut bytes = 0;
     for op in ops {
@@ -190,18 +196,10 @@ impl Node {
                 )
                 .await
                 .map_err(join_error)?;
-            let fetched = batch.ops.len();
-            let verified = tokio::task::spawn_blocking(move || {
-                batch
-                    .ops
-                    .iter()
-                    .map(|b| Op::decode(b).and_then(Op::verify))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            let (fetched, more) = (batch.ops.len(), batch.more);
+            let verified = guildhall_net::verify_ops(code.guild, batch.ops).await;
             for op in verified {
-                let op = op.map_err(|e| bad_peer(format!("an op that does not verify: {e}")))?;
+                let op = op.map_err(|e| bad_peer(format!("an op that does not verify ({e})")))?;
                 match &mut replica {
                     None if op.id() == code.guild
                         && matches!(op.envelope().body, Body::Genesis { .. }) =>
@@ -216,7 +214,7 @@ impl Node {
                     },
                 }
             }
-            if !batch.more || fetched == 0 {
+            if !more || fetched == 0 {
                 break;
             }
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use guildhall_proto::id::{GuildId, InviteId, UserId};
-use guildhall_proto::op::VerifiedOp;
+use guildhall_proto::op::{Op, VerifiedOp};
 use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -261,6 +261,35 @@ impl NetHandle {
         self.send(Command::Peers(reply));
         answer.await.unwrap_or_default()
     }
+}
+
+/// Decodes and verifies ops of `guild` from a peer on the blocking pool, split across the
+/// machine's cores; each op gets its own verdict (a stable error code on failure), in order.
+pub async fn verify_ops(
+    guild: GuildId,
+    ops: Vec<Vec<u8>>,
+) -> Vec<Result<VerifiedOp, &'static str>> {
+    let verify = move |bytes: &Vec<u8>| match Op::decode(bytes).and_then(Op::verify) {
+        Ok(op) if op.guild() == guild => Ok(op),
+        Ok(_) => Err("wrong_guild"),
+        Err(e) => Err(e.code()),
+    };
+    tokio::task::spawn_blocking(move || {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = ops.len().div_ceil(cores).max(64);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = ops
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(verify).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a verifier thread panicked"))
+                .collect()
+        })
+    })
+    .await
+    .expect("the verifier task panicked")
 }
 
 /// Loads the node's libp2p identity from `path`, creating it on first start.

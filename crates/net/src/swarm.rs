@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use guildhall_proto::id::GuildId;
-use guildhall_proto::op::{Op, VerifiedOp};
+use guildhall_proto::op::Op;
 use guildhall_proto::signal::Signal;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
 use libp2p::identity::Keypair;
@@ -263,20 +263,10 @@ async fn apply_gossip<H: Host>(
     }
 }
 
-/// Verifies a batch from a peer (on the blocking pool: signature checks are the cost) and
+/// Verifies a batch from a peer (signature checks are the cost, so on every core) and
 /// applies the ops that verify. Returns how many were at fault.
 async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::ByteBuf>) -> usize {
-    let verified = tokio::task::spawn_blocking(move || {
-        ops.into_iter()
-            .map(|bytes| match Op::decode(&bytes).and_then(Op::verify) {
-                Ok(op) if op.guild() == guild => Ok(op),
-                Ok(_) => Err("wrong_guild"),
-                Err(e) => Err(e.code()),
-            })
-            .collect::<Vec<Result<VerifiedOp, &'static str>>>()
-    })
-    .await
-    .unwrap_or_default();
+    let verified = crate::verify_ops(guild, ops.into_iter().map(|b| b.into_vec()).collect()).await;
     let mut faults = 0;
     let mut good = Vec::new();
     for op in verified {
