@@ -305,6 +305,7 @@ async fn rogue_peer(target: &TestNode, guild: GuildId) -> guildhall_net::NetHand
     rogue
 }
 
+/// Forged, malformed, oversized, replayed and misdirected ops from a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
     let a = TestNode::federated(&[]).await;
@@ -327,6 +328,35 @@ async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
         g.ops().next().unwrap().encode()
     };
     let before = a.node.guild(&gid).unwrap().lock().unwrap().len();
+
+    // A replay is harmless and costs the sender nothing; an op of another guild pushed on this
+    // guild's topic is refused.
+    let elsewhere = TestNode::start().await;
+    let other = elsewhere
+        .user("other")
+        .await
+        .0
+        .create_guild("Other")
+        .await
+        .unwrap();
+    let other_genesis = {
+        let g = elsewhere.node.guild(&other.id.parse().unwrap()).unwrap();
+        let g = g.lock().unwrap();
+        g.op(&other.id.parse().unwrap()).unwrap().encode()
+    };
+    rogue.publish(gid, real.clone());
+    rogue.publish(gid, other_genesis);
+    eventually("the misdirected op is refused", async || {
+        a.net().faults().await.contains_key("wrong_topic")
+    })
+    .await;
+    assert_eq!(
+        a.net().faults().await.into_iter().collect::<Vec<_>>(),
+        vec![("wrong_topic", 1)],
+        "the replay was not held against the sender"
+    );
+    assert!(a.node.guild(&other.id.parse().unwrap()).is_err());
+
     // Each round differs, or gossipsub would drop the repeats as already seen.
     let mut round = 0usize;
     while a.net().peers().await.contains(&rogue_id) {
@@ -351,10 +381,15 @@ async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
         "nothing the rogue sent was stored"
     );
     let faults = a.net().faults().await;
-    let refused: u64 = ["bad_signature", "malformed_op", "op_too_large"]
-        .iter()
-        .filter_map(|code| faults.get(code))
-        .sum();
+    let refused: u64 = [
+        "bad_signature",
+        "malformed_op",
+        "op_too_large",
+        "wrong_topic",
+    ]
+    .iter()
+    .filter_map(|code| faults.get(code))
+    .sum();
     assert!(refused >= 3, "refusals are counted by reason: {faults:?}");
 
     // Honest traffic still flows both ways.
