@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use guildhall_proto::id::GuildId;
+use guildhall_proto::id::{GuildId, UserId};
 use guildhall_proto::op::Op;
 use guildhall_proto::signal::Signal;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
@@ -42,13 +42,42 @@ enum Report {
         guild: GuildId,
         outcome: Result<Applied, &'static str>,
     },
-    CaughtUp {
+    /// The answer to a peer's sync request, ready to send.
+    Answer {
+        channel: request_response::ResponseChannel<Response>,
+        response: Response,
+    },
+    /// A sync batch was applied.
+    Applied {
         peer: PeerId,
         guild: GuildId,
-        more: bool,
         faults: usize,
     },
 }
+
+/// A catch-up batch waiting to be verified and applied, in the order it was received.
+struct SyncBatch {
+    peer: PeerId,
+    guild: GuildId,
+    ops: Vec<serde_bytes::ByteBuf>,
+}
+
+/// A catch-up in progress with one peer for one guild. The next request goes out while the
+/// previous batch is still being applied, asking from the positions that batch will reach.
+struct Catchup {
+    /// What to claim in the next request: held ops plus those of batches not yet applied.
+    have: BTreeMap<UserId, u64>,
+    /// Batches received and not yet applied.
+    queued: usize,
+    /// The peer has more, but two batches are queued: ask once one is applied.
+    deferred: bool,
+    /// The last batch has been received (or the request failed).
+    done: bool,
+}
+
+/// Batches of one catch-up queued for applying at most: bounds memory when fetching outruns
+/// verifying.
+const MAX_QUEUED_BATCHES: usize = 2;
 
 /// Which of a guild's two topics a message came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +132,8 @@ pub(crate) async fn start<H: Host>(
     let (reports, report_rx) = mpsc::unbounded_channel();
     let (inbound, inbound_rx) = mpsc::unbounded_channel();
     tokio::spawn(apply_gossip(host.clone(), inbound_rx, reports.clone()));
+    let (batches, batch_rx) = mpsc::unbounded_channel();
+    tokio::spawn(apply_batches(host.clone(), batch_rx, reports.clone()));
     let (listening, is_listening) = oneshot::channel();
     let mut known = HashMap::new();
     for addr in config.bootstrap.iter().chain(&read_peers_file(&config)) {
@@ -117,13 +148,14 @@ pub(crate) async fn start<H: Host>(
         listen_addrs: listen_addrs.clone(),
         listening: Some(listening),
         commands: command_rx,
-        reports,
+        reports: reports.clone(),
         report_rx,
         inbound,
         topics: HashMap::new(),
         joins: HashMap::new(),
         catchups: HashMap::new(),
-        in_flight: HashSet::new(),
+        syncing: HashMap::new(),
+        batches,
         strikes: HashMap::new(),
         faults: BTreeMap::new(),
         buckets: HashMap::new(),
@@ -287,6 +319,26 @@ async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::By
     faults
 }
 
+/// Applies catch-up batches one at a time, in the order received, while the swarm task
+/// fetches the next.
+async fn apply_batches<H: Host>(
+    host: Arc<H>,
+    mut batches: mpsc::UnboundedReceiver<SyncBatch>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    while let Some(batch) = batches.recv().await {
+        let faults = apply_batch(&*host, batch.guild, batch.ops).await;
+        let report = Report::Applied {
+            peer: batch.peer,
+            guild: batch.guild,
+            faults,
+        };
+        if reports.send(report).is_err() {
+            return;
+        }
+    }
+}
+
 struct Task<H: Host> {
     swarm: Swarm<Behaviour>,
     host: Arc<H>,
@@ -301,7 +353,8 @@ struct Task<H: Host> {
     joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Batch, NetError>>>,
     catchups: HashMap<OutboundRequestId, (PeerId, GuildId)>,
     /// One catch-up per (peer, guild) at a time.
-    in_flight: HashSet<(PeerId, GuildId)>,
+    syncing: HashMap<(PeerId, GuildId), Catchup>,
+    batches: mpsc::UnboundedSender<SyncBatch>,
     strikes: HashMap<PeerId, u32>,
     /// Faults seen from peers, by code, for operators.
     faults: BTreeMap<&'static str, u64>,
@@ -413,20 +466,47 @@ impl<H: Host> Task<H> {
             .collect()
     }
 
+    /// Starts a catch-up with `peer` for `guild`, unless one is under way.
     fn request_catchup(&mut self, peer: PeerId, guild: GuildId) {
-        if !self.in_flight.insert((peer, guild)) {
+        if self.syncing.contains_key(&(peer, guild)) {
             return;
         }
         let Some(have) = self.host.version_vector(&guild) else {
-            self.in_flight.remove(&(peer, guild));
+            return;
+        };
+        self.syncing.insert(
+            (peer, guild),
+            Catchup {
+                have,
+                queued: 0,
+                deferred: false,
+                done: false,
+            },
+        );
+        self.send_catchup(peer, guild);
+    }
+
+    fn send_catchup(&mut self, peer: PeerId, guild: GuildId) {
+        let Some(state) = self.syncing.get(&(peer, guild)) else {
             return;
         };
         let request = Request::Catchup {
             guild,
-            have: have.into_iter().collect(),
+            have: state.have.iter().map(|(a, s)| (*a, *s)).collect(),
         };
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.catchups.insert(id, (peer, guild));
+    }
+
+    /// Ends a catch-up once its last batch is received and every batch applied.
+    fn finish_if_done(&mut self, key: (PeerId, GuildId)) {
+        if self
+            .syncing
+            .get(&key)
+            .is_some_and(|s| s.done && s.queued == 0)
+        {
+            self.syncing.remove(&key);
+        }
     }
 
     fn catch_up_everywhere(&mut self) {
@@ -511,19 +591,29 @@ impl<H: Host> Task<H> {
                     .gossip
                     .report_message_validation_result(&message, &source, acceptance);
             }
-            Report::CaughtUp {
+            Report::Answer { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+            Report::Applied {
                 peer,
                 guild,
-                more,
                 faults,
             } => {
-                self.in_flight.remove(&(peer, guild));
                 if faults > 0 {
                     self.strike(peer, "bad_sync_batch", faults as u32);
                 }
-                if more {
-                    self.request_catchup(peer, guild);
+                let key = (peer, guild);
+                if let Some(state) = self.syncing.get_mut(&key) {
+                    state.queued -= 1;
+                    if std::mem::take(&mut state.deferred) {
+                        self.send_catchup(peer, guild);
+                    }
                 }
+                self.finish_if_done(key);
             }
         }
     }
@@ -651,12 +741,16 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
-                let response = self.answer(peer, request);
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, response);
+                if let Request::Catchup { guild, have } = &request {
+                    self.pull_if_behind(peer, *guild, have);
+                }
+                // Cutting a batch reads and encodes up to 2,000 ops under the guild's lock:
+                // off the swarm task, which must keep serving gossip meanwhile.
+                let (host, reports) = (self.host.clone(), self.reports.clone());
+                tokio::task::spawn_blocking(move || {
+                    let response = answer(&*host, request);
+                    let _ = reports.send(Report::Answer { channel, response });
+                });
             }
             Event::Message {
                 peer,
@@ -696,7 +790,10 @@ impl<H: Host> Task<H> {
                     )));
                 } else if let Some(key) = self.catchups.remove(&request_id) {
                     tracing::debug!(%peer, error = %error, "catch-up request failed");
-                    self.in_flight.remove(&key);
+                    if let Some(state) = self.syncing.get_mut(&key) {
+                        state.done = true;
+                    }
+                    self.finish_if_done(key);
                 }
             }
             _ => {}
@@ -704,67 +801,78 @@ impl<H: Host> Task<H> {
     }
 
     fn on_catchup_response(&mut self, peer: PeerId, guild: GuildId, response: Response) {
+        let key = (peer, guild);
+        let Some(state) = self.syncing.get_mut(&key) else {
+            return;
+        };
         match response {
             Response::Ops { ops, more } => {
-                let host = self.host.clone();
-                let reports = self.reports.clone();
-                tokio::spawn(async move {
-                    let faults = apply_batch(&*host, guild, ops).await;
-                    let _ = reports.send(Report::CaughtUp {
-                        peer,
-                        guild,
-                        more,
-                        faults,
-                    });
-                });
+                // The positions this batch reaches, so the next request need not wait for it
+                // to be applied. An op that then fails to verify is fetched again by a later
+                // catch-up, which starts from what is really held.
+                for op in ops.iter().filter_map(|b| Op::decode(b).ok()) {
+                    let env = op.envelope();
+                    let seq = state.have.entry(env.author).or_default();
+                    *seq = (*seq).max(env.seq);
+                }
+                state.queued += 1;
+                state.done = !more;
+                let ask_now = more && state.queued < MAX_QUEUED_BATCHES;
+                state.deferred = more && !ask_now;
+                let _ = self.batches.send(SyncBatch { peer, guild, ops });
+                if ask_now {
+                    self.send_catchup(peer, guild);
+                }
             }
             Response::Refused { code, message } => {
                 tracing::debug!(%peer, %guild, code, message, "catch-up refused");
-                self.in_flight.remove(&(peer, guild));
+                state.done = true;
+                self.finish_if_done(key);
             }
         }
     }
 
-    fn answer(&mut self, peer: PeerId, request: Request) -> Response {
-        let (guild, have) = match &request {
-            Request::Catchup { guild, have } | Request::Join { guild, have, .. } => (*guild, have),
-        };
-        if have.len() > protocol::MAX_HAVE_AUTHORS {
-            return Response::Refused {
-                code: "too_many_authors".into(),
-                message: "the version vector is too long".into(),
-            };
+    /// The peer's catch-up shows it holds ops we lack: pull them too, so one side's catch-up
+    /// heals both.
+    fn pull_if_behind(&mut self, peer: PeerId, guild: GuildId, have: &[(UserId, u64)]) {
+        if let Some(ours) = self.host.version_vector(&guild)
+            && have.iter().any(|(a, s)| ours.get(a).is_none_or(|o| o < s))
+        {
+            self.request_catchup(peer, guild);
         }
-        let have: BTreeMap<_, _> = have.iter().copied().collect();
-        let batch = match &request {
-            Request::Catchup { .. } => {
-                // The peer holds ops we lack: pull them too, so one side's catch-up heals both.
-                if let Some(ours) = self.host.version_vector(&guild)
-                    && have.iter().any(|(a, s)| ours.get(a).is_none_or(|o| o < s))
-                {
-                    self.request_catchup(peer, guild);
-                }
-                self.host.missing_ops(&guild, &have).ok_or_else(|| {
-                    Refusal::new("unknown_guild", "this node does not serve that guild")
-                })
-            }
-            Request::Join { invite, secret, .. } => {
-                self.host.join_ops(&guild, invite, secret, &have)
-            }
+    }
+}
+
+/// The host's answer to a peer's sync request.
+fn answer<H: Host>(host: &H, request: Request) -> Response {
+    let (guild, have) = match &request {
+        Request::Catchup { guild, have } | Request::Join { guild, have, .. } => (*guild, have),
+    };
+    if have.len() > protocol::MAX_HAVE_AUTHORS {
+        return Response::Refused {
+            code: "too_many_authors".into(),
+            message: "the version vector is too long".into(),
         };
-        match batch {
-            Ok(batch) => Response::Ops {
-                ops: batch
-                    .ops
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-                more: batch.more,
-            },
-            Err(r) => Response::Refused {
-                code: r.code,
-                message: r.message,
-            },
-        }
+    }
+    let have: BTreeMap<_, _> = have.iter().copied().collect();
+    let batch = match &request {
+        Request::Catchup { .. } => host
+            .missing_ops(&guild, &have)
+            .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild")),
+        Request::Join { invite, secret, .. } => host.join_ops(&guild, invite, secret, &have),
+    };
+    match batch {
+        Ok(batch) => Response::Ops {
+            ops: batch
+                .ops
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+            more: batch.more,
+        },
+        Err(r) => Response::Refused {
+            code: r.code,
+            message: r.message,
+        },
     }
 }

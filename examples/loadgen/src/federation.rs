@@ -102,7 +102,9 @@ async fn wait_converged(a: &Node, b: &Node, guild: &GuildId) {
             .ok()
             .map(|g| g.lock().expect("guild lock").version_vector())
     };
+    let deadline = Instant::now() + Duration::from_secs(300);
     while vv(a) != vv(b) {
+        assert!(Instant::now() < deadline, "the nodes did not converge");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
