@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{TestNode, WAIT, dispatch_where};
-use guildhall_client::{Gateway, Page};
+use guildhall_client::{Client, Gateway, Page, User};
 use guildhall_net::{Applied, Batch, Host, NetConfig, Refusal};
 use guildhall_proto::id::{GuildId, InviteId, UserId};
 use guildhall_proto::op::VerifiedOp;
@@ -38,6 +38,40 @@ async fn converged(nodes: &[&TestNode], guild: &str) -> [u8; 32] {
     }
 }
 
+/// A guild Alice creates on `home`, joined by invite by each `(name, node)` of `joiners`; ready
+/// once every node involved holds the same state.
+struct Shared {
+    alice: Client,
+    guild: guildhall_client::Guild,
+    gid: GuildId,
+    channel: String,
+    members: Vec<(Client, User)>,
+}
+
+async fn shared_guild(home: &TestNode, name: &str, joiners: &[(&str, &TestNode)]) -> Shared {
+    let (alice, _) = home.user("alice").await;
+    let guild = alice.create_guild(name).await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    let mut members = Vec::new();
+    for (who, node) in joiners {
+        let (client, user) = node.user(who).await;
+        client.accept_invite(&invite).await.unwrap();
+        members.push((client, user));
+    }
+    let nodes: Vec<&TestNode> = std::iter::once(home)
+        .chain(joiners.iter().map(|(_, n)| *n))
+        .collect();
+    converged(&nodes, &guild.id).await;
+    Shared {
+        alice,
+        gid: guild.id.parse().unwrap(),
+        guild,
+        channel,
+        members,
+    }
+}
+
 /// Polls `check` until it holds or the wait runs out.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -52,18 +86,16 @@ async fn a_guild_lives_on_three_nodes_and_every_change_reaches_every_client() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
     let c = TestNode::federated(&[&b]).await;
-    let (alice, _) = a.user("alice").await;
-    let (bob, bob_user) = b.user("bob").await;
-    let (carol, carol_user) = c.user("carol").await;
-
-    let guild = alice.create_guild("Federated").await.unwrap();
-    let channel = guild.first_text_channel().unwrap().id.clone();
-    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
-    let joined = bob.accept_invite(&invite.code).await.unwrap();
-    assert_eq!(joined.id, guild.id);
-    assert_eq!(joined.name, "Federated");
-    carol.accept_invite(&invite.code).await.unwrap();
-    converged(&[&a, &b, &c], &guild.id).await;
+    let Shared {
+        alice,
+        guild,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Federated", &[("bob", &b), ("carol", &c)]).await;
+    let (carol, carol_user) = members.pop().unwrap();
+    let (bob, bob_user) = members.pop().unwrap();
+    assert_eq!(bob.guild(&guild.id).await.unwrap().name, "Federated");
     let on_a = alice.guild(&guild.id).await.unwrap();
     assert_eq!(
         on_a.member_count, 3,
@@ -146,14 +178,15 @@ async fn a_guild_lives_on_three_nodes_and_every_change_reaches_every_client() {
 async fn a_partition_heals_with_nothing_lost_and_the_ban_winning() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
-    let (alice, _) = a.user("alice").await;
-    let (bob, bob_user) = b.user("bob").await;
-    let (dave, _) = b.user("dave").await;
-    let guild = alice.create_guild("Split").await.unwrap();
-    let channel = guild.first_text_channel().unwrap().id.clone();
-    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
-    bob.accept_invite(&invite.code).await.unwrap();
-    dave.accept_invite(&invite.code).await.unwrap();
+    let Shared {
+        alice,
+        guild,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Split", &[("bob", &b), ("dave", &b)]).await;
+    let (dave, _) = members.pop().unwrap();
+    let (bob, bob_user) = members.pop().unwrap();
     let before = bob
         .send(&guild.id, &channel, "before the split")
         .await
@@ -216,13 +249,14 @@ async fn a_partition_heals_with_nothing_lost_and_the_ban_winning() {
 async fn presence_and_typing_cross_nodes_signed_by_the_user() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
-    let (alice, _) = a.user("alice").await;
-    let (bob, bob_user) = b.user("bob").await;
-    let guild = alice.create_guild("Chatty").await.unwrap();
-    let channel = guild.first_text_channel().unwrap().id.clone();
-    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
-    bob.accept_invite(&invite.code).await.unwrap();
-    converged(&[&a, &b], &guild.id).await;
+    let Shared {
+        alice,
+        guild,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Chatty", &[("bob", &b)]).await;
+    let (bob, bob_user) = members.pop().unwrap();
     let mut alice_gw = Gateway::connect(&alice).await.unwrap();
 
     let mut bob_gw = Gateway::connect(&bob).await.unwrap();
@@ -310,13 +344,15 @@ async fn rogue_peer(target: &TestNode, guild: GuildId) -> guildhall_net::NetHand
 async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
-    let (alice, _) = a.user("alice").await;
-    let (bob, _) = b.user("bob").await;
-    let guild = alice.create_guild("Targeted").await.unwrap();
-    let channel = guild.first_text_channel().unwrap().id.clone();
-    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
-    bob.accept_invite(&invite.code).await.unwrap();
-    let gid: GuildId = guild.id.parse().unwrap();
+    let Shared {
+        alice,
+        guild,
+        gid,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Targeted", &[("bob", &b)]).await;
+    let (bob, _) = members.pop().unwrap();
 
     let rogue = rogue_peer(&a, gid).await;
     let rogue_id = rogue.peer_id();
@@ -411,14 +447,15 @@ async fn a_flooding_peer_is_throttled_then_blocked_and_nothing_is_lost() {
     })
     .await;
     let b = TestNode::federated(&[&a]).await;
-    let (alice, _) = a.user("alice").await;
-    let (bob, _) = b.user("bob").await;
-    let guild = alice.create_guild("Flooded").await.unwrap();
-    let channel = guild.first_text_channel().unwrap().id.clone();
-    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
-    bob.accept_invite(&invite.code).await.unwrap();
-    converged(&[&a, &b], &guild.id).await;
-    let gid: GuildId = guild.id.parse().unwrap();
+    let Shared {
+        alice,
+        guild,
+        gid,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Flooded", &[("bob", &b)]).await;
+    let (bob, _) = members.pop().unwrap();
 
     // Valid ops that A has not seen yet: bob's, written while A and B are apart.
     a.net().block(b.net().peer_id());
@@ -463,20 +500,15 @@ async fn a_flooding_peer_is_throttled_then_blocked_and_nothing_is_lost() {
 async fn an_equivocating_author_is_caught_with_proof_and_one_fork_wins_everywhere() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
-    let (alice, _) = a.user("alice").await;
-    let (mallory, mallory_user) = a.user("mallory").await;
-    let guild = alice.create_guild("Forked").await.unwrap();
-    let channel = guild.first_text_channel().unwrap().id.clone();
-    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap();
-    mallory.accept_invite(&invite.code).await.unwrap();
-    b.user("bob")
-        .await
-        .0
-        .accept_invite(&invite.code)
-        .await
-        .unwrap();
-    let gid: GuildId = guild.id.parse().unwrap();
-    converged(&[&a, &b], &guild.id).await;
+    let Shared {
+        guild,
+        gid,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Forked", &[("mallory", &a), ("bob", &b)]).await;
+    members.pop();
+    let (mallory, mallory_user) = members.pop().unwrap();
 
     // Mallory takes her key elsewhere and signs two different ops at the same seq.
     let exported: serde_json::Value = reqwest::Client::new()

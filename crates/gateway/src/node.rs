@@ -16,7 +16,7 @@ use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
 use guildhall_proto::op::{Envelope, Op, VerifiedOp};
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::signal::{Signal, SignalKind};
-use guildhall_store::{Store, TokenRecord, Write};
+use guildhall_store::{Store, StoreError, TokenRecord, Write};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -349,13 +349,7 @@ impl Node {
             }])
             .await?;
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
-        self.guilds
-            .write()
-            .expect("guild map lock")
-            .insert(id, Arc::new(Mutex::new(guild)));
-        if let Some(net) = self.net.get() {
-            net.serve(id);
-        }
+        self.hold(guild);
         for (position, (kind, channel)) in [
             (guildhall_proto::body::ChannelKind::Text, "general"),
             (guildhall_proto::body::ChannelKind::Voice, "General"),
@@ -372,6 +366,18 @@ impl Node {
             self.submit(owner, &id, body).await?;
         }
         Ok(id)
+    }
+
+    /// Starts holding a stored replica: served to clients and, when federating, to peers.
+    fn hold(&self, guild: Guild) {
+        let id = guild.id();
+        self.guilds
+            .write()
+            .expect("guild map lock")
+            .insert(id, Arc::new(Mutex::new(guild)));
+        if let Some(net) = self.net.get() {
+            net.serve(id);
+        }
     }
 
     /// The one write path for a user's op: authorize against everything held, sign with the
@@ -445,15 +451,7 @@ impl Node {
                 outcome.map(|events| (events, bytes)),
             )
         };
-        let committed = match committed {
-            Ok(pending) => pending.await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            self.write_failed.store(true, Ordering::Relaxed);
-            tracing::error!(error = %e, "commit failed after apply; refusing writes until restart");
-            return Err(e.into());
-        }
+        self.settle(committed).await?;
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
         let (events, bytes) = outcome?;
         if let Some(net) = self.net.get() {
@@ -517,13 +515,7 @@ impl Node {
             (results, committed, events)
         };
         if let Some((stored, committed)) = committed {
-            let committed = match committed {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = committed {
-                self.write_failed.store(true, Ordering::Relaxed);
-                tracing::error!(error = %e, "commit of peer ops failed; refusing writes until restart");
+            if self.settle(committed).await.is_err() {
                 return vec![Applied::Ignored("storage_failed"); results.len()];
             }
             self.metrics
@@ -564,14 +556,25 @@ impl Node {
         self.metrics
             .ops_committed
             .fetch_add(stored as u64, Ordering::Relaxed);
-        self.guilds
-            .write()
-            .expect("guild map lock")
-            .insert(id, Arc::new(Mutex::new(guild)));
-        if let Some(net) = self.net.get() {
-            net.serve(id);
-        }
+        self.hold(guild);
         Ok(true)
+    }
+
+    /// Awaits a commit queued under a guild lock. A failure leaves the replica ahead of the
+    /// disk, so the node refuses writes until a restart reloads it.
+    async fn settle(
+        &self,
+        committed: Result<impl Future<Output = Result<(), StoreError>>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let result = match committed {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            self.write_failed.store(true, Ordering::Relaxed);
+            tracing::error!(error = %e, "commit failed after apply; refusing writes until restart");
+        }
+        result
     }
 
     fn seen_nonce(&self, user: &UserId, nonce: &str) -> Result<Option<OpId>, ApiError> {
