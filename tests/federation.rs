@@ -331,9 +331,10 @@ async fn rogue_peer(target: &TestNode, guild: GuildId) -> guildhall_net::NetHand
     .await
     .unwrap();
     rogue.serve(guild);
-    let id = rogue.peer_id();
-    eventually("the rogue is connected", async || {
-        target.net().peers().await.contains(&id)
+    // Until the rogue has seen the target's subscription, what it publishes goes nowhere.
+    let target_id = target.net().peer_id();
+    eventually("the rogue sees the target serving the guild", async || {
+        rogue.peers_serving(guild).await.contains(&target_id)
     })
     .await;
     rogue

@@ -154,6 +154,7 @@ enum Command {
     Block(PeerId),
     Unblock(PeerId),
     Peers(oneshot::Sender<Vec<PeerId>>),
+    PeersServing(GuildId, oneshot::Sender<Vec<PeerId>>),
     Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
 }
 
@@ -252,6 +253,14 @@ impl NetHandle {
     pub async fn faults(&self) -> BTreeMap<&'static str, u64> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Faults(reply));
+        answer.await.unwrap_or_default()
+    }
+
+    /// Peers known to serve a guild (subscribed to its ops topic): those a published op
+    /// reaches at once.
+    pub async fn peers_serving(&self, guild: GuildId) -> Vec<PeerId> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PeersServing(guild, reply));
         answer.await.unwrap_or_default()
     }
 

@@ -432,6 +432,9 @@ impl<H: Host> Task<H> {
             Command::Faults(reply) => {
                 let _ = reply.send(self.faults.clone());
             }
+            Command::PeersServing(guild, reply) => {
+                let _ = reply.send(self.peers_serving(&guild));
+            }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
