@@ -3,13 +3,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{TestNode, WAIT, dispatch_where};
 use guildhall_client::{Client, Gateway, Page, User};
 use guildhall_net::{Applied, Batch, Host, NetConfig, Refusal};
-use guildhall_proto::id::{GuildId, InviteId, UserId};
+use guildhall_proto::guild::LogPositions;
+use guildhall_proto::hlc::Hlc;
+use guildhall_proto::id::{GuildId, InviteId, OpId};
 use guildhall_proto::op::VerifiedOp;
 use guildhall_proto::signal::Signal;
 
@@ -296,10 +297,13 @@ struct Rogue {
 }
 
 impl Host for Rogue {
-    fn version_vector(&self, guild: &GuildId) -> Option<BTreeMap<UserId, u64>> {
-        (*guild == self.guild).then(BTreeMap::new)
+    fn log_positions(&self, guild: &GuildId) -> Option<LogPositions> {
+        (*guild == self.guild).then(LogPositions::new)
     }
-    fn missing_ops(&self, _: &GuildId, _: &BTreeMap<UserId, u64>) -> Option<Batch> {
+    fn lacks_from(&self, _: &GuildId, _: &LogPositions) -> bool {
+        false
+    }
+    fn missing_ops(&self, _: &GuildId, _: &LogPositions, _: Option<(Hlc, OpId)>) -> Option<Batch> {
         None
     }
     fn join_ops(
@@ -307,7 +311,7 @@ impl Host for Rogue {
         _: &GuildId,
         _: &InviteId,
         _: &[u8],
-        _: &BTreeMap<UserId, u64>,
+        _: Option<(Hlc, OpId)>,
     ) -> Result<Batch, Refusal> {
         Err(Refusal::new("no", "no"))
     }
@@ -498,7 +502,7 @@ async fn a_flooding_peer_is_throttled_then_blocked_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_equivocating_author_is_caught_with_proof_and_one_fork_wins_everywhere() {
+async fn forks_seen_apart_are_reconciled_with_proof_and_one_wins_everywhere() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
     let Shared {
@@ -541,21 +545,46 @@ async fn an_equivocating_author_is_caught_with_proof_and_one_fork_wins_everywher
             env.sign(&key).unwrap().encode()
         })
         .collect();
-    let rogue = rogue_peer(&a, gid).await;
-    for fork in &forks {
+    // Each side of a partition sees one fork only: neither can tell, and their version
+    // vectors agree. Catch-up must still bring both forks everywhere once they reconnect.
+    a.net().block(b.net().peer_id());
+    b.net().block(a.net().peer_id());
+    for (node, fork) in [&a, &b].into_iter().zip(&forks) {
+        let rogue = rogue_peer(node, gid).await;
         rogue.publish(gid, fork.clone());
+        let id = guildhall_proto::op::Op::decode(fork).unwrap().id();
+        eventually("the node holds its fork", async || {
+            node.node
+                .guild(&gid)
+                .unwrap()
+                .lock()
+                .unwrap()
+                .op(&id)
+                .is_some()
+        })
+        .await;
+        node.net().block(rogue.peer_id());
     }
-    eventually("node A holds both forks", async || {
-        a.node
-            .guild(&gid)
-            .unwrap()
-            .lock()
-            .unwrap()
-            .equivocations()
-            .len()
-            == 1
-    })
-    .await;
+    for node in [&a, &b] {
+        let g = node.node.guild(&gid).unwrap();
+        assert!(g.lock().unwrap().equivocations().is_empty());
+    }
+    a.net().unblock(b.net().peer_id());
+    b.net().unblock(a.net().peer_id());
+    // The state hash covers what is shown, which one fork decides; wait for both forks.
+    for node in [&a, &b] {
+        eventually("the node holds both forks, with the proof", async || {
+            node.node
+                .guild(&gid)
+                .unwrap()
+                .lock()
+                .unwrap()
+                .equivocations()
+                .len()
+                == 1
+        })
+        .await;
+    }
     converged(&[&a, &b], &guild.id).await;
     for node in [&a, &b] {
         let g = node.node.guild(&gid).unwrap();

@@ -2,14 +2,12 @@
 //! the replicas, joining guilds held by other nodes, and invite codes that say where to fetch
 //! a guild.
 
-use std::collections::BTreeMap;
-
 use guildhall_net::protocol::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use guildhall_net::{Applied, Batch, Host, Multiaddr, NetError, Refusal};
 use guildhall_proto::body::Body;
-use guildhall_proto::guild::{Guild, Inserted};
+use guildhall_proto::guild::{Guild, Inserted, LogPositions};
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
+use guildhall_proto::id::{GuildId, InviteId, OpId};
 use guildhall_proto::op::VerifiedOp;
 use guildhall_proto::signal::Signal;
 
@@ -17,16 +15,26 @@ use crate::error::ApiError;
 use crate::node::{Node, now_ms};
 
 impl Host for Node {
-    fn version_vector(&self, guild: &GuildId) -> Option<BTreeMap<UserId, u64>> {
+    fn log_positions(&self, guild: &GuildId) -> Option<LogPositions> {
         let guild = self.guild(guild).ok()?;
         let g = guild.lock().expect("guild lock");
-        Some(g.version_vector())
+        Some(g.log_positions())
     }
 
-    fn missing_ops(&self, guild: &GuildId, have: &BTreeMap<UserId, u64>) -> Option<Batch> {
+    fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool {
+        self.guild(guild)
+            .is_ok_and(|g| g.lock().expect("guild lock").lacks_from(have))
+    }
+
+    fn missing_ops(
+        &self,
+        guild: &GuildId,
+        have: &LogPositions,
+        after: Option<(Hlc, OpId)>,
+    ) -> Option<Batch> {
         let guild = self.guild(guild).ok()?;
         let g = guild.lock().expect("guild lock");
-        Some(missing_ops(&g, have))
+        Some(batch(&g, have, after))
     }
 
     fn join_ops(
@@ -34,7 +42,7 @@ impl Host for Node {
         guild: &GuildId,
         invite: &InviteId,
         secret: &[u8],
-        have: &BTreeMap<UserId, u64>,
+        after: Option<(Hlc, OpId)>,
     ) -> Result<Batch, Refusal> {
         let guild = self
             .guild(guild)
@@ -43,7 +51,7 @@ impl Host for Node {
         g.state()
             .check_invite(invite, secret, Hlc::from_parts(now_ms(), 0))
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
-        Ok(missing_ops(&g, have))
+        Ok(batch(&g, &LogPositions::new(), after))
     }
 
     fn signal(&self, signal: Signal) -> Applied {
@@ -55,37 +63,13 @@ impl Host for Node {
     }
 }
 
-/// The ops a replica holds beyond `have`, in (hlc, id) order, which puts every op after its
-/// predecessors (they are timestamped strictly before it); cut at the batch limits.
-fn missing_ops(g: &Guild, have: &BTreeMap<UserId, u64>) -> Batch {
-    let mut ops: Vec<&VerifiedOp> = g
-        .version_vector()
-        .into_iter()
-        .filter(|(author, seq)| have.get(author).is_none_or(|h| h < seq))
-        .flat_map(|(author, seq)| {
-            let from = have.get(&author).map_or(1, |h| h + 1);
-            g.ops_by_author(&author, from, seq)
-        })
-        .collect();
-    let order = |op: &&VerifiedOp| (op.envelope().hlc, op.id());
-    // Only the first batch's worth needs sorting: a long catch-up asks many times.
-    if ops.len() > MAX_BATCH_OPS {
-        ops.select_nth_unstable_by_key(MAX_BATCH_OPS, order);
-        ops.truncate(MAX_BATCH_OPS + 1);
+/// The next batch for a peer at `have`, encoded.
+fn batch(g: &Guild, have: &LogPositions, after: Option<(Hlc, OpId)>) -> Batch {
+    let (ops, more) = g.ops_missing_from(have, after, MAX_BATCH_OPS, MAX_BATCH_BYTES);
+    Batch {
+        ops: ops.into_iter().map(|op| op.encode()).collect(),
+        more,
     }
-    ops.sort_by_key(order);
-    let mut batch = Batch::default();
-    let mut bytes = 0;
-    for op in ops {
-        let encoded = op.encode();
-        if batch.ops.len() == MAX_BATCH_OPS || bytes + encoded.len() > MAX_BATCH_BYTES {
-            batch.more = true;
-            break;
-        }
-        bytes += encoded.len();
-        batch.ops.push(encoded);
-    }
-    batch
 }
 
 /// An invite code: `<guild>.<invite>.<secret>`, then `.<address>` (the hex of a libp2p
@@ -181,18 +165,15 @@ impl Node {
         };
         let mut replica: Option<Guild> = None;
         let mut order: Vec<OpId> = Vec::new();
+        let mut after = None;
         loop {
-            let have = replica
-                .as_ref()
-                .map(|g| g.version_vector())
-                .unwrap_or_default();
             let batch = net
                 .join(
                     addr.clone(),
                     code.guild,
                     code.invite,
                     code.secret.clone(),
-                    &have,
+                    after,
                 )
                 .await
                 .map_err(join_error)?;
@@ -200,6 +181,7 @@ impl Node {
             let verified = guildhall_net::verify_ops(code.guild, batch.ops).await;
             for op in verified {
                 let op = op.map_err(|e| bad_peer(format!("an op that does not verify ({e})")))?;
+                after = Some((op.envelope().hlc, op.id()));
                 match &mut replica {
                     None if op.id() == code.guild
                         && matches!(op.envelope().body, Body::Genesis { .. }) =>

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use guildhall_proto::id::{GuildId, InviteId, UserId};
+use guildhall_proto::guild::LogPositions;
+use guildhall_proto::hlc::Hlc;
+use guildhall_proto::id::{GuildId, InviteId, OpId};
 use guildhall_proto::op::{Op, VerifiedOp};
 use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
@@ -104,17 +106,26 @@ pub enum Applied {
 
 /// The node behind the swarm: its replicas and its one apply path.
 pub trait Host: Send + Sync + 'static {
-    /// Highest seq held per author in a guild, or `None` if the guild is not served here.
-    fn version_vector(&self, guild: &GuildId) -> Option<BTreeMap<UserId, u64>>;
-    /// The ops a peer with `have` lacks, bounded by `MAX_BATCH_OPS` / `MAX_BATCH_BYTES`.
-    fn missing_ops(&self, guild: &GuildId, have: &BTreeMap<UserId, u64>) -> Option<Batch>;
+    /// Where this node is in every author's log of a guild, or `None` if the guild is not
+    /// served here.
+    fn log_positions(&self, guild: &GuildId) -> Option<LogPositions>;
+    /// Whether a peer at `have` holds ops of the guild this node lacks.
+    fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool;
+    /// The next batch of ops a peer at `have` lacks, after the cursor, bounded by
+    /// `MAX_BATCH_OPS` / `MAX_BATCH_BYTES` (`Guild::ops_missing_from`).
+    fn missing_ops(
+        &self,
+        guild: &GuildId,
+        have: &LogPositions,
+        after: Option<(Hlc, OpId)>,
+    ) -> Option<Batch>;
     /// Checks an invite for a peer whose user wants to join, then answers as `missing_ops`.
     fn join_ops(
         &self,
         guild: &GuildId,
         invite: &InviteId,
         secret: &[u8],
-        have: &BTreeMap<UserId, u64>,
+        after: Option<(Hlc, OpId)>,
     ) -> Result<Batch, Refusal>;
     /// Shows a peer's signal (signature checked, guild matching its topic) to local clients.
     fn signal(&self, signal: Signal) -> Applied;
@@ -211,21 +222,21 @@ impl NetHandle {
     }
 
     /// Asks the node at `addr` (ending in `/p2p/<peer id>`) to let a user of ours join: the
-    /// next batch of the guild beyond `have`.
+    /// guild's next batch after the cursor (the last op of the previous batch).
     pub async fn join(
         &self,
         addr: Multiaddr,
         guild: GuildId,
         invite: InviteId,
         secret: Vec<u8>,
-        have: &BTreeMap<UserId, u64>,
+        after: Option<(Hlc, OpId)>,
     ) -> Result<Batch, NetError> {
         let (reply, answer) = oneshot::channel();
         let request = protocol::Request::Join {
             guild,
             invite,
             secret,
-            have: have.iter().map(|(a, s)| (*a, *s)).collect(),
+            after: protocol::cursor_to_wire(after),
         };
         self.send(Command::Join {
             addr,

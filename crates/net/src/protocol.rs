@@ -1,7 +1,9 @@
 //! What nodes say to each other: gossip topics, the sync request-response protocol and its
 //! limits. `spec/federation.md` is the normative description of these types.
 
-use guildhall_proto::id::{GuildId, InviteId, UserId};
+use guildhall_proto::guild::LogPositions;
+use guildhall_proto::hlc::Hlc;
+use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
 use libp2p::StreamProtocol;
 use libp2p::gossipsub::IdentTopic;
 use serde::{Deserialize, Serialize};
@@ -32,23 +34,53 @@ pub fn signal_topic(guild: &GuildId) -> IdentTopic {
     IdentTopic::new(format!("guildhall/1/signals/{guild}"))
 }
 
+/// Where a node is in one author's log: the author, the highest seq held, and (when it is to
+/// be compared) the digest of every op held up to it (`Guild::log_digest`).
+pub type Position = (UserId, u64, Option<serde_bytes::ByteArray<32>>);
+/// The (hlc, op id) of the last op received; the next batch starts after it.
+pub type Cursor = (u64, OpId);
+
+pub fn positions_to_wire(positions: &LogPositions) -> Vec<Position> {
+    positions
+        .iter()
+        .map(|(author, (seq, digest))| (*author, *seq, digest.map(serde_bytes::ByteArray::new)))
+        .collect()
+}
+
+pub fn positions_from_wire(positions: &[Position]) -> LogPositions {
+    positions
+        .iter()
+        .map(|(author, seq, digest)| (*author, (*seq, digest.map(|d| d.into_array()))))
+        .collect()
+}
+
+pub fn cursor_from_wire(cursor: Option<Cursor>) -> Option<(Hlc, OpId)> {
+    cursor.map(|(hlc, id)| (Hlc(hlc), id))
+}
+
+pub fn cursor_to_wire(cursor: Option<(Hlc, OpId)>) -> Option<Cursor> {
+    cursor.map(|(hlc, id)| (hlc.0, id))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    /// "Here is the highest seq I hold per author; send what I lack." Authors not listed are
-    /// ones the requester holds nothing of.
+    /// "Here is where I am in each author's log; send what I lack, after `after`." Authors not
+    /// listed are ones the requester holds nothing of. A catch-up repeats the same `have` and
+    /// moves `after` to the last op of each batch.
     Catchup {
         guild: GuildId,
-        have: Vec<(UserId, u64)>,
+        have: Vec<Position>,
+        after: Option<Cursor>,
     },
     /// "A user of mine holds this invite; let me replicate the guild." Answered like a
-    /// catch-up; the joiner repeats it with its growing `have` until `more` is false.
+    /// catch-up; the joiner repeats it, moving `after`, until `more` is false.
     Join {
         guild: GuildId,
         invite: InviteId,
         #[serde(with = "serde_bytes")]
         secret: Vec<u8>,
-        have: Vec<(UserId, u64)>,
+        after: Option<Cursor>,
     },
 }
 
@@ -83,17 +115,22 @@ mod tests {
         let author = UserId([0x22; 32]);
         let request = Request::Catchup {
             guild,
-            have: vec![(author, 7)],
+            have: vec![(author, 7, Some(serde_bytes::ByteArray::new([0x33; 32])))],
+            after: Some((5, guildhall_proto::id::OpId([0x44; 32]))),
         };
-        // {"catchup": {"guild": "1111…", "have": [["2222…", 7]]}}: map(1), "catchup",
-        // map(2), "guild", the id, "have", array(1), array(2), the author, 7.
+        // {"catchup": {"guild": "1111…", "have": [["2222…", 7, h'3333…']], "after": [5,
+        // "4444…"]}}: map(1), "catchup", map(3), "guild", the id, "have", array(1), array(3),
+        // the author, 7, bytes(32), "after", array(2), 5, the id.
         let expected = format!(
-            "a1{catchup}a2{guild_key}{guild}{have_key}8182{author}07",
+            "a1{catchup}a3{guild_key}{guild}{have_key}8183{author}075820{digest}{after_key}8205{cursor}",
             catchup = "6763617463687570",
             guild_key = "656775696c64",
             guild = id_text(0x11),
             have_key = "6468617665",
             author = id_text(0x22),
+            digest = "33".repeat(32),
+            after_key = "656166746572",
+            cursor = id_text(0x44),
         );
         assert_eq!(cbor(&request), expected);
         let response = Response::Ops {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use guildhall_proto::id::{GuildId, UserId};
+use guildhall_proto::id::GuildId;
 use guildhall_proto::op::Op;
 use guildhall_proto::signal::Signal;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
@@ -63,10 +63,12 @@ struct SyncBatch {
 }
 
 /// A catch-up in progress with one peer for one guild. The next request goes out while the
-/// previous batch is still being applied, asking from the positions that batch will reach.
+/// previous batch is still being applied: it repeats the positions and moves the cursor.
 struct Catchup {
-    /// What to claim in the next request: held ops plus those of batches not yet applied.
-    have: BTreeMap<UserId, u64>,
+    /// Where this node was in each log when the catch-up started.
+    have: Vec<protocol::Position>,
+    /// The last op received so far.
+    after: Option<protocol::Cursor>,
     /// Batches received and not yet applied.
     queued: usize,
     /// The peer has more, but two batches are queued: ask once one is applied.
@@ -474,13 +476,14 @@ impl<H: Host> Task<H> {
         if self.syncing.contains_key(&(peer, guild)) {
             return;
         }
-        let Some(have) = self.host.version_vector(&guild) else {
+        let Some(have) = self.host.log_positions(&guild) else {
             return;
         };
         self.syncing.insert(
             (peer, guild),
             Catchup {
-                have,
+                have: protocol::positions_to_wire(&have),
+                after: None,
                 queued: 0,
                 deferred: false,
                 done: false,
@@ -495,7 +498,8 @@ impl<H: Host> Task<H> {
         };
         let request = Request::Catchup {
             guild,
-            have: state.have.iter().map(|(a, s)| (*a, *s)).collect(),
+            have: state.have.clone(),
+            after: state.after,
         };
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.catchups.insert(id, (peer, guild));
@@ -744,7 +748,7 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
-                if let Request::Catchup { guild, have } = &request {
+                if let Request::Catchup { guild, have, .. } = &request {
                     self.pull_if_behind(peer, *guild, have);
                 }
                 // Cutting a batch reads and encodes up to 2,000 ops under the guild's lock:
@@ -810,13 +814,11 @@ impl<H: Host> Task<H> {
         };
         match response {
             Response::Ops { ops, more } => {
-                // The positions this batch reaches, so the next request need not wait for it
-                // to be applied. An op that then fails to verify is fetched again by a later
-                // catch-up, which starts from what is really held.
-                for op in ops.iter().filter_map(|b| Op::decode(b).ok()) {
-                    let env = op.envelope();
-                    let seq = state.have.entry(env.author).or_default();
-                    *seq = (*seq).max(env.seq);
+                // The next batch starts after this one's last op, so it can be asked for before
+                // this one is applied. An op that then fails to verify is fetched again by a
+                // later catch-up, which starts from what is really held.
+                if let Some(last) = ops.last().and_then(|b| Op::decode(b).ok()) {
+                    state.after = Some((last.envelope().hlc.0, last.id()));
                 }
                 state.queued += 1;
                 state.done = !more;
@@ -837,9 +839,11 @@ impl<H: Host> Task<H> {
 
     /// The peer's catch-up shows it holds ops we lack: pull them too, so one side's catch-up
     /// heals both.
-    fn pull_if_behind(&mut self, peer: PeerId, guild: GuildId, have: &[(UserId, u64)]) {
-        if let Some(ours) = self.host.version_vector(&guild)
-            && have.iter().any(|(a, s)| ours.get(a).is_none_or(|o| o < s))
+    fn pull_if_behind(&mut self, peer: PeerId, guild: GuildId, have: &[protocol::Position]) {
+        if have.len() <= protocol::MAX_HAVE_AUTHORS
+            && self
+                .host
+                .lacks_from(&guild, &protocol::positions_from_wire(have))
         {
             self.request_catchup(peer, guild);
         }
@@ -848,21 +852,24 @@ impl<H: Host> Task<H> {
 
 /// The host's answer to a peer's sync request.
 fn answer<H: Host>(host: &H, request: Request) -> Response {
-    let (guild, have) = match &request {
-        Request::Catchup { guild, have } | Request::Join { guild, have, .. } => (*guild, have),
-    };
-    if have.len() > protocol::MAX_HAVE_AUTHORS {
-        return Response::Refused {
-            code: "too_many_authors".into(),
-            message: "the version vector is too long".into(),
-        };
-    }
-    let have: BTreeMap<_, _> = have.iter().copied().collect();
-    let batch = match &request {
-        Request::Catchup { .. } => host
-            .missing_ops(&guild, &have)
-            .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild")),
-        Request::Join { invite, secret, .. } => host.join_ops(&guild, invite, secret, &have),
+    let batch = match request {
+        Request::Catchup { guild, have, after } => {
+            if have.len() > protocol::MAX_HAVE_AUTHORS {
+                return Response::Refused {
+                    code: "too_many_authors".into(),
+                    message: "the version vector is too long".into(),
+                };
+            }
+            let have = protocol::positions_from_wire(&have);
+            host.missing_ops(&guild, &have, protocol::cursor_from_wire(after))
+                .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild"))
+        }
+        Request::Join {
+            guild,
+            invite,
+            secret,
+            after,
+        } => host.join_ops(&guild, &invite, &secret, protocol::cursor_from_wire(after)),
     };
     match batch {
         Ok(batch) => Response::Ops {

@@ -110,6 +110,12 @@ struct Chain {
     ops: BTreeMap<u64, Vec<OpId>>,
 }
 
+/// Per author: the highest seq held and, when it is to be compared, the digest of the log up
+/// to it (`Guild::log_digest`).
+pub type LogPositions = BTreeMap<UserId, (u64, Option<[u8; 32]>)>;
+
+const LOG_DIGEST_DOMAIN: &[u8] = b"guildhall/log-digest/v1\0";
+
 /// The cap on ops held waiting for predecessors.
 pub const MAX_PENDING: usize = 100_000;
 
@@ -270,12 +276,105 @@ impl Guild {
 
     /// Ops by `author` with seq in `from..=to` on any fork, for catch-up.
     pub fn ops_by_author(&self, author: &UserId, from: u64, to: u64) -> Vec<&VerifiedOp> {
+        if from > to {
+            return Vec::new();
+        }
         self.chains
             .get(author)
             .into_iter()
             .flat_map(|c| c.ops.range(from..=to))
             .flat_map(|(_, ids)| ids.iter().map(|id| &self.ops[id]))
             .collect()
+    }
+
+    /// A digest of every op held by `author` with seq at most `up_to`, forks included: two
+    /// replicas holding different ops of one log below the same seq (an equivocation each saw
+    /// one side of) differ here though their version vectors agree.
+    pub fn log_digest(&self, author: &UserId, up_to: u64) -> [u8; 32] {
+        let mut ids: Vec<&OpId> = self
+            .chains
+            .get(author)
+            .into_iter()
+            .flat_map(|c| c.ops.range(..=up_to))
+            .flat_map(|(_, ids)| ids)
+            .collect();
+        // Within a seq, ids are in arrival order, which differs between replicas.
+        ids.sort_by_key(|id| (self.ops[*id].envelope().seq, **id));
+        let parts: Vec<&[u8]> = std::iter::once(LOG_DIGEST_DOMAIN)
+            .chain(ids.iter().map(|id| &id.0[..]))
+            .collect();
+        sha256(&parts)
+    }
+
+    /// Where this replica is in every author's log: the highest seq held and the digest up to
+    /// it. What a catch-up request states.
+    pub fn log_positions(&self) -> LogPositions {
+        self.version_vector()
+            .into_iter()
+            .map(|(author, seq)| (author, (seq, Some(self.log_digest(&author, seq)))))
+            .collect()
+    }
+
+    /// The ops a replica at `have` lacks: for each author, those above its seq, and every op at
+    /// or below it when its digest differs from ours there (a fork it has not seen). In (hlc,
+    /// id) order, which puts every op after its predecessors, starting after the cursor `after`
+    /// (the last op of the previous batch); cut after `max_ops` ops or `max_bytes` of encoded
+    /// ops, with `true` when more remain. A catch-up keeps `have` fixed and moves the cursor,
+    /// so a long resend of a forked log makes progress batch by batch.
+    pub fn ops_missing_from(
+        &self,
+        have: &LogPositions,
+        after: Option<(Hlc, OpId)>,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> (Vec<&VerifiedOp>, bool) {
+        let mut ops: Vec<&VerifiedOp> = Vec::new();
+        for (author, ours) in self.version_vector() {
+            let from = match have.get(&author) {
+                None => 1,
+                Some((seq, Some(digest)))
+                    if self.log_digest(&author, ours.min(*seq)) != *digest =>
+                {
+                    1
+                }
+                Some((seq, _)) => seq + 1,
+            };
+            ops.extend(self.ops_by_author(&author, from, ours));
+        }
+        let order = |op: &&VerifiedOp| (op.envelope().hlc, op.id());
+        if let Some(cursor) = after {
+            ops.retain(|op| order(op) > cursor);
+        }
+        // Only the first batch's worth needs sorting: a long catch-up asks many times.
+        if ops.len() > max_ops {
+            ops.select_nth_unstable_by_key(max_ops, order);
+            ops.truncate(max_ops + 1);
+        }
+        ops.sort_by_key(order);
+        let mut bytes = 0;
+        let mut cut = ops.len();
+        for (i, op) in ops.iter().enumerate() {
+            bytes += op.op().encoded_len();
+            if i == max_ops || bytes > max_bytes {
+                cut = i;
+                break;
+            }
+        }
+        let more = cut < ops.len();
+        ops.truncate(cut);
+        (ops, more)
+    }
+
+    /// Whether a replica at `have` holds ops this one lacks: a higher seq, an author unknown
+    /// here, or a different digest below a seq both hold.
+    pub fn lacks_from(&self, have: &LogPositions) -> bool {
+        let ours = self.version_vector();
+        have.iter()
+            .any(|(author, (seq, digest))| match ours.get(author) {
+                None => true,
+                Some(held) if held < seq => true,
+                Some(_) => digest.is_some_and(|d| d != self.log_digest(author, *seq)),
+            })
     }
 
     /// Whether an op authored here, on top of everything this replica holds (as

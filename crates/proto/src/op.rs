@@ -211,6 +211,11 @@ impl Op {
         [&self.unsigned[..], &self.signature[..]].concat()
     }
 
+    /// The length of `encode()`'s output, without building it.
+    pub fn encoded_len(&self) -> usize {
+        self.unsigned.len() + self.signature.len()
+    }
+
     pub fn id(&self) -> OpId {
         self.id
     }
