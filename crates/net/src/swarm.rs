@@ -872,14 +872,17 @@ fn answer<H: Host>(host: &H, request: Request) -> Response {
         } => host.join_ops(&guild, &invite, &secret, protocol::cursor_from_wire(after)),
     };
     match batch {
-        Ok(batch) => Response::Ops {
-            ops: batch
-                .ops
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
-            more: batch.more,
-        },
+        Ok(batch) => {
+            tracing::debug!(ops = batch.ops.len(), more = batch.more, "sync answer");
+            Response::Ops {
+                ops: batch
+                    .ops
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                more: batch.more,
+            }
+        }
         Err(r) => Response::Refused {
             code: r.code,
             message: r.message,

@@ -332,8 +332,10 @@ impl Guild {
         for (author, ours) in self.version_vector() {
             let from = match have.get(&author) {
                 None => 1,
+                // Digests compare only over the same range: when the asker is ahead, it is the
+                // one to pull.
                 Some((seq, Some(digest)))
-                    if self.log_digest(&author, ours.min(*seq)) != *digest =>
+                    if ours >= *seq && self.log_digest(&author, *seq) != *digest =>
                 {
                     1
                 }

@@ -459,20 +459,31 @@ proptest! {
             prop_assert_eq!(guild.state_hash(), expected);
         }
 
-        // The federation protocol reaches the same state: each pair reconciles once by catch-up
-        // in small batches, the answering side pulling back when the asker holds what it lacks
-        // (forks seen on one side only included).
+        // The federation protocol reaches the same state: pairs reconcile by catch-up in small
+        // batches, the answering side pulling back when the asker holds what it lacks, until a
+        // pass changes nothing. Forks seen on one side only can take a second pass: an asker
+        // ahead of the answerer learns of the answerer's fork once the answerer has caught up.
         let mut caught_up: Vec<Guild> = snapshot.iter().map(|r| r.guild.clone()).collect();
-        for i in 0..REPLICAS {
-            for j in i + 1..REPLICAS {
-                let asker = caught_up[i].log_positions();
-                let source = caught_up[j].clone();
-                catch_up(&mut caught_up[i], &source, batch);
-                if caught_up[j].lacks_from(&asker) {
-                    let source = caught_up[i].clone();
-                    catch_up(&mut caught_up[j], &source, batch);
+        let held = |guilds: &[Guild]| guilds.iter().map(Guild::len).collect::<Vec<_>>();
+        let mut passes = 0;
+        loop {
+            let before = held(&caught_up);
+            for i in 0..REPLICAS {
+                for j in i + 1..REPLICAS {
+                    let asker = caught_up[i].log_positions();
+                    let source = caught_up[j].clone();
+                    catch_up(&mut caught_up[i], &source, batch);
+                    if caught_up[j].lacks_from(&asker) {
+                        let source = caught_up[i].clone();
+                        catch_up(&mut caught_up[j], &source, batch);
+                    }
                 }
             }
+            passes += 1;
+            if held(&caught_up) == before {
+                break;
+            }
+            prop_assert!(passes < 4, "catch-up keeps finding ops after {} passes", passes);
         }
         for guild in &caught_up {
             prop_assert_eq!(guild.state_hash(), expected);
