@@ -6,6 +6,7 @@
 //! the guild re-resolves from scratch with the reference algorithm of `spec/auth.md`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -139,6 +140,8 @@ pub struct Guild {
     history: History,
     /// Content ops keyed by the message or thread they refer to.
     dependents: HashMap<OpId, Vec<OpId>>,
+    /// Every op held, in (hlc, id) order: the order catch-up sends them in.
+    order: BTreeSet<(Hlc, OpId)>,
     pending: HashMap<OpId, VerifiedOp>,
     waiting_on: HashMap<OpId, Vec<OpId>>,
     equivocations: Vec<EquivocationProof>,
@@ -170,6 +173,7 @@ impl Guild {
             states_at: HashMap::new(),
             history: History::default(),
             dependents: HashMap::new(),
+            order: BTreeSet::new(),
             pending: HashMap::new(),
             waiting_on: HashMap::new(),
             equivocations: Vec::new(),
@@ -328,43 +332,42 @@ impl Guild {
         max_ops: usize,
         max_bytes: usize,
     ) -> (Vec<&VerifiedOp>, bool) {
-        let mut ops: Vec<&VerifiedOp> = Vec::new();
-        for (author, ours) in self.version_vector() {
-            let from = match have.get(&author) {
-                None => 1,
-                // Digests compare only over the same range: when the asker is ahead, it is the
-                // one to pull.
-                Some((seq, Some(digest)))
-                    if ours >= *seq && self.log_digest(&author, *seq) != *digest =>
-                {
-                    1
-                }
-                Some((seq, _)) => seq + 1,
-            };
-            ops.extend(self.ops_by_author(&author, from, ours));
-        }
-        let order = |op: &&VerifiedOp| (op.envelope().hlc, op.id());
-        if let Some(cursor) = after {
-            ops.retain(|op| order(op) > cursor);
-        }
-        // Only the first batch's worth needs sorting: a long catch-up asks many times.
-        if ops.len() > max_ops {
-            ops.select_nth_unstable_by_key(max_ops, order);
-            ops.truncate(max_ops + 1);
-        }
-        ops.sort_by_key(order);
+        // Per author, the lowest seq the asker lacks.
+        let from: HashMap<UserId, u64> = self
+            .version_vector()
+            .into_iter()
+            .map(|(author, ours)| {
+                let from = match have.get(&author) {
+                    None => 1,
+                    // Digests compare only over the same range: when the asker is ahead, it is
+                    // the one to pull.
+                    Some((seq, Some(digest)))
+                        if ours >= *seq && self.log_digest(&author, *seq) != *digest =>
+                    {
+                        1
+                    }
+                    Some((seq, _)) => seq + 1,
+                };
+                (author, from)
+            })
+            .collect();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut ops = Vec::new();
         let mut bytes = 0;
-        let mut cut = ops.len();
-        for (i, op) in ops.iter().enumerate() {
-            bytes += op.op().encoded_len();
-            if i == max_ops || bytes > max_bytes {
-                cut = i;
-                break;
+        for (_, id) in self.order.range((start, Bound::Unbounded)) {
+            let op = &self.ops[id];
+            let env = op.envelope();
+            if from.get(&env.author).is_none_or(|from| env.seq < *from) {
+                continue;
             }
+            bytes += op.op().encoded_len();
+            // At least one op per batch, whatever the limits, so a catch-up always progresses.
+            if !ops.is_empty() && (ops.len() >= max_ops || bytes > max_bytes) {
+                return (ops, true);
+            }
+            ops.push(op);
         }
-        let more = cut < ops.len();
-        ops.truncate(cut);
-        (ops, more)
+        (ops, false)
     }
 
     /// Whether a replica at `have` holds ops this one lacks: a higher seq, an author unknown
@@ -556,6 +559,7 @@ impl Guild {
                 .prev
                 .is_none_or(|p| self.canonical.get(&p).copied().unwrap_or(false));
         self.canonical.insert(id, on_chain);
+        self.order.insert((env.hlc, id));
         self.ops.insert(id, op);
         equivocated
     }
