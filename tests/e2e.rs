@@ -579,23 +579,13 @@ async fn identity_moves_between_nodes_with_key_export() {
     let a = TestNode::start().await;
     let b = TestNode::start().await;
     let (ada, me) = a.user("ada").await;
-    let exported: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/users/@me/key", a.base))
-        .bearer_auth(ada.token().unwrap())
-        .json(&json!({ "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let secret_key = ada.export_key(PASSWORD).await.unwrap();
     let (status, moved) = raw(
         &b,
         "POST",
         "/api/v1/auth/register",
         None,
-        &json!({ "username": "ada2", "password": PASSWORD, "secret_key": exported["secret_key"] })
-            .to_string(),
+        &json!({ "username": "ada2", "password": PASSWORD, "secret_key": secret_key }).to_string(),
     )
     .await;
     assert_eq!(status, 201);

@@ -263,15 +263,7 @@ async fn presence_and_typing_cross_nodes_signed_by_the_user() {
     let mut bob_gw = Gateway::connect(&bob).await.unwrap();
     let online = dispatch_where(&mut alice_gw, "PRESENCE_UPDATE", "user_id", &bob_user.id).await;
     assert_eq!(online.data["status"], "online");
-    let profile: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/users/{}", a.base, bob_user.id))
-        .bearer_auth(alice.token().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let profile = alice.profile(&bob_user.id).await.unwrap();
     assert_eq!(
         profile["status"], "online",
         "node A knows bob's status from node B"
@@ -516,20 +508,8 @@ async fn forks_seen_apart_are_reconciled_with_proof_and_one_wins_everywhere() {
     let (mallory, mallory_user) = members.pop().unwrap();
 
     // Mallory takes her key elsewhere and signs two different ops at the same seq.
-    let exported: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/users/@me/key", a.base))
-        .bearer_auth(mallory.token().unwrap())
-        .json(&serde_json::json!({ "password": common::PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret: [u8; 32] = hex::decode(exported["secret_key"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let exported = mallory.export_key(common::PASSWORD).await.unwrap();
+    let secret: [u8; 32] = hex::decode(exported).unwrap().try_into().unwrap();
     let key = guildhall_proto::id::Keypair::from_secret(secret);
     let forks: Vec<Vec<u8>> = ["fork one", "fork two"]
         .iter()

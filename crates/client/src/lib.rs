@@ -236,6 +236,22 @@ impl Client {
         self.get("/users/@me").await
     }
 
+    /// The account's secret signing key (64 hex digits), to take the identity to another node.
+    pub async fn export_key(&self, password: &str) -> Result<String> {
+        let exported: Value = self
+            .post("/users/@me/key", json!({ "password": password }))
+            .await?;
+        exported["secret_key"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Gateway("the key export has no secret_key".into()))
+    }
+
+    /// A user's public profile: `{ "id", "username", "status" }`.
+    pub async fn profile(&self, user: &str) -> Result<Value> {
+        self.get(&format!("/users/{user}")).await
+    }
+
     pub async fn create_guild(&self, name: &str) -> Result<Guild> {
         self.post("/guilds", json!({ "name": name })).await
     }
