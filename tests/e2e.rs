@@ -621,3 +621,81 @@ async fn logging_out_ends_the_gateway_session() {
     assert!(!gw.reconnect().await.is_ok_and(|resumed| resumed));
     assert_eq!(ada.me().await.unwrap_err().code(), Some("invalid_token"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_renamed_recolored_and_moved_by_patch() {
+    let node = TestNode::start().await;
+    let (guild, _, people) = guild_with(&node, &[]).await;
+    let token = people[0].0.token().unwrap().to_owned();
+    let roles = format!("/api/v1/guilds/{}/roles", guild.id);
+    let (status, created) = raw(
+        &node,
+        "POST",
+        &roles,
+        Some(&token),
+        &json!({ "name": "mods", "permissions": "8192", "color": 255, "position": 1 }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let role = format!("{roles}/{}", created["id"].as_str().unwrap());
+    let patch = |body: serde_json::Value| {
+        let (node, role, token) = (&node, &role, &token);
+        async move { raw(node, "PATCH", role, Some(token), &body.to_string()).await }
+    };
+    assert_eq!(
+        patch(json!({ "name": "moderators", "color": 0x00ff00 }))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(patch(json!({ "position": 2 })).await.0, 204);
+    let shown: serde_json::Value = {
+        let (_, g) = raw(
+            &node,
+            "GET",
+            &format!("/api/v1/guilds/{}", guild.id),
+            Some(&token),
+            "",
+        )
+        .await;
+        g["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == created["id"])
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(shown["name"], "moderators");
+    assert_eq!(shown["color"], 0x00ff00);
+    assert_eq!(shown["position"], 2);
+    assert_eq!(
+        shown["permissions"], "8192",
+        "permissions kept when only the position moves"
+    );
+
+    let code = |r: (u16, serde_json::Value)| (r.0, r.1["code"].as_str().unwrap_or("").to_owned());
+    assert_eq!(code(patch(json!({})).await), (400, "empty_update".into()));
+    assert_eq!(
+        code(patch(json!({ "color": 0x1000000 })).await),
+        (400, "invalid_payload".into())
+    );
+    assert_eq!(
+        code(patch(json!({ "name": " " })).await),
+        (400, "invalid_name".into())
+    );
+    let unknown = format!("{roles}/{}", "ab".repeat(32));
+    assert_eq!(
+        code(
+            raw(
+                &node,
+                "PATCH",
+                &unknown,
+                Some(&token),
+                &json!({ "position": 1 }).to_string()
+            )
+            .await
+        ),
+        (404, "unknown_role".into())
+    );
+}

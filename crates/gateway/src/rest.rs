@@ -15,7 +15,7 @@ use guildhall_proto::body::{Body, ChannelKind, OverwriteTarget};
 use guildhall_proto::guild::Guild;
 use guildhall_proto::history::MessageView;
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, UserId, sha256};
+use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, RoleId, UserId, sha256};
 use guildhall_proto::meta::MetaValue;
 use guildhall_proto::perm::Permissions;
 use guildhall_store::{AccountRecord, TokenRecord, Write};
@@ -677,10 +677,14 @@ pub async fn create_role(
 
 #[derive(Deserialize)]
 pub struct UpdateRole {
-    permissions: Permissions,
-    position: u32,
+    permissions: Option<Permissions>,
+    position: Option<u32>,
+    name: Option<String>,
+    color: Option<u32>,
 }
 
+/// Changes a role's permissions and position (a guild-state op) and its name and color (the
+/// metadata document): one op for each group of fields given.
 pub async fn update_role(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
@@ -688,12 +692,54 @@ pub async fn update_role(
     JsonBody(req): JsonBody<UpdateRole>,
 ) -> Result<Response> {
     let gid: GuildId = id(&g, "guild id")?;
-    let body = Body::RoleUpdate {
-        role: id(&r, "role id")?,
-        permissions: req.permissions.bits(),
-        position: req.position,
-    };
-    node.submit(&me.user_id, &gid, body).await?;
+    let rid: RoleId = id(&r, "role id")?;
+    if req.name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(ApiError::bad_request("invalid_name", "a role needs a name"));
+    }
+    if req.color.is_some_and(|c| c > 0xff_ffff) {
+        return Err(ApiError::bad_request(
+            "invalid_payload",
+            "color is an RGB value up to 16777215",
+        ));
+    }
+    let edits: Vec<_> = [
+        text_edit(format!("role.{rid}.name"), req.name),
+        req.color.map(|c| {
+            (
+                format!("role.{rid}.color"),
+                Some(MetaValue::Int(i64::from(c))),
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if req.permissions.is_none() && req.position.is_none() && edits.is_empty() {
+        return Err(ApiError::bad_request("empty_update", "nothing to change"));
+    }
+    if req.permissions.is_some() || req.position.is_some() {
+        let (permissions, position) = node.with_member_guild(&me.user_id, &gid, |g| {
+            let role = g
+                .state()
+                .roles
+                .get(&rid)
+                .ok_or_else(|| ApiError::not_found("unknown_role", "no such role"))?;
+            Ok((
+                req.permissions.unwrap_or(role.permissions).bits(),
+                req.position.unwrap_or(role.position),
+            ))
+        })?;
+        let body = Body::RoleUpdate {
+            role: rid,
+            permissions,
+            position,
+        };
+        node.submit(&me.user_id, &gid, body).await?;
+    }
+    if !edits.is_empty() {
+        let body = meta_change(&node, &me.user_id, &gid, &edits)?;
+        node.submit(&me.user_id, &gid, body).await?;
+    }
     Ok(no_content())
 }
 

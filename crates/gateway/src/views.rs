@@ -84,7 +84,10 @@ pub fn guild_json(guild: &Guild, user: &UserId) -> Value {
             json!({
                 "id": id,
                 "name": meta_str(guild, &format!("role.{id}.name")).unwrap_or_else(|| r.name.clone()),
-                "color": r.color,
+                "color": guild
+                    .meta()
+                    .get_int(&format!("role.{id}.color"))
+                    .unwrap_or(i64::from(r.color)),
                 "permissions": r.permissions,
                 "position": r.position,
             })
