@@ -699,3 +699,24 @@ async fn roles_are_renamed_recolored_and_moved_by_patch() {
         (404, "unknown_role".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_taken_over_elsewhere_closes_the_old_connection_with_4012() {
+    let node = TestNode::start().await;
+    let (guild, general, people) = guild_with(&node, &["bea"]).await;
+    let (ada, bea) = (&people[0].0, &people[1].0);
+    let mut old = Gateway::connect(bea).await.unwrap();
+    let first = ada.send(&guild.id, &general, "first").await.unwrap();
+    dispatch_where(&mut old, "MESSAGE_CREATE", "id", &first.id).await;
+
+    let (mut new, resumed) = Gateway::resume(bea, &old.session_id, old.seq)
+        .await
+        .unwrap();
+    assert!(resumed, "a live session can be taken over");
+    assert_eq!(old.closed(WAIT).await.unwrap(), 4012);
+    let next = ada.send(&guild.id, &general, "next").await.unwrap();
+    dispatch_where(&mut new, "MESSAGE_CREATE", "id", &next.id).await;
+
+    let (_, resumed) = Gateway::resume(bea, &"00".repeat(16), 0).await.unwrap();
+    assert!(!resumed, "an unknown session falls back to a fresh one");
+}

@@ -526,14 +526,14 @@ fn gateway_url(base: &str) -> String {
 }
 
 impl Gateway {
-    /// Connects and identifies; returns once READY arrived (its payload is the first dispatch).
-    pub async fn connect(client: &Client) -> Result<Gateway> {
+    /// A new connection for the client's account, before identify or resume.
+    async fn attach(client: &Client) -> Result<Gateway> {
         let token = client
             .token()
             .ok_or_else(|| ClientError::Gateway("the client has no token".into()))?;
         let url = gateway_url(client.base());
         let (socket, heartbeat_interval) = Self::open(&url).await?;
-        let mut gateway = Gateway {
+        Ok(Gateway {
             url,
             token: token.to_owned(),
             socket,
@@ -542,7 +542,25 @@ impl Gateway {
             heartbeat_interval,
             dispatches: VecDeque::new(),
             replies: VecDeque::new(),
-        };
+        })
+    }
+
+    /// Takes over an existing session (one a previous run of this client saved, say) from
+    /// dispatch `seq`; a connection still holding it is closed with 4012. Returns whether it
+    /// resumed, or (the session being gone) identified anew, when the caller should re-sync
+    /// over REST.
+    pub async fn resume(client: &Client, session_id: &str, seq: u64) -> Result<(Gateway, bool)> {
+        let mut gateway = Self::attach(client).await?;
+        gateway.session_id = session_id.to_owned();
+        gateway.seq = seq;
+        let resumed = gateway.resume_on_socket().await?;
+        Ok((gateway, resumed))
+    }
+
+    /// Connects and identifies; returns once READY arrived (its payload is the first dispatch).
+    pub async fn connect(client: &Client) -> Result<Gateway> {
+        let mut gateway = Self::attach(client).await?;
+        let token = gateway.token.clone();
         gateway
             .send_frame(json!({ "op": "identify", "d": { "token": token } }))
             .await?;
@@ -587,6 +605,11 @@ impl Gateway {
         let (socket, interval) = Self::open(&self.url).await?;
         self.socket = socket;
         self.heartbeat_interval = interval;
+        self.resume_on_socket().await
+    }
+
+    /// Sends resume on the current socket: true once RESUMED, false after identifying anew.
+    async fn resume_on_socket(&mut self) -> Result<bool> {
         let resume = json!({ "op": "resume", "d": {
             "token": self.token, "session_id": self.session_id, "seq": self.seq,
         }});
