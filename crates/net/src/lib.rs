@@ -160,8 +160,6 @@ enum Command {
         request: protocol::Request,
         reply: oneshot::Sender<Result<Batch, NetError>>,
     },
-    Catchup(GuildId, PeerId),
-    SyncAll(GuildId),
     Block(PeerId),
     Unblock(PeerId),
     Peers(oneshot::Sender<Vec<PeerId>>),
@@ -216,11 +214,6 @@ impl NetHandle {
         self.send(Command::Serve(guild));
     }
 
-    /// Reconciles a guild with every connected peer serving it, now.
-    pub fn sync(&self, guild: GuildId) {
-        self.send(Command::SyncAll(guild));
-    }
-
     /// Asks the node at `addr` (ending in `/p2p/<peer id>`) to let a user of ours join: the
     /// guild's next batch after the cursor (the last op of the previous batch).
     pub async fn join(
@@ -244,11 +237,6 @@ impl NetHandle {
             reply,
         });
         answer.await.map_err(|_| NetError::Stopped)?
-    }
-
-    /// Pulls what `peer` has of a guild beyond what we hold.
-    pub fn catch_up(&self, guild: GuildId, peer: PeerId) {
-        self.send(Command::Catchup(guild, peer));
     }
 
     /// Drops and refuses every connection with `peer` until unblocked.
@@ -283,17 +271,27 @@ impl NetHandle {
     }
 }
 
+/// Decodes and verifies one op from a peer, which must belong to `guild` (`mismatch` is the
+/// code when it does not).
+pub(crate) fn verify_op(
+    guild: GuildId,
+    bytes: &[u8],
+    mismatch: &'static str,
+) -> Result<VerifiedOp, &'static str> {
+    match Op::decode(bytes).and_then(Op::verify) {
+        Ok(op) if op.guild() == guild => Ok(op),
+        Ok(_) => Err(mismatch),
+        Err(e) => Err(e.code()),
+    }
+}
+
 /// Decodes and verifies ops of `guild` from a peer on the blocking pool, split across the
 /// machine's cores; each op gets its own verdict (a stable error code on failure), in order.
 pub async fn verify_ops(
     guild: GuildId,
     ops: Vec<Vec<u8>>,
 ) -> Vec<Result<VerifiedOp, &'static str>> {
-    let verify = move |bytes: &Vec<u8>| match Op::decode(bytes).and_then(Op::verify) {
-        Ok(op) if op.guild() == guild => Ok(op),
-        Ok(_) => Err("wrong_guild"),
-        Err(e) => Err(e.code()),
-    };
+    let verify = move |bytes: &Vec<u8>| verify_op(guild, bytes, "wrong_guild");
     tokio::task::spawn_blocking(move || {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = ops.len().div_ceil(cores).max(64);

@@ -44,8 +44,10 @@ enum Report {
     },
     /// The answer to a peer's sync request, ready to send.
     Answer {
+        peer: PeerId,
         channel: request_response::ResponseChannel<Response>,
         response: Response,
+        pull_back: Option<GuildId>,
     },
     /// A sync batch was applied.
     Applied {
@@ -270,9 +272,8 @@ async fn apply_gossip<H: Host>(
 ) {
     while let Some(m) = inbound.recv().await {
         let outcome = match m.carries {
-            Carries::Ops => match Op::decode(&m.data).and_then(Op::verify) {
-                Err(e) => Err(e.code()),
-                Ok(op) if op.guild() != m.guild => Err("wrong_topic"),
+            Carries::Ops => match crate::verify_op(m.guild, &m.data, "wrong_topic") {
+                Err(code) => Err(code),
                 Ok(op) => Ok(host
                     .apply(m.guild, vec![op])
                     .await
@@ -418,12 +419,6 @@ impl<H: Host> Task<H> {
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
                 self.joins.insert(id, reply);
             }
-            Command::Catchup(guild, peer) => self.request_catchup(peer, guild),
-            Command::SyncAll(guild) => {
-                for peer in self.peers_serving(&guild) {
-                    self.request_catchup(peer, guild);
-                }
-            }
             Command::Block(peer) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
             }
@@ -455,6 +450,11 @@ impl<H: Host> Task<H> {
             }
             let _ = gossip.set_topic_params(topic, topic_score());
         }
+        self.catch_up_with_all(guild);
+    }
+
+    /// Starts a catch-up for `guild` with every peer known to serve it.
+    fn catch_up_with_all(&mut self, guild: GuildId) {
         for peer in self.peers_serving(&guild) {
             self.request_catchup(peer, guild);
         }
@@ -524,9 +524,7 @@ impl<H: Host> Task<H> {
             .map(|(guild, _)| *guild)
             .collect();
         for guild in guilds {
-            for peer in self.peers_serving(&guild) {
-                self.request_catchup(peer, guild);
-            }
+            self.catch_up_with_all(guild);
         }
     }
 
@@ -598,12 +596,20 @@ impl<H: Host> Task<H> {
                     .gossip
                     .report_message_validation_result(&message, &source, acceptance);
             }
-            Report::Answer { channel, response } => {
+            Report::Answer {
+                peer,
+                channel,
+                response,
+                pull_back,
+            } => {
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .sync
                     .send_response(channel, response);
+                if let Some(guild) = pull_back {
+                    self.request_catchup(peer, guild);
+                }
             }
             Report::Applied {
                 peer,
@@ -748,15 +754,17 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
-                if let Request::Catchup { guild, have, .. } = &request {
-                    self.pull_if_behind(peer, *guild, have);
-                }
-                // Cutting a batch reads and encodes up to 2,000 ops under the guild's lock:
-                // off the swarm task, which must keep serving gossip meanwhile.
+                // Comparing digests and cutting a batch read up to 2,000 ops under the guild's
+                // lock: off the swarm task, which must keep serving gossip meanwhile.
                 let (host, reports) = (self.host.clone(), self.reports.clone());
                 tokio::task::spawn_blocking(move || {
-                    let response = answer(&*host, request);
-                    let _ = reports.send(Report::Answer { channel, response });
+                    let (response, pull_back) = answer(&*host, request);
+                    let _ = reports.send(Report::Answer {
+                        peer,
+                        channel,
+                        response,
+                        pull_back,
+                    });
                 });
             }
             Event::Message {
@@ -836,31 +844,23 @@ impl<H: Host> Task<H> {
             }
         }
     }
-
-    /// The peer's catch-up shows it holds ops we lack: pull them too, so one side's catch-up
-    /// heals both.
-    fn pull_if_behind(&mut self, peer: PeerId, guild: GuildId, have: &[protocol::Position]) {
-        if have.len() <= protocol::MAX_HAVE_AUTHORS
-            && self
-                .host
-                .lacks_from(&guild, &protocol::positions_from_wire(have))
-        {
-            self.request_catchup(peer, guild);
-        }
-    }
 }
 
-/// The host's answer to a peer's sync request.
-fn answer<H: Host>(host: &H, request: Request) -> Response {
+/// The host's answer to a peer's sync request, and the guild to pull back from the peer when
+/// its catch-up shows it holds ops we lack (so one side's catch-up heals both).
+fn answer<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId>) {
+    let mut pull_back = None;
     let batch = match request {
         Request::Catchup { guild, have, after } => {
             if have.len() > protocol::MAX_HAVE_AUTHORS {
-                return Response::Refused {
+                let refused = Response::Refused {
                     code: "too_many_authors".into(),
                     message: "the version vector is too long".into(),
                 };
+                return (refused, None);
             }
             let have = protocol::positions_from_wire(&have);
+            pull_back = host.lacks_from(&guild, &have).then_some(guild);
             host.missing_ops(&guild, &have, protocol::cursor_from_wire(after))
                 .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild"))
         }
@@ -871,7 +871,7 @@ fn answer<H: Host>(host: &H, request: Request) -> Response {
             after,
         } => host.join_ops(&guild, &invite, &secret, protocol::cursor_from_wire(after)),
     };
-    match batch {
+    let response = match batch {
         Ok(batch) => {
             tracing::debug!(ops = batch.ops.len(), more = batch.more, "sync answer");
             Response::Ops {
@@ -887,5 +887,6 @@ fn answer<H: Host>(host: &H, request: Request) -> Response {
             code: r.code,
             message: r.message,
         },
-    }
+    };
+    (response, pull_back)
 }
