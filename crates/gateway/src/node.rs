@@ -135,6 +135,19 @@ fn visible((status, sessions): (Status, usize)) -> Status {
     }
 }
 
+/// Store writes for a replica's ops, in the order given (the order they entered it).
+fn op_writes(guild: &Guild, ids: impl IntoIterator<Item = OpId>) -> Vec<Write> {
+    ids.into_iter()
+        .filter_map(|id| {
+            guild.op(&id).map(|op| Write::Op {
+                guild: guild.id(),
+                id,
+                bytes: op.encode(),
+            })
+        })
+        .collect()
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -495,13 +508,7 @@ impl Node {
                         accepted,
                         changes: changed,
                     }) => {
-                        writes.extend(accepted.into_iter().filter_map(|id| {
-                            g.op(&id).map(|op| Write::Op {
-                                guild: guild_id,
-                                id,
-                                bytes: op.encode(),
-                            })
-                        }));
+                        writes.extend(op_writes(&g, accepted));
                         changes.extend(changed);
                         Applied::Accepted
                     }
@@ -541,16 +548,7 @@ impl Node {
         {
             return Ok(false);
         }
-        let writes = order
-            .iter()
-            .filter_map(|op| {
-                guild.op(op).map(|o| Write::Op {
-                    guild: id,
-                    id: *op,
-                    bytes: o.encode(),
-                })
-            })
-            .collect::<Vec<_>>();
+        let writes = op_writes(&guild, order.iter().copied());
         let stored = writes.len();
         self.store.write(writes).await?;
         self.metrics

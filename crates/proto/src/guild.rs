@@ -295,15 +295,19 @@ impl Guild {
     /// replicas holding different ops of one log below the same seq (an equivocation each saw
     /// one side of) differ here though their version vectors agree.
     pub fn log_digest(&self, author: &UserId, up_to: u64) -> [u8; 32] {
-        let mut ids: Vec<&OpId> = self
+        // The chain is in seq order already; within a seq, ids are in arrival order, which
+        // differs between replicas, so those (rarely more than one) are sorted.
+        let ids: Vec<&OpId> = self
             .chains
             .get(author)
             .into_iter()
             .flat_map(|c| c.ops.range(..=up_to))
-            .flat_map(|(_, ids)| ids)
+            .flat_map(|(_, ids)| {
+                let mut at_seq: Vec<&OpId> = ids.iter().collect();
+                at_seq.sort();
+                at_seq
+            })
             .collect();
-        // Within a seq, ids are in arrival order, which differs between replicas.
-        ids.sort_by_key(|id| (self.ops[*id].envelope().seq, **id));
         let parts: Vec<&[u8]> = std::iter::once(LOG_DIGEST_DOMAIN)
             .chain(ids.iter().map(|id| &id.0[..]))
             .collect();
