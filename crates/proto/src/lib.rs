@@ -3,6 +3,7 @@
 
 pub mod bitset;
 pub mod body;
+pub mod dm;
 pub mod error;
 pub mod guild;
 pub mod history;
