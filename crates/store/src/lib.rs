@@ -1,4 +1,4 @@
-//! Guildhall's durable store: signed ops per guild, accounts, tokens and send nonces in one redb
+//! Guildhall's durable store: signed ops per guild, accounts, tokens, send nonces and DM ciphertext in one redb
 //! file, written through a group-commit thread so that many concurrent writers share one fsync
 //! and each is answered only after its data is durable.
 
@@ -35,6 +35,17 @@ const NONCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nonces");
 
 /// user id ‖ channel id → the last message the user read there.
 const READ_STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("read_states");
+
+/// user id ‖ u64 BE version → the user's signed DM key record.
+const DM_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dm_keys");
+/// DM id → the signed envelope (ciphertext; the node cannot read it).
+const DMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dms");
+/// user id ‖ u64 BE arrival number → DM id: each local member's DMs in arrival order.
+const DM_INBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dm_inbox");
+/// user id → DMs in that user's inbox so far.
+const DM_INBOX_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("dm_inbox_counts");
+/// DM id ‖ member user id → the member's home node address: DMs still to hand to other nodes.
+const DM_OUTBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dm_outbox");
 
 /// How many queued write jobs one transaction takes at most.
 const MAX_GROUP: usize = 4096;
@@ -111,6 +122,38 @@ pub enum Write {
         channel: OpId,
         message: OpId,
     },
+    /// A verified DM key record; a (user, version) already stored keeps its first record.
+    DmKey {
+        user: UserId,
+        version: u64,
+        bytes: Vec<u8>,
+    },
+    /// A verified DM envelope, appended to the inbox of each of `local_members`. Storing an id
+    /// again changes nothing.
+    Dm {
+        id: [u8; 32],
+        bytes: Vec<u8>,
+        local_members: Vec<UserId>,
+    },
+    /// A DM still to hand to `member`'s home node at `home`.
+    DmOutbox {
+        id: [u8; 32],
+        member: UserId,
+        home: Vec<u8>,
+    },
+    /// `member`'s home node has the DM.
+    DmHandedOver {
+        id: [u8; 32],
+        member: UserId,
+    },
+}
+
+/// A DM pending delivery to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDm {
+    pub id: [u8; 32],
+    pub member: UserId,
+    pub home: Vec<u8>,
 }
 
 struct Job {
@@ -182,6 +225,11 @@ impl Store {
             txn.open_table(TOKENS).map_err(db_err)?;
             txn.open_table(NONCES).map_err(db_err)?;
             txn.open_table(READ_STATES).map_err(db_err)?;
+            txn.open_table(DM_KEYS).map_err(db_err)?;
+            txn.open_table(DMS).map_err(db_err)?;
+            txn.open_table(DM_INBOX).map_err(db_err)?;
+            txn.open_table(DM_INBOX_COUNTS).map_err(db_err)?;
+            txn.open_table(DM_OUTBOX).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         let (jobs, rx) = mpsc::channel();
@@ -329,6 +377,81 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A user's DM key records, oldest version first.
+    pub fn dm_keys(&self, user: &UserId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DM_KEYS).map_err(db_err)?;
+        let start = [&user.0[..], &[0; 8]].concat();
+        let end = [&user.0[..], &[0xff; 8]].concat();
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+        {
+            out.push(entry.map_err(db_err)?.1.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// A stored DM envelope.
+    pub fn dm(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DMS).map_err(db_err)?;
+        Ok(table
+            .get(id.as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` DMs of `user`'s inbox after position `after` (0: from the start), each with
+    /// its position, in arrival order.
+    pub fn dm_inbox(
+        &self,
+        user: &UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let inbox = txn.open_table(DM_INBOX).map_err(db_err)?;
+        let dms = txn.open_table(DMS).map_err(db_err)?;
+        let start = [&user.0[..], &after.saturating_add(1).to_be_bytes()].concat();
+        let end = [&user.0[..], &[0xff; 8]].concat();
+        let mut out = Vec::new();
+        for entry in inbox
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+            .take(limit)
+        {
+            let (k, id) = entry.map_err(db_err)?;
+            let position = u64::from_be_bytes(k.value()[32..].try_into().map_err(db_err)?);
+            let bytes = dms
+                .get(id.value())
+                .map_err(db_err)?
+                .ok_or_else(|| StoreError::Db("an inbox entry names a missing DM".into()))?;
+            out.push((position, bytes.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every DM still to hand to another node.
+    pub fn dm_outbox(&self) -> Result<Vec<PendingDm>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DM_OUTBOX).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let key = k.value();
+            out.push(PendingDm {
+                id: key[..32].try_into().map_err(db_err)?,
+                member: UserId(key[32..].try_into().map_err(db_err)?),
+                home: v.value().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn log_key(guild: &GuildId, n: u64) -> Vec<u8> {
     [&guild.0[..], &n.to_be_bytes()].concat()
 }
@@ -380,6 +503,11 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             tokens: txn.open_table(TOKENS).map_err(db_err)?,
             nonces: txn.open_table(NONCES).map_err(db_err)?,
             read_states: txn.open_table(READ_STATES).map_err(db_err)?,
+            dm_keys: txn.open_table(DM_KEYS).map_err(db_err)?,
+            dms: txn.open_table(DMS).map_err(db_err)?,
+            dm_inbox: txn.open_table(DM_INBOX).map_err(db_err)?,
+            dm_inbox_counts: txn.open_table(DM_INBOX_COUNTS).map_err(db_err)?,
+            dm_outbox: txn.open_table(DM_OUTBOX).map_err(db_err)?,
             new_counts: HashMap::new(),
         };
         for job in group {
@@ -405,6 +533,11 @@ struct Tables<'t> {
     tokens: redb::Table<'t, &'static [u8], &'static str>,
     nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
     read_states: redb::Table<'t, &'static [u8], &'static [u8]>,
+    dm_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
+    dms: redb::Table<'t, &'static [u8], &'static [u8]>,
+    dm_inbox: redb::Table<'t, &'static [u8], &'static [u8]>,
+    dm_inbox_counts: redb::Table<'t, &'static [u8], u64>,
+    dm_outbox: redb::Table<'t, &'static [u8], &'static [u8]>,
     new_counts: HashMap<GuildId, u64>,
 }
 
@@ -503,6 +636,55 @@ impl Tables<'_> {
                 self.read_states
                     .insert(key.as_slice(), message.0.as_slice())
                     .map_err(db_err)?;
+            }
+            Write::DmKey {
+                user,
+                version,
+                bytes,
+            } => {
+                let key = [&user.0[..], &version.to_be_bytes()].concat();
+                if self.dm_keys.get(key.as_slice()).map_err(db_err)?.is_none() {
+                    self.dm_keys
+                        .insert(key.as_slice(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            Write::Dm {
+                id,
+                bytes,
+                local_members,
+            } => {
+                if self.dms.get(id.as_slice()).map_err(db_err)?.is_some() {
+                    return Ok(());
+                }
+                self.dms
+                    .insert(id.as_slice(), bytes.as_slice())
+                    .map_err(db_err)?;
+                for member in local_members {
+                    let n = self
+                        .dm_inbox_counts
+                        .get(member.0.as_slice())
+                        .map_err(db_err)?
+                        .map_or(0, |v| v.value())
+                        + 1;
+                    let key = [&member.0[..], &n.to_be_bytes()].concat();
+                    self.dm_inbox
+                        .insert(key.as_slice(), id.as_slice())
+                        .map_err(db_err)?;
+                    self.dm_inbox_counts
+                        .insert(member.0.as_slice(), n)
+                        .map_err(db_err)?;
+                }
+            }
+            Write::DmOutbox { id, member, home } => {
+                let key = [&id[..], &member.0[..]].concat();
+                self.dm_outbox
+                    .insert(key.as_slice(), home.as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::DmHandedOver { id, member } => {
+                let key = [&id[..], &member.0[..]].concat();
+                self.dm_outbox.remove(key.as_slice()).map_err(db_err)?;
             }
         }
         Ok(())

@@ -182,3 +182,65 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
     assert!(matches!(err, StoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1));
     assert!(err.to_string().contains("newer guildhall"));
 }
+
+#[tokio::test]
+async fn dms_go_to_each_local_inbox_once_and_the_outbox_drains() {
+    let (_dir, store) = temp_store();
+    let (ada, bea) = (UserId([1; 32]), UserId([2; 32]));
+    let dm = |n: u8| Write::Dm {
+        id: [n; 32],
+        bytes: vec![n; 40],
+        local_members: vec![ada, bea],
+    };
+    store.write(vec![dm(7)]).await.unwrap();
+    store.write(vec![dm(8)]).await.unwrap();
+    store.write(vec![dm(7)]).await.unwrap();
+    let inbox = store.dm_inbox(&bea, 0, 10).unwrap();
+    assert_eq!(inbox, vec![(1, vec![7; 40]), (2, vec![8; 40])]);
+    assert_eq!(store.dm_inbox(&ada, 1, 10).unwrap(), vec![(2, vec![8; 40])]);
+    assert_eq!(store.dm(&[8; 32]).unwrap(), Some(vec![8; 40]));
+
+    let cal = UserId([3; 32]);
+    store
+        .write(vec![Write::DmOutbox {
+            id: [7; 32],
+            member: cal,
+            home: b"addr".to_vec(),
+        }])
+        .await
+        .unwrap();
+    let pending = store.dm_outbox().unwrap();
+    assert_eq!(
+        pending,
+        vec![PendingDm {
+            id: [7; 32],
+            member: cal,
+            home: b"addr".to_vec()
+        }]
+    );
+    store
+        .write(vec![Write::DmHandedOver {
+            id: [7; 32],
+            member: cal,
+        }])
+        .await
+        .unwrap();
+    assert!(store.dm_outbox().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn dm_key_versions_keep_their_first_record() {
+    let (_dir, store) = temp_store();
+    let ada = UserId([1; 32]);
+    let key = |version, byte| Write::DmKey {
+        user: ada,
+        version,
+        bytes: vec![byte; 4],
+    };
+    store
+        .write(vec![key(2, 2), key(1, 1), key(1, 9)])
+        .await
+        .unwrap();
+    assert_eq!(store.dm_keys(&ada).unwrap(), vec![vec![1; 4], vec![2; 4]]);
+    assert!(store.dm_keys(&UserId([2; 32])).unwrap().is_empty());
+}
