@@ -313,6 +313,12 @@ impl Host for Rogue {
     async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
         vec![Applied::Duplicate; ops.len()]
     }
+    fn dm_keys(&self, _: &guildhall_proto::id::UserId) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
+        Err(Refusal::new("no", "no"))
+    }
 }
 
 /// A rogue peer connected to `target`, in `guild`'s topic.

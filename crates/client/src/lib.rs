@@ -1,6 +1,8 @@
 //! A typed Rust client for a guildhall node: the REST API (`spec/rest.md`) and a gateway
 //! connection (`spec/gateway.md`) that heartbeats, and reconnects with backoff and resume.
 
+pub mod dm;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -31,12 +33,18 @@ pub enum ClientError {
     Closed { code: u16, reason: String },
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// A DM could not be sealed or opened, with the scheme's stable code.
+    #[error("{code}: {0}", code = .0.code())]
+    DmRefused(#[from] guildhall_proto::dm::DmError),
+    #[error("dm: {0}")]
+    Dm(String),
 }
 
 impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { code, .. } => Some(code),
+            ClientError::DmRefused(e) => Some(e.code()),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use guildhall_net::{Applied, Batch, Host, Multiaddr, NetError, Refusal};
 use guildhall_proto::body::Body;
 use guildhall_proto::guild::{Guild, Inserted, LogPositions};
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{GuildId, InviteId, OpId};
+use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
 use guildhall_proto::op::VerifiedOp;
 use guildhall_proto::signal::Signal;
 
@@ -60,6 +60,14 @@ impl Host for Node {
 
     async fn apply(&self, guild: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
         self.apply_remote(guild, ops).await
+    }
+
+    fn dm_keys(&self, user: &UserId) -> Vec<Vec<u8>> {
+        self.store.dm_keys(user).unwrap_or_default()
+    }
+
+    async fn take_dms(&self, envelopes: Vec<Vec<u8>>) -> Result<u32, Refusal> {
+        Node::take_dms(self, envelopes).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! shell that sends every write through the core (`guildhall-proto`) and the store.
 
 pub mod accounts;
+pub mod dm;
 pub mod error;
 pub mod federation;
 pub mod node;
@@ -22,6 +23,8 @@ pub use node::{Node, NodeConfig};
 
 /// Request bodies above this are refused with `payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A DM send carries a hex envelope of up to twice `dm::MAX_DM_ENVELOPE_BYTES`.
+pub const MAX_DM_BODY_BYTES: usize = 2 * guildhall_proto::dm::MAX_DM_ENVELOPE_BYTES + 1024;
 
 pub fn router(node: Arc<Node>) -> Router {
     use rest::*;
@@ -95,6 +98,18 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/invites/{code}/accept", post(accept_invite))
         .route("/guilds/{g}/search", get(search))
+        .route(
+            "/users/@me/dm-keys",
+            get(dm::routes::keys).put(dm::routes::publish_key),
+        )
+        .route("/users/{user}/dm-keys", get(dm::routes::keys))
+        .route("/dms/home", get(dm::routes::home))
+        .route(
+            "/dms",
+            get(dm::routes::inbox)
+                .post(dm::routes::send)
+                .layer(DefaultBodyLimit::max(MAX_DM_BODY_BYTES)),
+        )
         .route("/gateway", get(ws::upgrade))
         .fallback(|| async {
             ApiError::not_found("unknown_endpoint", "no such endpoint; see spec/rest.md")

@@ -112,6 +112,8 @@ pub struct Node {
     net: OnceLock<NetHandle>,
     /// Serializes adopting guilds fetched from peers.
     adopting: tokio::sync::Mutex<()>,
+    /// Wakes the task that hands DMs to other nodes.
+    pub(crate) dm_delivery: Arc<tokio::sync::Notify>,
 }
 
 /// Rate-limit buckets kept before idle ones are dropped.
@@ -188,6 +190,7 @@ impl Node {
             write_failed: std::sync::atomic::AtomicBool::new(false),
             net: OnceLock::new(),
             adopting: tokio::sync::Mutex::new(()),
+            dm_delivery: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 
@@ -226,6 +229,7 @@ impl Node {
             net.serve(*id);
         }
         let _ = self.net.set(net);
+        self.spawn_dm_delivery();
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut refresh = tokio::time::interval(PRESENCE_REFRESH);

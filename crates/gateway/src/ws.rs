@@ -86,6 +86,22 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Queues a dispatch for every session of one user (DMs: addressed to users, not guilds).
+    pub fn push_to_user(&self, user: &UserId, name: &str, data: &Value) {
+        let sessions: Vec<Arc<Session>> = self
+            .map
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .filter(|s| s.user == *user)
+            .cloned()
+            .collect();
+        let data = data.to_string();
+        for session in sessions {
+            session.push_encoded(name, &data);
+        }
+    }
 }
 
 struct Session {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use guildhall_proto::guild::LogPositions;
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{GuildId, InviteId, OpId};
+use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
 use guildhall_proto::op::{Op, VerifiedOp};
 use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
@@ -135,6 +135,14 @@ pub trait Host: Send + Sync + 'static {
         guild: GuildId,
         ops: Vec<VerifiedOp>,
     ) -> impl Future<Output = Vec<Applied>> + Send;
+    /// The signed DM key records held for a user, oldest version first.
+    fn dm_keys(&self, user: &UserId) -> Vec<Vec<u8>>;
+    /// Verifies and durably stores DMs a peer hands over for this node's users; answers once
+    /// they are stored, with how many there were.
+    fn take_dms(
+        &self,
+        envelopes: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<u32, Refusal>> + Send;
 }
 
 #[derive(Debug, Error)]
@@ -155,10 +163,12 @@ enum Command {
     Publish(GuildId, Vec<u8>),
     Signal(GuildId, Vec<u8>),
     Serve(GuildId),
-    Join {
-        addr: Multiaddr,
+    /// A request to one node: dialed at `addr` if given, else one connected already.
+    Ask {
+        peer: PeerId,
+        addr: Option<Multiaddr>,
         request: protocol::Request,
-        reply: oneshot::Sender<Result<Batch, NetError>>,
+        reply: oneshot::Sender<Result<protocol::Response, NetError>>,
     },
     Block(PeerId),
     Unblock(PeerId),
@@ -224,19 +234,82 @@ impl NetHandle {
         secret: Vec<u8>,
         after: Option<(Hlc, OpId)>,
     ) -> Result<Batch, NetError> {
-        let (reply, answer) = oneshot::channel();
         let request = protocol::Request::Join {
             guild,
             invite,
             secret,
             after: protocol::cursor_to_wire(after),
         };
-        self.send(Command::Join {
+        match self.ask_at(addr, request).await? {
+            protocol::Response::Ops { ops, more } => Ok(Batch {
+                ops: ops.into_iter().map(|b| b.into_vec()).collect(),
+                more,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The DM key records connected peers hold for `user`, each verified by the caller.
+    pub async fn dm_keys(&self, user: UserId) -> Vec<Vec<u8>> {
+        let mut records = Vec::new();
+        for peer in self.peers().await {
+            let asked = self.ask(peer, None, protocol::Request::DmKeys { user });
+            if let Ok(protocol::Response::DmKeys { records: theirs }) = asked.await {
+                records.extend(theirs.into_iter().map(|b| b.into_vec()));
+            }
+        }
+        records
+    }
+
+    /// Hands DMs to the home node at `addr` (ending in `/p2p/<peer id>`); returns once that
+    /// node has stored them.
+    pub async fn deliver_dms(
+        &self,
+        addr: Multiaddr,
+        envelopes: Vec<Vec<u8>>,
+    ) -> Result<u32, NetError> {
+        let request = protocol::Request::Dms {
+            envelopes: envelopes
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        };
+        match self.ask_at(addr, request).await? {
+            protocol::Response::DmsTaken { count } => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn ask_at(
+        &self,
+        addr: Multiaddr,
+        request: protocol::Request,
+    ) -> Result<protocol::Response, NetError> {
+        let peer = swarm::peer_of(&addr).ok_or_else(|| {
+            NetError::Unreachable(addr.to_string(), "the address has no /p2p/<peer id>".into())
+        })?;
+        self.ask(peer, Some(addr), request).await
+    }
+
+    async fn ask(
+        &self,
+        peer: PeerId,
+        addr: Option<Multiaddr>,
+        request: protocol::Request,
+    ) -> Result<protocol::Response, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ask {
+            peer,
             addr,
             request,
             reply,
         });
-        answer.await.map_err(|_| NetError::Stopped)?
+        match answer.await.map_err(|_| NetError::Stopped)?? {
+            protocol::Response::Refused { code, message } => {
+                Err(NetError::Refused(Refusal { code, message }))
+            }
+            response => Ok(response),
+        }
     }
 
     /// Drops and refuses every connection with `peer` until unblocked.
@@ -269,6 +342,10 @@ impl NetHandle {
         self.send(Command::Peers(reply));
         answer.await.unwrap_or_default()
     }
+}
+
+fn unexpected(response: protocol::Response) -> NetError {
+    NetError::BadResponse(format!("an answer of the wrong kind: {response:?}"))
 }
 
 /// Decodes and verifies one op from a peer, which must belong to `guild` (`mismatch` is the

@@ -21,6 +21,11 @@ pub const MAX_REQUEST_BYTES: u64 = 256 * 1024;
 pub const MAX_HAVE_AUTHORS: usize = 4_096;
 /// A response: one batch of ops plus its CBOR framing.
 pub const MAX_RESPONSE_BYTES: u64 = MAX_BATCH_BYTES as u64 + 256 * 1024;
+/// DMs handed over in one request, and their total bytes.
+pub const MAX_DMS_PER_REQUEST: usize = 64;
+pub const MAX_DM_REQUEST_BYTES: usize = 192 * 1024;
+/// DM key records in one answer (a user's newest).
+pub const MAX_DM_KEY_RECORDS: usize = 64;
 /// A gossip message is one op, plus gossipsub's own framing.
 pub const MAX_GOSSIP_BYTES: usize = guildhall_proto::limits::MAX_OP_BYTES + 4 * 1024;
 
@@ -82,6 +87,12 @@ pub enum Request {
         secret: Vec<u8>,
         after: Option<Cursor>,
     },
+    /// "What DM key records do you hold for this user?"
+    DmKeys { user: UserId },
+    /// "Here are DMs for members whose home you are": signed envelopes (`spec/dm.md`).
+    Dms {
+        envelopes: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +107,14 @@ pub enum Response {
     Refused {
         code: String,
         message: String,
+    },
+    /// Signed DM key records, oldest version first.
+    DmKeys {
+        records: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Every DM of the request is durably stored (or was already).
+    DmsTaken {
+        count: u32,
     },
 }
 

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{self, Request, Response};
-use crate::{Applied, Batch, Command, Host, NetConfig, NetError, NetHandle, Refusal};
+use crate::{Applied, Command, Host, NetConfig, NetError, NetHandle, Refusal};
 
 type Gossip =
     gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>;
@@ -156,7 +156,7 @@ pub(crate) async fn start<H: Host>(
         report_rx,
         inbound,
         topics: HashMap::new(),
-        joins: HashMap::new(),
+        asks: HashMap::new(),
         catchups: HashMap::new(),
         syncing: HashMap::new(),
         batches,
@@ -237,7 +237,7 @@ fn peer_score() -> gossipsub::PeerScoreParams {
     }
 }
 
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
         _ => None,
@@ -353,7 +353,7 @@ struct Task<H: Host> {
     report_rx: mpsc::UnboundedReceiver<Report>,
     inbound: mpsc::UnboundedSender<Inbound>,
     topics: HashMap<TopicHash, (GuildId, Carries)>,
-    joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Batch, NetError>>>,
+    asks: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     catchups: HashMap<OutboundRequestId, (PeerId, GuildId)>,
     /// One catch-up per (peer, guild) at a time.
     syncing: HashMap<(PeerId, GuildId), Catchup>,
@@ -402,22 +402,18 @@ impl<H: Host> Task<H> {
                 }
             }
             Command::Serve(guild) => self.serve(guild),
-            Command::Join {
+            Command::Ask {
+                peer,
                 addr,
                 request,
                 reply,
             } => {
-                let Some(peer) = peer_of(&addr) else {
-                    let _ = reply.send(Err(NetError::Unreachable(
-                        addr.to_string(),
-                        "the address has no /p2p/<peer id>".into(),
-                    )));
-                    return;
-                };
-                self.known.insert(peer, addr.clone());
-                self.swarm.add_peer_address(peer, addr.clone());
+                if let Some(addr) = addr {
+                    self.known.insert(peer, addr.clone());
+                    self.swarm.add_peer_address(peer, addr);
+                }
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-                self.joins.insert(id, reply);
+                self.asks.insert(id, reply);
             }
             Command::Block(peer) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -754,11 +750,9 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
-                // Comparing digests and cutting a batch read up to 2,000 ops under the guild's
-                // lock: off the swarm task, which must keep serving gossip meanwhile.
                 let (host, reports) = (self.host.clone(), self.reports.clone());
-                tokio::task::spawn_blocking(move || {
-                    let (response, pull_back) = answer(&*host, request);
+                tokio::spawn(async move {
+                    let (response, pull_back) = answer(host, request).await;
                     let _ = reports.send(Report::Answer {
                         peer,
                         channel,
@@ -776,16 +770,8 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
-                if let Some(reply) = self.joins.remove(&request_id) {
-                    let _ = reply.send(match response {
-                        Response::Ops { ops, more } => Ok(Batch {
-                            ops: ops.into_iter().map(|b| b.into_vec()).collect(),
-                            more,
-                        }),
-                        Response::Refused { code, message } => {
-                            Err(NetError::Refused(Refusal { code, message }))
-                        }
-                    });
+                if let Some(reply) = self.asks.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
                 } else if let Some((peer, guild)) = self.catchups.remove(&request_id) {
                     self.on_catchup_response(peer, guild, response);
                 } else {
@@ -798,7 +784,7 @@ impl<H: Host> Task<H> {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.joins.remove(&request_id) {
+                if let Some(reply) = self.asks.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Unreachable(
                         peer.to_string(),
                         error.to_string(),
@@ -842,13 +828,62 @@ impl<H: Host> Task<H> {
                 state.done = true;
                 self.finish_if_done(key);
             }
+            Response::DmKeys { .. } | Response::DmsTaken { .. } => {
+                tracing::debug!(%peer, %guild, "a catch-up answered with a DM response");
+                state.done = true;
+                self.finish_if_done(key);
+            }
         }
     }
 }
 
-/// The host's answer to a peer's sync request, and the guild to pull back from the peer when
-/// its catch-up shows it holds ops we lack (so one side's catch-up heals both).
-fn answer<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId>) {
+/// The host's answer to a peer's request, and the guild to pull back from the peer when its
+/// catch-up shows it holds ops we lack (so one side's catch-up heals both).
+async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<GuildId>) {
+    match request {
+        Request::DmKeys { user } => {
+            let mut records = host.dm_keys(&user);
+            let newest = records.len().saturating_sub(protocol::MAX_DM_KEY_RECORDS);
+            let records = records
+                .drain(newest..)
+                .map(serde_bytes::ByteBuf::from)
+                .collect();
+            (Response::DmKeys { records }, None)
+        }
+        Request::Dms { envelopes } => {
+            let bytes: usize = envelopes.iter().map(|e| e.len()).sum();
+            let response = if envelopes.len() > protocol::MAX_DMS_PER_REQUEST
+                || bytes > protocol::MAX_DM_REQUEST_BYTES
+            {
+                refused(Refusal::new(
+                    "too_many_dms",
+                    "too many DMs or bytes in one request",
+                ))
+            } else {
+                let envelopes = envelopes.into_iter().map(|e| e.into_vec()).collect();
+                match host.take_dms(envelopes).await {
+                    Ok(count) => Response::DmsTaken { count },
+                    Err(r) => refused(r),
+                }
+            };
+            (response, None)
+        }
+        // Comparing digests and cutting a batch read up to 2,000 ops under the guild's lock:
+        // off the async workers, which must keep serving gossip meanwhile.
+        sync => tokio::task::spawn_blocking(move || answer_sync(&*host, sync))
+            .await
+            .expect("a sync answer panicked"),
+    }
+}
+
+fn refused(r: Refusal) -> Response {
+    Response::Refused {
+        code: r.code,
+        message: r.message,
+    }
+}
+
+fn answer_sync<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId>) {
     let mut pull_back = None;
     let batch = match request {
         Request::Catchup { guild, have, after } => {
@@ -870,6 +905,9 @@ fn answer<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId>) {
             secret,
             after,
         } => host.join_ops(&guild, &invite, &secret, protocol::cursor_from_wire(after)),
+        Request::DmKeys { .. } | Request::Dms { .. } => {
+            unreachable!("DM requests are answered by `answer`")
+        }
     };
     let response = match batch {
         Ok(batch) => {
@@ -883,10 +921,7 @@ fn answer<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId>) {
                 more: batch.more,
             }
         }
-        Err(r) => Response::Refused {
-            code: r.code,
-            message: r.message,
-        },
+        Err(r) => refused(r),
     };
     (response, pull_back)
 }

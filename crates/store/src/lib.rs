@@ -42,6 +42,8 @@ const DM_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dm_keys");
 const DMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dms");
 /// user id ‖ u64 BE arrival number → DM id: each local member's DMs in arrival order.
 const DM_INBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dm_inbox");
+/// user id ‖ DM id → the DM's position in that user's inbox.
+const DM_INBOX_INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("dm_inbox_index");
 /// user id → DMs in that user's inbox so far.
 const DM_INBOX_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("dm_inbox_counts");
 /// DM id ‖ member user id → the member's home node address: DMs still to hand to other nodes.
@@ -434,6 +436,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Where a DM sits in a user's inbox, if it is there.
+    pub fn dm_position(&self, user: &UserId, id: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DM_INBOX_INDEX).map_err(db_err)?;
+        let key = [&user.0[..], &id[..]].concat();
+        Ok(table
+            .get(key.as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value()))
+    }
+
     /// Every DM still to hand to another node.
     pub fn dm_outbox(&self) -> Result<Vec<PendingDm>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -507,6 +520,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             dms: txn.open_table(DMS).map_err(db_err)?,
             dm_inbox: txn.open_table(DM_INBOX).map_err(db_err)?,
             dm_inbox_counts: txn.open_table(DM_INBOX_COUNTS).map_err(db_err)?,
+            dm_inbox_index: txn.open_table(DM_INBOX_INDEX).map_err(db_err)?,
             dm_outbox: txn.open_table(DM_OUTBOX).map_err(db_err)?,
             new_counts: HashMap::new(),
         };
@@ -537,6 +551,7 @@ struct Tables<'t> {
     dms: redb::Table<'t, &'static [u8], &'static [u8]>,
     dm_inbox: redb::Table<'t, &'static [u8], &'static [u8]>,
     dm_inbox_counts: redb::Table<'t, &'static [u8], u64>,
+    dm_inbox_index: redb::Table<'t, &'static [u8], u64>,
     dm_outbox: redb::Table<'t, &'static [u8], &'static [u8]>,
     new_counts: HashMap<GuildId, u64>,
 }
@@ -673,6 +688,10 @@ impl Tables<'_> {
                         .map_err(db_err)?;
                     self.dm_inbox_counts
                         .insert(member.0.as_slice(), n)
+                        .map_err(db_err)?;
+                    let index_key = [&member.0[..], &id[..]].concat();
+                    self.dm_inbox_index
+                        .insert(index_key.as_slice(), n)
                         .map_err(db_err)?;
                 }
             }

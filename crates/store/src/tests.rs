@@ -199,6 +199,8 @@ async fn dms_go_to_each_local_inbox_once_and_the_outbox_drains() {
     assert_eq!(inbox, vec![(1, vec![7; 40]), (2, vec![8; 40])]);
     assert_eq!(store.dm_inbox(&ada, 1, 10).unwrap(), vec![(2, vec![8; 40])]);
     assert_eq!(store.dm(&[8; 32]).unwrap(), Some(vec![8; 40]));
+    assert_eq!(store.dm_position(&ada, &[8; 32]).unwrap(), Some(2));
+    assert_eq!(store.dm_position(&UserId([3; 32]), &[8; 32]).unwrap(), None);
 
     let cal = UserId([3; 32]);
     store
