@@ -6,11 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use guildhall_proto::dm::{self, DmEnvelope, DmError, DmKeyRecord, SealRandomness, Sealing};
-use guildhall_proto::id::{Keypair, UserId, sha256};
+use guildhall_proto::id::{Keypair, sha256};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{Client, ClientError, Result};
+
+pub use guildhall_proto::dm::pair_conversation;
+pub use guildhall_proto::id::UserId;
 
 /// Edits and messages: the same limit as guild messages.
 pub const MAX_DM_CONTENT_CHARS: usize = 4_000;
@@ -277,6 +280,17 @@ impl Client {
                 })
             })
             .collect()
+    }
+
+    /// Opens the envelope of a `DM_CREATE` dispatch (`d.envelope`, hex).
+    pub async fn open_dm_dispatch(
+        &self,
+        keyring: &DmKeyring,
+        data: &serde_json::Value,
+    ) -> Result<OpenedDm> {
+        let envelope = hex::decode(data["envelope"].as_str().unwrap_or_default())
+            .map_err(|_| ClientError::Dm("the dispatch's envelope is not hex".into()))?;
+        self.open_dm(keyring, &envelope).await
     }
 
     /// Verifies and decrypts an envelope, and checks its sender published the DM key it was

@@ -481,6 +481,11 @@ impl Client {
         .await
     }
 
+    /// A guild's members: `{ user_id, username, status, roles, nick, joined_at_ms }` each.
+    pub async fn members(&self, guild: &str) -> Result<Vec<Value>> {
+        self.get(&format!("/guilds/{guild}/members")).await
+    }
+
     pub async fn kick(&self, guild: &str, user: &str) -> Result<()> {
         self.delete(&format!("/guilds/{guild}/members/{user}"))
             .await

@@ -1,9 +1,11 @@
 //! A terminal chat client: log in (or register), pick or join a guild, then type lines to send
-//! them and see everyone's messages as they arrive.
+//! them and see everyone's messages as they arrive; `/dm NAME text` sends an encrypted DM.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use guildhall_client::dm::{DmKeyring, DmPayload, UserId, pair_conversation};
 use guildhall_client::{Client, ClientError, Gateway, Page};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -26,6 +28,9 @@ struct Args {
     /// Join a guild with an invite code.
     #[arg(long)]
     join: Option<String>,
+    /// Where your DM secrets are kept (created on first use; only you can read it).
+    #[arg(long)]
+    dm_keyring: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -69,6 +74,11 @@ async fn run(args: Args) -> Result<(), ClientError> {
     for m in client.messages(&guild.id, &channel.id, &recent).await? {
         println!("[{}] {}", who(&m.author_id, &me.id), m.content);
     }
+    let keyring_path = args
+        .dm_keyring
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("guildhall-chat-{}.keys", args.user)));
+    let keyring = open_keyring(&client, &keyring_path, &args.password).await?;
     let mut gateway = Gateway::connect(&client).await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut sent = 0u64;
@@ -76,6 +86,11 @@ async fn run(args: Args) -> Result<(), ClientError> {
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
+                Ok(Some(text)) if text.starts_with("/dm ") => {
+                    if let Err(e) = send_dm(&client, &keyring, &guild.id, &text).await {
+                        eprintln!("DM not sent: {e}");
+                    }
+                }
                 Ok(Some(text)) if !text.trim().is_empty() => {
                     sent += 1;
                     let nonce = format!("{}-{sent}", std::process::id());
@@ -96,6 +111,17 @@ async fn run(args: Args) -> Result<(), ClientError> {
                         continue;
                     }
                 };
+                if dispatch.name == "DM_CREATE" {
+                    match client.open_dm_dispatch(&keyring, &dispatch.data).await {
+                        Ok(dm) if dm.sender.to_string() != me.id => {
+                            if let DmPayload::Message { content, .. } = dm.payload {
+                                println!("[dm from {}] {content}", who(&dm.sender.to_string(), &me.id));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("a DM could not be opened: {e}"),
+                    }
+                }
                 if dispatch.name == "MESSAGE_CREATE" && dispatch.data["channel_id"] == channel.id.as_str() {
                     let author = dispatch.data["author_id"].as_str().unwrap_or_default();
                     println!("[{}] {}", who(author, &me.id), dispatch.data["content"].as_str().unwrap_or_default());
@@ -103,6 +129,53 @@ async fn run(args: Args) -> Result<(), ClientError> {
             }
         }
     }
+}
+
+/// The keyring at `path`, or a new one (from the identity key the node exports) saved there;
+/// its DM key is published either way.
+async fn open_keyring(
+    client: &Client,
+    path: &std::path::Path,
+    password: &str,
+) -> Result<DmKeyring, ClientError> {
+    let keyring = if path.exists() {
+        DmKeyring::load(path)?
+    } else {
+        let keyring = DmKeyring::new(&client.export_key(password).await?)?;
+        keyring.save(path)?;
+        keyring
+    };
+    client.publish_dm_key(&keyring).await?;
+    Ok(keyring)
+}
+
+/// `/dm NAME text`: an encrypted DM to the member of the guild named NAME.
+async fn send_dm(
+    client: &Client,
+    keyring: &DmKeyring,
+    guild: &str,
+    line: &str,
+) -> Result<(), ClientError> {
+    let (name, text) = line["/dm ".len()..]
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| ClientError::Dm("usage: /dm NAME text".into()))?;
+    let member = client
+        .members(guild)
+        .await?
+        .into_iter()
+        .find(|m| m["username"] == name)
+        .and_then(|m| m["user_id"].as_str()?.parse::<UserId>().ok())
+        .ok_or_else(|| ClientError::Dm(format!("no member named {name} in this guild")))?;
+    let payload = DmPayload::Message {
+        content: text.to_owned(),
+        reply_to: None,
+    };
+    let conversation = pair_conversation(&keyring.user(), &member);
+    client
+        .send_dm(keyring, conversation, &[member], &payload)
+        .await?;
+    Ok(())
 }
 
 /// A short name for a message's author: "you", or the start of their user id.
