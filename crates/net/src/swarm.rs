@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{self, Request, Response};
-use crate::{Applied, Command, Host, NetConfig, NetError, NetHandle, Refusal};
+use crate::{Applied, Batch, Command, Host, NetConfig, NetError, NetHandle, Refusal};
 
 type Gossip =
     gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>;
@@ -870,10 +870,29 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
         }
         // Comparing digests and cutting a batch read up to 2,000 ops under the guild's lock:
         // off the async workers, which must keep serving gossip meanwhile.
-        sync => tokio::task::spawn_blocking(move || answer_sync(&*host, sync))
+        Request::Catchup { guild, have, after } => {
+            blocking(move || answer_catchup(&*host, guild, &have, after)).await
+        }
+        Request::Join {
+            guild,
+            invite,
+            secret,
+            after,
+        } => {
+            blocking(move || {
+                let after = protocol::cursor_from_wire(after);
+                let batch = host.join_ops(&guild, &invite, &secret, after);
+                (ops_response(batch), None)
+            })
             .await
-            .expect("a sync answer panicked"),
+        }
     }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("a sync answer panicked")
 }
 
 fn refused(r: Refusal) -> Response {
@@ -883,33 +902,30 @@ fn refused(r: Refusal) -> Response {
     }
 }
 
-fn answer_sync<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId>) {
-    let mut pull_back = None;
-    let batch = match request {
-        Request::Catchup { guild, have, after } => {
-            if have.len() > protocol::MAX_HAVE_AUTHORS {
-                let refused = Response::Refused {
-                    code: "too_many_authors".into(),
-                    message: "the version vector is too long".into(),
-                };
-                return (refused, None);
-            }
-            let have = protocol::positions_from_wire(&have);
-            pull_back = host.lacks_from(&guild, &have).then_some(guild);
-            host.missing_ops(&guild, &have, protocol::cursor_from_wire(after))
-                .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild"))
-        }
-        Request::Join {
-            guild,
-            invite,
-            secret,
-            after,
-        } => host.join_ops(&guild, &invite, &secret, protocol::cursor_from_wire(after)),
-        Request::DmKeys { .. } | Request::Dms { .. } => {
-            unreachable!("DM requests are answered by `answer`")
-        }
-    };
-    let response = match batch {
+/// A catch-up: the batch a peer at `have` lacks, and whether to pull back from it.
+fn answer_catchup<H: Host>(
+    host: &H,
+    guild: GuildId,
+    have: &[protocol::Position],
+    after: Option<protocol::Cursor>,
+) -> (Response, Option<GuildId>) {
+    if have.len() > protocol::MAX_HAVE_AUTHORS {
+        let refused = Response::Refused {
+            code: "too_many_authors".into(),
+            message: "the version vector is too long".into(),
+        };
+        return (refused, None);
+    }
+    let have = protocol::positions_from_wire(have);
+    let pull_back = host.lacks_from(&guild, &have).then_some(guild);
+    let batch = host
+        .missing_ops(&guild, &have, protocol::cursor_from_wire(after))
+        .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild"));
+    (ops_response(batch), pull_back)
+}
+
+fn ops_response(batch: Result<Batch, Refusal>) -> Response {
+    match batch {
         Ok(batch) => {
             tracing::debug!(ops = batch.ops.len(), more = batch.more, "sync answer");
             Response::Ops {
@@ -922,6 +938,5 @@ fn answer_sync<H: Host>(host: &H, request: Request) -> (Response, Option<GuildId
             }
         }
         Err(r) => refused(r),
-    };
-    (response, pull_back)
+    }
 }
