@@ -11,7 +11,7 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use ed25519_dalek::{Signature, Signer};
+use ed25519_dalek::Signer;
 use hkdf::Hkdf;
 use sha2::Sha256;
 use thiserror::Error;
@@ -527,15 +527,11 @@ fn verify_signature(
     signed: &[u8],
     signature: &[u8; 64],
 ) -> Result<(), DmError> {
-    let key = user.verifying_key().map_err(|_| DmError::BadSignature)?;
-    if key.is_weak() {
-        return Err(DmError::BadSignature);
+    if user.signed(domain, signed, signature) {
+        Ok(())
+    } else {
+        Err(DmError::BadSignature)
     }
-    key.verify_strict(
-        &[domain, signed].concat(),
-        &Signature::from_bytes(signature),
-    )
-    .map_err(|_| DmError::BadSignature)
 }
 
 #[cfg(test)]

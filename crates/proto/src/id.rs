@@ -103,6 +103,20 @@ impl UserId {
     pub fn verifying_key(&self) -> Result<VerifyingKey, IdParseError> {
         VerifyingKey::from_bytes(&self.0).map_err(|_| IdParseError::NotAKey)
     }
+
+    /// Whether `signature` over `domain ‖ signed` is this user's: strict ed25519, weak keys
+    /// refused, as for ops.
+    pub fn signed(&self, domain: &[u8], signed: &[u8], signature: &[u8; 64]) -> bool {
+        self.verifying_key().is_ok_and(|key| {
+            !key.is_weak()
+                && key
+                    .verify_strict(
+                        &[domain, signed].concat(),
+                        &ed25519_dalek::Signature::from_bytes(signature),
+                    )
+                    .is_ok()
+        })
+    }
 }
 
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {

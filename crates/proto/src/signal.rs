@@ -1,7 +1,7 @@
 //! Ephemeral signals that cross nodes (typing, presence): signed by the user's key so a node
 //! cannot speak for users it does not hold, timestamped with an expiry, and never stored.
 
-use ed25519_dalek::{Signature, Signer};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ChannelId, GuildId, Keypair, UserId};
@@ -106,21 +106,9 @@ impl Signal {
         let signed_len = r.position();
         let signature: [u8; 64] = r.array("signature")?;
         r.finish()?;
-        let key = user
-            .verifying_key()
-            .map_err(|_| OpError::BadSignature)
-            .and_then(|k| {
-                if k.is_weak() {
-                    Err(OpError::BadSignature)
-                } else {
-                    Ok(k)
-                }
-            })?;
-        key.verify_strict(
-            &[SIGNAL_DOMAIN, &bytes[..signed_len]].concat(),
-            &Signature::from_bytes(&signature),
-        )
-        .map_err(|_| OpError::BadSignature)?;
+        if !user.signed(SIGNAL_DOMAIN, &bytes[..signed_len], &signature) {
+            return Err(OpError::BadSignature);
+        }
         Ok(Signal {
             guild,
             user,
