@@ -8,6 +8,7 @@ pub mod federation;
 pub mod node;
 pub mod rest;
 mod views;
+mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -118,6 +119,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .nest("/api/v1", api)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(web::routes())
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             ip_rate_limit,

@@ -1,0 +1,125 @@
+//! The web client the node serves: its assets and headers, and the browser test
+//! (`tests/browser/web.mjs`) driving it in headless Chromium against a real node.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestNode;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_are_served_with_strict_headers() {
+    let node = TestNode::start().await;
+    let http = reqwest::Client::new();
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/invite/some-code", "text/html; charset=utf-8"),
+        ("/channels/a/b", "text/html; charset=utf-8"),
+        ("/app/style.css", "text/css; charset=utf-8"),
+        ("/app/js/main.js", "text/javascript; charset=utf-8"),
+        ("/app/js/markdown.js", "text/javascript; charset=utf-8"),
+    ] {
+        let res = http
+            .get(format!("{}{path}", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("content-type"), content_type, "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let csp = header("content-security-policy");
+        assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+    }
+    let index = http
+        .get(&node.base)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(index.contains(r#"<script type="module" src="/app/js/main.js"></script>"#));
+    assert!(
+        !index.contains("<script>"),
+        "the CSP allows no inline scripts"
+    );
+
+    let missing = http
+        .get(format!("{}/app/nope.js", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    for api in ["/api/v1/nope", "/api/nope", "/api"] {
+        let res = http
+            .get(format!("{}{api}", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{api}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "unknown_endpoint", "{api}");
+    }
+    let post = http
+        .post(format!("{}/somewhere", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_chat_in_the_browser() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the browser test needs Debian's chromium. \
+         Run ./test.sh (it installs it) or `apt-get install -y chromium`."
+    );
+    // The script seeds 500 messages over REST as one user; the default burst would slow it down.
+    let node = TestNode::start_with(|c| c.user_burst = 10_000.0).await;
+    let dir = browser_dir();
+    let base = node.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        if !dir.join("node_modules/playwright-core").exists() {
+            let npm = Command::new("npm")
+                .arg("ci")
+                .current_dir(&dir)
+                .output()
+                .expect("npm runs (Node.js 20 or newer is needed for the browser test)");
+            assert!(
+                npm.status.success(),
+                "npm ci in tests/browser failed:\n{}",
+                String::from_utf8_lossy(&npm.stderr)
+            );
+        }
+        Command::new("node")
+            .arg("web.mjs")
+            .arg(&base)
+            .current_dir(&dir)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+}
