@@ -132,7 +132,7 @@ try {
   await signUp(ada, A);
 
   step('create a guild and an invite');
-  await ada.page.getByRole('button', { name: 'Create or join a guild' }).click();
+  await ada.page.locator('.onboarding').getByRole('button', { name: 'Create or join a guild' }).click();
   await ada.page.getByLabel('Guild name').fill('Book Club');
   await ada.page.getByRole('button', { name: 'Create', exact: true }).click();
   await ada.page.locator('#chat-header .channel-title', { hasText: 'general' }).waitFor();

@@ -5,7 +5,7 @@ import { Api } from './api.js';
 import { Gateway } from './gateway.js';
 import { h, $, clear, toast, formDialog, confirmDialog } from './dom.js';
 import {
-  state, on, notify, guildOfChannel, channelHistory, removeMessage,
+  state, on, notify, guildOfChannel, channelHistory, removeMessage, noteLatest,
 } from './state.js';
 import { showAuth } from './auth.js';
 import {
@@ -165,17 +165,12 @@ async function loadLatest(guild) {
   await Promise.all(guild.channels.filter((c) => c.kind === 'text').map(async (c) => {
     try {
       const [last] = await app.api.messages(guild.id, c.id, { limit: 1 });
-      if (last) upsertLatest(last);
+      if (last) noteLatest(last);
     } catch {
       // Unreadable channels have no unread marker.
     }
   }));
   notify('unread');
-}
-
-function upsertLatest(message) {
-  const known = state.latest.get(message.channel_id);
-  if (!known) state.latest.set(message.channel_id, { id: message.id, author_id: message.author_id, hlc: message.hlc });
 }
 
 function dropGuild(guildId) {
@@ -396,6 +391,23 @@ async function start() {
 window.addEventListener('popstate', () => {
   const [, kind, g, c] = location.pathname.split('/');
   if (kind === 'channels' && state.guilds.has(g)) app.selectGuild(g, c);
+});
+
+/// Discord's shortcuts: Alt+Up/Down walks the channel list, typing anywhere goes to the composer.
+document.addEventListener('keydown', (e) => {
+  if (e.altKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
+    const ids = [...document.querySelectorAll('#channels .channel:not(.kind-voice):not(.kind-category)')].map((el) => el.dataset.channelId);
+    const next = ids[ids.indexOf(state.current.channelId) + (e.key === 'ArrowUp' ? -1 : 1)];
+    if (next) {
+      e.preventDefault();
+      app.selectChannel(next);
+    }
+    return;
+  }
+  const idle = e.target === document.body || e.target.classList?.contains('scroller');
+  if (idle && e.key.length === 1 && !e.ctrlKey && !e.metaKey && !e.altKey && !$('#modal-root').children.length) {
+    $('#composer')?.focus();
+  }
 });
 
 wire();

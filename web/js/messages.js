@@ -10,6 +10,7 @@ import {
 import { P, has } from './perms.js';
 import { app } from './main.js';
 import { avatar } from './layout.js';
+import { openCreateOrJoin } from './settings.js';
 
 const PAGE = 50;
 const OLDER_PAGE = 100;
@@ -26,6 +27,8 @@ let shownChannel = null;
 let loadingOlder = false;
 let lastTypingSent = 0;
 let readTimer = null;
+/// The read mark when the channel was opened: the "new messages" line goes below it.
+let readMarkOnOpen = null;
 
 export function buildMessagesPane() {
   scroller = h('div', { class: 'scroller', id: 'scroller', onscroll: onScroll });
@@ -60,7 +63,14 @@ export async function showChannel() {
   clear(list);
   renderComposer();
   renderTyping();
-  if (!channelId) return;
+  readMarkOnOpen = channelId && state.readStates.get(channelId);
+  if (!channelId) {
+    list.append(h('li', { class: 'onboarding' },
+      h('h3', {}, state.guilds.size ? 'No text channel here yet' : 'Welcome to Guildhall'),
+      h('p', { class: 'muted' }, state.guilds.size ? 'Pick a channel on the left.' : 'Create a guild for your community, or join one with an invite link.'),
+      state.guilds.size ? null : h('button', { class: 'primary', onclick: openCreateOrJoin }, 'Create or join a guild')));
+    return;
+  }
   const guildId = state.current.guildId;
   const hist = channelHistory(channelId);
   if (!hist.loaded) {
@@ -81,7 +91,8 @@ export async function showChannel() {
   renderAll();
   scroller.scrollTop = scroller.scrollHeight;
   fillViewport();
-  scheduleRead();
+  // At once, not debounced: the user may switch away before a timer fires.
+  markRead();
 }
 
 function renderAll() {
@@ -94,6 +105,9 @@ function renderAll() {
     const el = messageEl(m, prev);
     els.set(m.id, el);
     list.append(el);
+    if (m.id === readMarkOnOpen && m !== hist.list[hist.list.length - 1]) {
+      list.append(h('li', { class: 'new-divider', role: 'separator' }, h('span', {}, 'NEW')));
+    }
     prev = m;
   }
 }

@@ -1,6 +1,6 @@
 // The right-hand panel: member list with presence, pinned messages, threads and search results.
 
-import { h, $, clear, toast, formatTime } from './dom.js';
+import { h, clear, toast, formatTime } from './dom.js';
 import { state, currentGuild, displayName, roleColor, channelOf, notify } from './state.js';
 import { render as markdown } from './markdown.js';
 import { app } from './main.js';
@@ -125,5 +125,3 @@ async function renderSearch(guild) {
 export function refreshPanelFor(topic) {
   if (state.panel === topic) renderPanel();
 }
-
-export const panelRoot = () => $('#side-panel');

@@ -29,7 +29,7 @@ export const P = {
   PIN_MESSAGES: bit(51),
 };
 
-export const ALL = 2253998836940799n;
+const ALL = 2253998836940799n;
 
 /// The bits offered in role and channel editors, with the names Discord users know.
 export const EDITABLE = [

@@ -10,13 +10,13 @@ import { avatar } from './layout.js';
 const hex = (color) => `#${(color || 0).toString(16).padStart(6, '0')}`;
 
 /// Accepts a whole invite link or a bare code.
-export function inviteCode(text) {
+function inviteCode(text) {
   const trimmed = text.trim();
   const m = /\/invite\/([^/?#\s]+)/.exec(trimmed);
   return decodeURIComponent(m ? m[1] : trimmed);
 }
 
-export const inviteLink = (code) => `${location.origin}/invite/${encodeURIComponent(code)}`;
+const inviteLink = (code) => `${location.origin}/invite/${encodeURIComponent(code)}`;
 
 export function openCreateOrJoin() {
   modal('Create or join a guild', (close) => {

@@ -51,7 +51,7 @@ export function guildOfChannel(id) {
 }
 
 /// The channel whose permissions apply: the parent for a thread.
-export const gateChannel = (id) => state.threads.get(id)?.channel_id ?? id;
+const gateChannel = (id) => state.threads.get(id)?.channel_id ?? id;
 
 export function myRoles(guildId) {
   return state.members.get(guildId)?.get(state.me.id)?.roles || [];
