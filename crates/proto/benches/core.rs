@@ -1,4 +1,5 @@
-//! Benchmarks of the sans-IO core: decoding, signature checks and applying ops to a guild.
+//! Benchmarks of the sans-IO core: decoding, signature checks, applying ops to a guild, and
+//! sealing and opening DMs.
 //!
 //! Run with `cargo bench -p guildhall-proto --bench core`; results are recorded in
 //! BENCHMARKS.md at the repository root.
@@ -403,9 +404,53 @@ fn bench_ban(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sealing (what a client does per DM sent), and verifying then opening (what a node checks,
+/// then what a member does, per DM received), for a 1:1 DM and a 25-member group.
+fn bench_dm(c: &mut Criterion) {
+    use guildhall_proto::dm::{self, DmEnvelope, SealRandomness, Sealing};
+    let mut g = c.benchmark_group("dm");
+    let plaintext = br#"{"type":"message","content":"a 200-byte message, about what people type in a chat line, padded out to make up the length of a typical message of two sentences or so; nothing more than that."}"#;
+    for members in [2usize, 25] {
+        let keys: Vec<(Keypair, [u8; 32])> = (0..members as u32)
+            .map(|n| (key(n), [n as u8 + 1; 32]))
+            .collect();
+        let entries: Vec<_> = keys
+            .iter()
+            .map(|(k, s)| (k.user_id(), dm::public_key(s)))
+            .collect();
+        let sealing = Sealing {
+            conversation: [7; 32],
+            sender: keys[0].0.user_id(),
+            sender_secret: &keys[0].1,
+            members: &entries,
+            sent_ms: 1,
+            plaintext,
+        };
+        let random = SealRandomness {
+            ephemeral_secret: [3; 32],
+            body_key: [4; 32],
+            body_nonce: [5; 24],
+            wrap_nonces: vec![[6; 24]; members],
+        };
+        g.bench_function(format!("seal_and_sign/{members}_members"), |bench| {
+            bench.iter(|| dm::seal(&sealing, &random).unwrap().sign(&keys[0].0))
+        });
+        let wire = dm::seal(&sealing, &random).unwrap().sign(&keys[0].0);
+        g.bench_function(format!("node_verify/{members}_members"), |bench| {
+            bench.iter(|| DmEnvelope::verify(&wire).unwrap())
+        });
+        let envelope = DmEnvelope::verify(&wire).unwrap().envelope;
+        let (reader, secret) = &keys[members - 1];
+        g.bench_function(format!("open/{members}_members"), |bench| {
+            bench.iter(|| dm::open(&envelope, &reader.user_id(), |_| Some(*secret)).unwrap())
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_decode, bench_verify, bench_apply, bench_ban
+    targets = bench_decode, bench_verify, bench_apply, bench_ban, bench_dm
 }
 criterion_main!(benches);
