@@ -328,6 +328,19 @@ try {
   await ada.page.screenshot({ path: `${SHOTS}/06-settings-roles.png` });
   await ada.page.keyboard.press('Escape');
 
+  step('channel settings: a permission override');
+  await ada.page.getByRole('button', { name: 'Edit channel random' }).click();
+  const channelDialog = ada.page.getByRole('dialog', { name: 'Edit #random' });
+  await channelDialog.getByRole('button', { name: 'deny Add reactions' }).click();
+  await channelDialog.getByRole('button', { name: 'Save permissions' }).click();
+  await ada.page.getByText('Permissions saved').waitFor();
+  await ada.page.screenshot({ path: `${SHOTS}/07-settings-channel.png` });
+  await ada.page.keyboard.press('Escape');
+  await bea.page.locator('.channel[data-name="random"]').getByRole('button').first().click();
+  await message(bea.page, 'over here').hover();
+  await message(bea.page, 'over here').getByRole('button', { name: 'Reply' }).waitFor();
+  await message(bea.page, 'over here').getByRole('button', { name: 'Add reaction' }).waitFor({ state: 'detached' });
+
   step('ban');
   await ada.page.locator('#side-panel .member', { hasText: B }).click();
   await ada.page.getByRole('dialog', { name: B }).getByRole('button', { name: 'Ban' }).click();

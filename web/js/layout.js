@@ -152,6 +152,8 @@ export function renderChatHeader() {
     class: `icon tab${state.panel === name ? ' active' : ''}`, title: label, 'aria-label': label, 'aria-pressed': String(state.panel === name),
     onclick: () => setPanel(state.panel === name ? null : name),
   }, icon);
+  const where = thread?.name ?? channel?.name;
+  document.title = guild && where ? `#${where} | ${guild.name} — Guildhall` : 'Guildhall';
   header.append(
     h('div', { class: 'title' }, title),
     h('div', { class: 'tools' },
