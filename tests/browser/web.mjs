@@ -302,7 +302,7 @@ try {
   await oldest.waitFor();
   await start.waitFor();
   assert((await bea.page.locator('#messages .message').count()) === HISTORY, 'every message loaded once');
-  await oldest.scrollIntoViewIfNeeded();
+  await start.scrollIntoViewIfNeeded();
   await bea.page.screenshot({ path: `${SHOTS}/05-history-start.png` });
 
   step('screenshots of the main screens');
