@@ -253,7 +253,11 @@ const handlers = {
   },
   async GUILD_MEMBER_ADD(d) {
     const guild = state.guilds.get(d.guild_id);
-    if (!guild) return;
+    if (!guild) {
+      // This user joined from another tab or client: show the new guild here too.
+      if (d.user_id === state.me.id) app.refreshGuild(d.guild_id);
+      return;
+    }
     guild.member_count += 1;
     const members = state.members.get(d.guild_id);
     if (!members) return;

@@ -125,6 +125,7 @@ function grouped(prev, m) {
 
 function messageEl(m, prev) {
   const guildId = state.current.guildId;
+  if (!state.members.get(guildId)?.has(m.author_id) && !state.users.has(m.author_id)) app.fetchUser(m.author_id);
   const name = displayName(guildId, m.author_id);
   const color = roleColor(guildId, m.author_id);
   const mine = m.author_id === state.me.id;
