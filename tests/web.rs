@@ -58,6 +58,34 @@ async fn assets_are_served_with_strict_headers() {
         "the CSP allows no inline scripts"
     );
 
+    // Every file in web/ must be embedded: a module left out of web.rs would break the client.
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+    let mut files = vec![web.join("style.css")];
+    files.extend(
+        std::fs::read_dir(web.join("js"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    for file in files {
+        let rel = file
+            .strip_prefix(&web)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let res = http
+            .get(format!("{}/app/{rel}", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "web/{rel} is not served");
+        assert_eq!(
+            res.text().await.unwrap(),
+            std::fs::read_to_string(&file).unwrap(),
+            "web/{rel}"
+        );
+    }
+
     let missing = http
         .get(format!("{}/app/nope.js", node.base))
         .send()
