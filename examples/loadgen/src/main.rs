@@ -26,6 +26,9 @@ enum Scenario {
     Restart,
     /// Holds `clients` idle gateway sessions for `count` seconds (measure the node's memory).
     Idle,
+    /// Send cost against member count: `count` sequential messages through `Node::submit` in
+    /// a guild of 10 members, then in one of `clients` members (no sockets).
+    Members,
     /// Two federated nodes: latency from a send on node A to delivery on node B.
     Remote,
     /// Two federated nodes apart while A takes `count` messages; time and bytes for B to catch
@@ -145,6 +148,7 @@ async fn main() {
         .init();
     match args.scenario {
         Scenario::Restart => return restart(args.count, args.clients).await,
+        Scenario::Members => return members(args.count, args.clients).await,
         Scenario::Remote => return federation::remote(args.count).await,
         Scenario::Catchup => return federation::catchup(args.count, args.clients).await,
         _ => {}
@@ -155,7 +159,7 @@ async fn main() {
         Scenario::Throughput => throughput(&s, args.clients, args.count).await,
         Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
         Scenario::Idle => idle(&s, args.clients, args.count).await,
-        Scenario::Restart | Scenario::Remote | Scenario::Catchup => {
+        Scenario::Restart | Scenario::Members | Scenario::Remote | Scenario::Catchup => {
             unreachable!("handled above")
         }
     }
@@ -294,6 +298,52 @@ async fn restart(count: u64, writers: usize) {
         started.elapsed().as_secs_f64() * 1000.0,
         node.guild_count()
     );
+}
+
+/// Send cost with 10 members and with `large` members: the same sequential writes, timed per
+/// op. Members join with keys the node holds in memory (no accounts, so no password hashing).
+async fn members(count: u64, large: usize) {
+    for size in [10, large] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::open(NodeConfig::new(dir.path().join("data"))).expect("node opens");
+        let owner = guildhall_gateway::rest::create_account(&node, "owner", "load generator", None)
+            .await
+            .expect("account")
+            .user_id;
+        let guild = node.create_guild(&owner, "members").await.expect("guild");
+        let secret = b"load generator invite".to_vec();
+        let invite = node
+            .submit(
+                &owner,
+                &guild,
+                guildhall_proto::body::Body::InviteCreate {
+                    secret_hash: guildhall_proto::id::sha256(&[&secret]),
+                    max_uses: 0,
+                    expires_at_ms: 0,
+                },
+            )
+            .await
+            .expect("invite");
+        for n in 1..size {
+            let key = guildhall_proto::id::Keypair::from_secret(guildhall_proto::id::sha256(&[
+                b"member",
+                &n.to_le_bytes(),
+            ]));
+            let user = key.user_id();
+            node.remember_key(user, key);
+            let join = guildhall_proto::body::Body::Join {
+                invite,
+                secret: secret.clone(),
+            };
+            node.submit(&user, &guild, join).await.expect("join");
+        }
+        let started = Instant::now();
+        let (written, _) = write_messages(&node, owner, guild, count, 1).await;
+        let per_op = started.elapsed().as_secs_f64() * 1e6 / written as f64;
+        println!(
+            "{size} members: {written} sequential sends through Node::submit, {per_op:.0} µs per send"
+        );
+    }
 }
 
 /// Writes `count` messages into the guild's first text channel through `Node::submit` from

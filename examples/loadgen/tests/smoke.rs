@@ -46,6 +46,13 @@ fn restart() {
 }
 
 #[test]
+fn members() {
+    let out = run(&["members", "--count", "50", "--clients", "30"]);
+    assert!(out.contains("10 members: 50 sequential sends"), "{out}");
+    assert!(out.contains("30 members: 50 sequential sends"), "{out}");
+}
+
+#[test]
 fn idle() {
     assert!(
         run(&["idle", "--clients", "3", "--count", "0"]).contains("3 idle gateway sessions open")
