@@ -57,9 +57,16 @@ impl DmKeyring {
             options.mode(0o600);
         }
         let text = serde_json::to_string(self).expect("a keyring serializes");
+        // A crash mid-write must not lose the secrets (and with them all DM history): write a
+        // new file, then rename it over the old one.
+        let fresh = path.with_extension("new");
         options
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .open(&fresh)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&fresh, path))
             .map_err(|e| ClientError::Dm(format!("cannot write {}: {e}", path.display())))
     }
 
@@ -374,9 +381,9 @@ impl Conversation {
         if !self.members.is_empty() && !self.members.contains(&dm.sender) {
             return Err(DmError::Malformed("the sender is not a member".into()));
         }
-        if dm.members.len() != 2 && names_a_pair(dm) {
+        if is_pair(dm) && !names_its_pair(dm) {
             return Err(DmError::Malformed(
-                "a 1:1 conversation id with other members".into(),
+                "a 1:1 DM's conversation id is the pair's id".into(),
             ));
         }
         match &dm.payload {
@@ -449,25 +456,37 @@ impl Conversation {
     }
 }
 
-/// Whether the DM's conversation id is the 1:1 id of two of its members.
-fn names_a_pair(dm: &OpenedDm) -> bool {
-    let members: Vec<&UserId> = dm.members.iter().collect();
-    members.iter().enumerate().any(|(i, a)| {
-        members[i + 1..]
-            .iter()
-            .any(|b| dm::pair_conversation(a, b) == dm.conversation)
-    })
+/// A DM between exactly two people: a 1:1 conversation, not a group.
+fn is_pair(dm: &OpenedDm) -> bool {
+    dm.members.len() == 2
 }
 
-/// Every conversation of a user, fed from the inbox and `DM_CREATE` dispatches.
+/// Whether the DM's conversation id is the 1:1 id of its two members.
+fn names_its_pair(dm: &OpenedDm) -> bool {
+    let mut members = dm.members.iter();
+    match (members.next(), members.next()) {
+        (Some(a), Some(b)) => dm::pair_conversation(a, b) == dm.conversation,
+        _ => false,
+    }
+}
+
+/// Every conversation of a user, fed from the inbox and `DM_CREATE` dispatches. 1:1
+/// conversations and groups are kept apart, so a group whose id collides with a pair's id
+/// cannot take over that 1:1 conversation.
 #[derive(Debug, Default)]
 pub struct Conversations {
-    pub by_id: BTreeMap<[u8; 32], Conversation>,
+    pub pairs: BTreeMap<[u8; 32], Conversation>,
+    pub groups: BTreeMap<[u8; 32], Conversation>,
 }
 
 impl Conversations {
     pub fn apply(&mut self, dm: &OpenedDm) -> std::result::Result<(), DmError> {
-        self.by_id.entry(dm.conversation).or_default().apply(dm)
+        let conversations = if is_pair(dm) {
+            &mut self.pairs
+        } else {
+            &mut self.groups
+        };
+        conversations.entry(dm.conversation).or_default().apply(dm)
     }
 }
 
@@ -536,10 +555,20 @@ mod tests {
     }
 
     #[test]
-    fn a_pair_id_with_a_third_member_is_refused() {
-        let mut intruding = dm("m", 3, &[1, 2, 3], message("hi"));
-        intruding.conversation = dm::pair_conversation(&user(1), &user(2));
-        assert!(Conversation::default().apply(&intruding).is_err());
+    fn nobody_takes_over_a_pair_conversation() {
+        let pair = dm::pair_conversation(&user(1), &user(2));
+        // Cal writes to ada under the ada–bea id, as a 1:1 and as a group.
+        let mut as_pair = dm("m", 3, &[1, 3], message("i am bea"));
+        as_pair.conversation = pair;
+        let mut as_group = dm("g", 3, &[1, 3, 4], message("hi"));
+        as_group.conversation = pair;
+        let mut all = Conversations::default();
+        assert!(all.apply(&as_pair).is_err());
+        all.apply(&as_group).unwrap();
+        let mut from_bea = dm("b", 2, &[1, 2], message("really bea"));
+        from_bea.conversation = pair;
+        all.apply(&from_bea).unwrap();
+        assert_eq!(all.pairs[&pair].messages[0].content, "really bea");
     }
 
     #[test]

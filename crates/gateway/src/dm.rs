@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use guildhall_net::protocol::{MAX_DM_REQUEST_BYTES, MAX_DMS_PER_REQUEST};
-use guildhall_net::{Multiaddr, Refusal};
+use guildhall_net::{Multiaddr, NetError, Refusal};
 use guildhall_proto::dm::{DmEnvelope, DmError, DmKeyRecord, VerifiedDm};
 use guildhall_proto::id::UserId;
 use guildhall_store::{PendingDm, Write};
@@ -24,6 +24,12 @@ type StoredDm = ([u8; 32], Vec<u8>);
 
 /// DMs in one inbox page at most.
 pub const MAX_INBOX_PAGE: usize = 500;
+
+/// A key record's `home` as a dialable address: a multiaddr naming its peer.
+fn home_addr(home: &[u8]) -> Option<Multiaddr> {
+    let addr = Multiaddr::try_from(home.to_vec()).ok()?;
+    guildhall_net::peer_of(&addr).map(|_| addr)
+}
 
 impl From<DmError> for ApiError {
     fn from(e: DmError) -> Self {
@@ -110,13 +116,6 @@ impl Node {
             ));
         }
         self.check_dm_fresh(&dm)?;
-        if self.store.dm(&dm.id)?.is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                DmError::Replayed.code(),
-                "this DM was sent already",
-            ));
-        }
         let mut local = Vec::new();
         let mut writes = Vec::new();
         for member in dm.envelope.members() {
@@ -127,14 +126,14 @@ impl Node {
             let home = self
                 .newest_dm_key(member)?
                 .map(|r| r.home)
-                .filter(|home| !home.is_empty() && self.net().is_some())
+                .filter(|home| self.net().is_some() && home_addr(home).is_some())
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "dm_unreachable_member",
                         format!(
-                            "member {member} is not on this node and no home node is known for \
-                             them; fetch their DM keys first"
+                            "member {member} is not on this node and no reachable home node is \
+                             known for them; fetch their DM keys first"
                         ),
                     )
                 })?;
@@ -154,7 +153,7 @@ impl Node {
             },
         );
         self.store.write(writes).await?;
-        let position = self.dispatch_dm(&dm, &local, Some(caller))?;
+        let position = self.dispatch_dm(&dm, &local, Some(caller));
         if remote {
             self.dm_delivery.notify_one();
         }
@@ -173,17 +172,19 @@ impl Node {
     }
 
     /// Sends `DM_CREATE` to the sessions of each local member; returns `caller`'s inbox
-    /// position for the DM.
-    fn dispatch_dm(
-        &self,
-        dm: &VerifiedDm,
-        local: &[UserId],
-        caller: Option<&UserId>,
-    ) -> Result<u64, ApiError> {
+    /// position for the DM. The DM is durable by now, so a failed read only costs the
+    /// position (clients catch up from the inbox).
+    fn dispatch_dm(&self, dm: &VerifiedDm, local: &[UserId], caller: Option<&UserId>) -> u64 {
         let envelope = hex::encode(&dm.bytes);
         let mut caller_position = 0;
         for member in local {
-            let position = self.store.dm_position(member, &dm.id)?.unwrap_or(0);
+            let position = match self.store.dm_position(member, &dm.id) {
+                Ok(position) => position.unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a DM's inbox position");
+                    0
+                }
+            };
             if Some(member) == caller {
                 caller_position = position;
             }
@@ -193,7 +194,7 @@ impl Node {
                 &json!({ "id": hex::encode(dm.id), "position": position, "envelope": envelope }),
             );
         }
-        Ok(caller_position)
+        caller_position
     }
 
     /// DMs a peer hands over: every one must verify and have a member with an account here.
@@ -222,11 +223,15 @@ impl Node {
                     "no member of this DM has an account on this node",
                 ));
             }
-            if self
-                .store
-                .dm(&dm.id)
-                .map_err(|e| refuse(e.into()))?
-                .is_none()
+            let repeated = accepted
+                .iter()
+                .any(|(earlier, _): &(VerifiedDm, Vec<UserId>)| earlier.id == dm.id);
+            if !repeated
+                && self
+                    .store
+                    .dm(&dm.id)
+                    .map_err(|e| refuse(e.into()))?
+                    .is_none()
             {
                 writes.push(Write::Dm {
                     id: dm.id,
@@ -241,7 +246,7 @@ impl Node {
             .await
             .map_err(|e| refuse(e.into()))?;
         for (dm, local) in &accepted {
-            self.dispatch_dm(dm, local, None).map_err(refuse)?;
+            self.dispatch_dm(dm, local, None);
         }
         Ok(envelopes.len() as u32)
     }
@@ -251,15 +256,14 @@ impl Node {
         let page = self
             .store
             .dm_inbox(user, after, limit.min(MAX_INBOX_PAGE))?;
-        let next = page.last().map_or(after, |(position, _)| *position);
+        let next = page.last().map_or(after, |entry| entry.position);
         let dms: Vec<Value> = page
             .into_iter()
-            .map(|(position, bytes)| {
-                let id = DmEnvelope::verify(&bytes).map(|dm| hex::encode(dm.id));
+            .map(|entry| {
                 json!({
-                    "id": id.unwrap_or_default(),
-                    "position": position,
-                    "envelope": hex::encode(bytes),
+                    "id": hex::encode(entry.id),
+                    "position": entry.position,
+                    "envelope": hex::encode(entry.envelope),
                 })
             })
             .collect();
@@ -295,28 +299,34 @@ impl Node {
                 .push(pending);
         }
         for (home, pending) in by_home {
-            let Ok(addr) = Multiaddr::try_from(home) else {
-                tracing::warn!("a DM key record names an unparsable home address");
+            let Some(addr) = home_addr(&home) else {
+                tracing::warn!("dropping queued DMs for a home that is not a /p2p/ address");
+                self.hand_over(&pending, |_| true).await?;
                 continue;
             };
             let mut ids: Vec<[u8; 32]> = pending.iter().map(|p| p.id).collect();
             ids.dedup();
             for chunk in self.dm_chunks(&ids)? {
-                let count = chunk.len();
                 let (chunk_ids, envelopes): (Vec<[u8; 32]>, Vec<Vec<u8>>) =
                     chunk.into_iter().unzip();
-                match net.deliver_dms(addr.clone(), envelopes).await {
+                match net.deliver_dms(addr.clone(), envelopes.clone()).await {
                     Ok(_) => {
-                        let handed: Vec<Write> = pending
-                            .iter()
-                            .filter(|p| chunk_ids.contains(&p.id))
-                            .map(|p| Write::DmHandedOver {
-                                id: p.id,
-                                member: p.member,
-                            })
-                            .collect();
-                        self.store.write(handed).await?;
-                        tracing::debug!(%addr, count, "DMs handed over");
+                        self.hand_over(&pending, |id| chunk_ids.contains(id))
+                            .await?
+                    }
+                    // The home refused the batch for good: retry each alone and drop the ones
+                    // it refuses, so one bad DM cannot hold up the others forever.
+                    Err(NetError::Refused(_)) => {
+                        for (id, envelope) in chunk_ids.iter().zip(envelopes) {
+                            match net.deliver_dms(addr.clone(), vec![envelope]).await {
+                                Ok(_) => {}
+                                Err(NetError::Refused(r)) => {
+                                    tracing::warn!(%addr, code = r.code, "a home node refused a DM; dropped");
+                                }
+                                Err(_) => break,
+                            }
+                            self.hand_over(&pending, |p| p == id).await?;
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "DM delivery failed; will retry");
@@ -325,6 +335,24 @@ impl Node {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Takes the queued DMs `which` selects off the outbox.
+    async fn hand_over(
+        &self,
+        pending: &[PendingDm],
+        which: impl Fn(&[u8; 32]) -> bool,
+    ) -> Result<(), ApiError> {
+        let handed: Vec<Write> = pending
+            .iter()
+            .filter(|p| which(&p.id))
+            .map(|p| Write::DmHandedOver {
+                id: p.id,
+                member: p.member,
+            })
+            .collect();
+        self.store.write(handed).await?;
         Ok(())
     }
 
@@ -372,7 +400,8 @@ pub mod routes {
     type Result<T> = std::result::Result<T, ApiError>;
 
     fn unhex(text: &str, what: &str) -> Result<Vec<u8>> {
-        hex::decode(text).map_err(|_| {
+        let lowercase = !text.bytes().any(|b| b.is_ascii_uppercase());
+        hex::decode(text).ok().filter(|_| lowercase).ok_or_else(|| {
             ApiError::bad_request("invalid_hex", format!("{what} must be lowercase hex"))
         })
     }

@@ -124,6 +124,11 @@ impl From<StoreError> for ApiError {
             StoreError::UsernameTaken => {
                 ApiError::new(StatusCode::CONFLICT, "username_taken", e.to_string())
             }
+            StoreError::DuplicateDm => ApiError::new(
+                StatusCode::CONFLICT,
+                "dm_replayed",
+                "this DM was sent already",
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }

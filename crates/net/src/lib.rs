@@ -17,6 +17,7 @@ use guildhall_proto::op::{Op, VerifiedOp};
 use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
 pub use libp2p::{Multiaddr, PeerId};
+pub use swarm::peer_of;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -255,7 +256,8 @@ impl NetHandle {
         for peer in self.peers().await {
             let asked = self.ask(peer, None, protocol::Request::DmKeys { user });
             if let Ok(protocol::Response::DmKeys { records: theirs }) = asked.await {
-                records.extend(theirs.into_iter().map(|b| b.into_vec()));
+                let newest = theirs.len().saturating_sub(protocol::MAX_DM_KEY_RECORDS);
+                records.extend(theirs.into_iter().skip(newest).map(|b| b.into_vec()));
             }
         }
         records

@@ -237,7 +237,8 @@ fn peer_score() -> gossipsub::PeerScoreParams {
     }
 }
 
-pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+/// The peer id an address names (`/p2p/<peer id>`), if it names one.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
         _ => None,

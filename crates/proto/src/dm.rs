@@ -26,6 +26,7 @@ const ENVELOPE_DOMAIN: &[u8] = b"guildhall/dm/v1\0";
 const BODY_AAD_DOMAIN: &[u8] = b"guildhall/dm/v1 body\0";
 const WRAP_INFO: &[u8] = b"guildhall/dm/v1 wrap\0";
 const PAIR_DOMAIN: &[u8] = b"guildhall/dm/v1 pair\0";
+const KEY_COMMIT_DOMAIN: &[u8] = b"guildhall/dm/v1 key commit\0";
 
 /// Members of one conversation, the sender included.
 pub const MAX_DM_MEMBERS: usize = 25;
@@ -36,9 +37,10 @@ pub const DM_PADDING: usize = 256;
 /// A node's address in a key record (a libp2p multiaddr's bytes).
 pub const MAX_HOME_BYTES: usize = 256;
 const WRAP_BYTES: usize = 32 + 32 + 24 + 48;
-/// Version, conversation, sender, sender key, ephemeral key, sent time, wraps, body, signature.
+/// Version, conversation, sender, sender key, ephemeral key, key commitment, sent time, wraps,
+/// body, signature.
 pub const MAX_DM_ENVELOPE_BYTES: usize =
-    1 + 32 * 4 + 8 + 1 + MAX_DM_MEMBERS * WRAP_BYTES + 24 + 3 + MAX_DM_BODY_BYTES + 64;
+    1 + 32 * 5 + 8 + 1 + MAX_DM_MEMBERS * WRAP_BYTES + 24 + 3 + MAX_DM_BODY_BYTES + 64;
 const MAX_KEY_RECORD_BYTES: usize = 1 + 32 + 32 + 10 + 8 + 2 + MAX_HOME_BYTES + 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -188,6 +190,9 @@ pub struct DmEnvelope {
     pub sender_key: [u8; 32],
     /// This message's ephemeral X25519 public key.
     pub ephemeral: [u8; 32],
+    /// SHA-256 of the body key: every member must unwrap the same key, so all of them read
+    /// the same message (the AEAD alone does not commit to its key).
+    pub key_commit: [u8; 32],
     /// The sender's wall clock, milliseconds since the Unix epoch.
     pub sent_ms: u64,
     /// One per member, the sender included, in any order, users unique.
@@ -214,6 +219,7 @@ impl DmEnvelope {
         w.fixed(&self.sender.0);
         w.fixed(&self.sender_key);
         w.fixed(&self.ephemeral);
+        w.fixed(&self.key_commit);
         w.u64_be(self.sent_ms);
         w.u8(self.wraps.len() as u8);
         for wrap in &self.wraps {
@@ -235,6 +241,7 @@ impl DmEnvelope {
         w.fixed(&self.sender.0);
         w.fixed(&self.sender_key);
         w.fixed(&self.ephemeral);
+        w.fixed(&self.key_commit);
         w.u64_be(self.sent_ms);
         w.u8(self.wraps.len() as u8);
         for wrap in &self.wraps {
@@ -265,6 +272,7 @@ impl DmEnvelope {
         let sender = UserId(r.array("sender")?);
         let sender_key = r.array("sender key")?;
         let ephemeral = r.array("ephemeral key")?;
+        let key_commit = r.array("key commitment")?;
         let sent_ms = r.u64_be("sent time")?;
         let count = r.u8("member count")? as usize;
         if count == 0 || count > MAX_DM_MEMBERS {
@@ -289,6 +297,7 @@ impl DmEnvelope {
             sender,
             sender_key,
             ephemeral,
+            key_commit,
             sent_ms,
             wraps,
             body_nonce,
@@ -361,6 +370,7 @@ pub fn seal(sealing: &Sealing, random: &SealRandomness) -> Result<DmEnvelope, Dm
         sender: sealing.sender,
         sender_key: PublicKey::from(&sender_secret).to_bytes(),
         ephemeral: PublicKey::from(&ephemeral).to_bytes(),
+        key_commit: key_commitment(&random.body_key),
         sent_ms: sealing.sent_ms,
         wraps: sealing
             .members
@@ -442,6 +452,9 @@ pub fn open(
         .map_err(|_| DmError::Tampered)?
         .try_into()
         .map_err(|_| DmError::Tampered)?;
+    if key_commitment(&body_key) != envelope.key_commit {
+        return Err(DmError::Tampered);
+    }
     let padded = aead(&body_key)
         .decrypt(
             &XNonce::from(envelope.body_nonce),
@@ -452,6 +465,10 @@ pub fn open(
         )
         .map_err(|_| DmError::Tampered)?;
     unpad(padded)
+}
+
+fn key_commitment(body_key: &[u8; 32]) -> [u8; 32] {
+    sha256(&[KEY_COMMIT_DOMAIN, body_key])
 }
 
 fn body_aad(envelope: &DmEnvelope) -> Vec<u8> {

@@ -63,6 +63,9 @@ pub enum StoreError {
     UsernameTaken,
     #[error("no such account")]
     NoSuchAccount,
+    /// A `Write::Dm` whose id is stored already (a replay, or a concurrent duplicate).
+    #[error("the DM is stored already")]
+    DuplicateDm,
     #[error("storage failure: {0}")]
     Db(String),
     #[error("the store is shut down")]
@@ -130,8 +133,8 @@ pub enum Write {
         version: u64,
         bytes: Vec<u8>,
     },
-    /// A verified DM envelope, appended to the inbox of each of `local_members`. Storing an id
-    /// again changes nothing.
+    /// A verified DM envelope, appended to the inbox of each of `local_members`. Fails the job
+    /// with `DuplicateDm` if the id is stored already.
     Dm {
         id: [u8; 32],
         bytes: Vec<u8>,
@@ -148,6 +151,14 @@ pub enum Write {
         id: [u8; 32],
         member: UserId,
     },
+}
+
+/// One DM of a member's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub position: u64,
+    pub id: [u8; 32],
+    pub envelope: Vec<u8>,
 }
 
 /// A DM pending delivery to another node.
@@ -232,6 +243,7 @@ impl Store {
             txn.open_table(DM_INBOX).map_err(db_err)?;
             txn.open_table(DM_INBOX_COUNTS).map_err(db_err)?;
             txn.open_table(DM_OUTBOX).map_err(db_err)?;
+            txn.open_table(DM_INBOX_INDEX).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         let (jobs, rx) = mpsc::channel();
@@ -407,13 +419,13 @@ impl Store {
     }
 
     /// Up to `limit` DMs of `user`'s inbox after position `after` (0: from the start), each with
-    /// its position, in arrival order.
+    /// its position and id, in arrival order.
     pub fn dm_inbox(
         &self,
         user: &UserId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<InboxEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let inbox = txn.open_table(DM_INBOX).map_err(db_err)?;
         let dms = txn.open_table(DMS).map_err(db_err)?;
@@ -431,7 +443,11 @@ impl Store {
                 .get(id.value())
                 .map_err(db_err)?
                 .ok_or_else(|| StoreError::Db("an inbox entry names a missing DM".into()))?;
-            out.push((position, bytes.value().to_vec()));
+            out.push(InboxEntry {
+                position,
+                id: id.value().try_into().map_err(db_err)?,
+                envelope: bytes.value().to_vec(),
+            });
         }
         Ok(out)
     }
@@ -569,6 +585,9 @@ impl Tables<'_> {
                 {
                     return Err(StoreError::UsernameTaken);
                 }
+                Write::Dm { id, .. } if self.dms.get(id.as_slice()).map_err(db_err)?.is_some() => {
+                    return Err(StoreError::DuplicateDm);
+                }
                 Write::UpdateAccount(a)
                     if self
                         .accounts
@@ -669,9 +688,6 @@ impl Tables<'_> {
                 bytes,
                 local_members,
             } => {
-                if self.dms.get(id.as_slice()).map_err(db_err)?.is_some() {
-                    return Ok(());
-                }
                 self.dms
                     .insert(id.as_slice(), bytes.as_slice())
                     .map_err(db_err)?;

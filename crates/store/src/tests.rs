@@ -194,10 +194,18 @@ async fn dms_go_to_each_local_inbox_once_and_the_outbox_drains() {
     };
     store.write(vec![dm(7)]).await.unwrap();
     store.write(vec![dm(8)]).await.unwrap();
-    store.write(vec![dm(7)]).await.unwrap();
+    assert!(matches!(
+        store.write(vec![dm(7)]).await,
+        Err(StoreError::DuplicateDm)
+    ));
+    let entry = |position, n| InboxEntry {
+        position,
+        id: [n; 32],
+        envelope: vec![n; 40],
+    };
     let inbox = store.dm_inbox(&bea, 0, 10).unwrap();
-    assert_eq!(inbox, vec![(1, vec![7; 40]), (2, vec![8; 40])]);
-    assert_eq!(store.dm_inbox(&ada, 1, 10).unwrap(), vec![(2, vec![8; 40])]);
+    assert_eq!(inbox, vec![entry(1, 7), entry(2, 8)]);
+    assert_eq!(store.dm_inbox(&ada, 1, 10).unwrap(), vec![entry(2, 8)]);
     assert_eq!(store.dm(&[8; 32]).unwrap(), Some(vec![8; 40]));
     assert_eq!(store.dm_position(&ada, &[8; 32]).unwrap(), Some(2));
     assert_eq!(store.dm_position(&UserId([3; 32]), &[8; 32]).unwrap(), None);

@@ -409,3 +409,27 @@ fn spec_vectors_match() {
         "spec/vectors/dm.json is stale; see this file's header"
     );
 }
+
+#[test]
+fn a_sender_cannot_give_members_different_body_keys() {
+    let (a, b, c) = (Member::new(1), Member::new(2), Member::new(3));
+    let mut envelope = seal_from(&a, &[&a, &b, &c], b"same for all");
+    // The sender wraps another key to bea (a body that opens under two keys is the attack
+    // this prevents); the key commitment in the header no longer matches for her.
+    let other_key = [0x99u8; 32];
+    let wrap = envelope
+        .wraps
+        .iter()
+        .position(|w| w.user == b.user())
+        .unwrap();
+    envelope.wraps[wrap].sealed = aead(&wrap_key_for(&b, &envelope))
+        .encrypt(
+            &XNonce::from(envelope.wraps[wrap].nonce),
+            other_key.as_slice(),
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(b.open(&envelope), Err(DmError::Tampered));
+    assert_eq!(c.open(&envelope).unwrap(), b"same for all");
+}
