@@ -215,6 +215,38 @@ async fn tampered_replayed_truncated_and_misaddressed_dms_are_refused() {
         post(&cal.client, fresh.sign(&identity)).await.as_deref(),
         Some("not_your_dm")
     );
+    // The same new envelope sent twice at once: stored and acknowledged once.
+    let mut twice = DmEnvelope::verify(&wire).unwrap().envelope;
+    twice.sent_ms += 3;
+    let twice = twice.sign(&identity);
+    let (first, second) = tokio::join!(
+        ada.client.post_dm_envelope(&twice),
+        ada.client.post_dm_envelope(&twice)
+    );
+    let mut outcomes = [first.is_ok(), second.is_ok()];
+    outcomes.sort();
+    assert_eq!(outcomes, [false, true]);
+    let refused = first.err().or(second.err()).unwrap();
+    assert_eq!(refused.code(), Some("dm_replayed"));
+    assert_eq!(bea.client.dm_inbox(0, 10).await.unwrap().len(), 2);
+    // Stamped an hour ahead of the node's clock.
+    let mut early = DmEnvelope::verify(&wire).unwrap().envelope;
+    early.sent_ms += 3_600_000;
+    assert_eq!(
+        post(&ada.client, early.sign(&identity)).await.as_deref(),
+        Some("dm_from_future")
+    );
+    // To someone this node has never heard of: no account here, no key record, no home.
+    let stranger = Keypair::from_secret([77; 32]).user_id();
+    let mut to_stranger = DmEnvelope::verify(&wire).unwrap().envelope;
+    to_stranger.wraps[1].user = stranger;
+    to_stranger.sent_ms += 2;
+    assert_eq!(
+        post(&ada.client, to_stranger.sign(&identity))
+            .await
+            .as_deref(),
+        Some("dm_unreachable_member")
+    );
 
     // The recipient refuses: ciphertext altered and re-signed by the sender (a node cannot
     // re-sign; a sender altering its own DM after the fact is what this models), and a replay
