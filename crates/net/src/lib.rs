@@ -178,6 +178,9 @@ enum Command {
     Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
 }
 
+/// How long a DM key lookup waits for each peer.
+const DM_KEYS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The node's handle on the running swarm; cheap to clone.
 #[derive(Clone)]
 pub struct NetHandle {
@@ -251,16 +254,28 @@ impl NetHandle {
     }
 
     /// The DM key records connected peers hold for `user`, each verified by the caller.
+    /// All connected peers are asked at once, and a peer slower than `DM_KEYS_TIMEOUT` is
+    /// left out, so one stalled peer cannot hold up a client's lookup.
     pub async fn dm_keys(&self, user: UserId) -> Vec<Vec<u8>> {
-        let mut records = Vec::new();
-        for peer in self.peers().await {
+        let asks = self.peers().await.into_iter().map(|peer| async move {
             let asked = self.ask(peer, None, protocol::Request::DmKeys { user });
-            if let Ok(protocol::Response::DmKeys { records: theirs }) = asked.await {
-                let newest = theirs.len().saturating_sub(protocol::MAX_DM_KEY_RECORDS);
-                records.extend(theirs.into_iter().skip(newest).map(|b| b.into_vec()));
+            match tokio::time::timeout(DM_KEYS_TIMEOUT, asked).await {
+                Ok(Ok(protocol::Response::DmKeys { records })) => {
+                    let newest = records.len().saturating_sub(protocol::MAX_DM_KEY_RECORDS);
+                    records
+                        .into_iter()
+                        .skip(newest)
+                        .map(|b| b.into_vec())
+                        .collect()
+                }
+                _ => Vec::new(),
             }
-        }
-        records
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Hands DMs to the home node at `addr` (ending in `/p2p/<peer id>`); returns once that
