@@ -11,7 +11,6 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use ed25519_dalek::Signer;
 use hkdf::Hkdf;
 use sha2::Sha256;
 use thiserror::Error;
@@ -137,7 +136,7 @@ impl DmKeyRecord {
 
     /// The record's wire form, signed by `identity` (which must be the user's).
     pub fn sign(&self, identity: &Keypair) -> Vec<u8> {
-        sign_with_domain(KEY_RECORD_DOMAIN, self.unsigned_bytes(), identity)
+        identity.sign_appended(KEY_RECORD_DOMAIN, self.unsigned_bytes())
     }
 
     /// Decodes a record, checks its user signed it and that its key is usable.
@@ -257,7 +256,7 @@ impl DmEnvelope {
 
     /// The envelope's wire form, signed by `identity` (which must be the sender's).
     pub fn sign(&self, identity: &Keypair) -> Vec<u8> {
-        sign_with_domain(ENVELOPE_DOMAIN, self.unsigned_bytes(), identity)
+        identity.sign_appended(ENVELOPE_DOMAIN, self.unsigned_bytes())
     }
 
     /// Decodes an envelope, checks its shape and its sender's signature. Says nothing of the
@@ -527,15 +526,6 @@ fn check_version(r: &mut Reader) -> Result<(), DmError> {
         DM_VERSION => Ok(()),
         other => Err(DmError::UnknownVersion(other)),
     }
-}
-
-fn sign_with_domain(domain: &[u8], mut unsigned: Vec<u8>, identity: &Keypair) -> Vec<u8> {
-    let signature = identity
-        .signing_key()
-        .sign(&[domain, &unsigned].concat())
-        .to_bytes();
-    unsigned.extend_from_slice(&signature);
-    unsigned
 }
 
 fn verify_signature(

@@ -151,6 +151,15 @@ impl Keypair {
     pub(crate) fn signing_key(&self) -> &SigningKey {
         &self.signing
     }
+
+    /// `unsigned` followed by this key's signature over `domain ‖ unsigned`: the wire form of
+    /// signals and DM records and envelopes (checked by `UserId::signed`).
+    pub(crate) fn sign_appended(&self, domain: &[u8], mut unsigned: Vec<u8>) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let signature = self.signing.sign(&[domain, &unsigned].concat()).to_bytes();
+        unsigned.extend_from_slice(&signature);
+        unsigned
+    }
 }
 
 impl fmt::Debug for Keypair {

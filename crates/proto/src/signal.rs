@@ -1,7 +1,6 @@
 //! Ephemeral signals that cross nodes (typing, presence): signed by the user's key so a node
 //! cannot speak for users it does not hold, timestamped with an expiry, and never stored.
 
-use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ChannelId, GuildId, Keypair, UserId};
@@ -66,13 +65,7 @@ impl Signal {
 
     /// The signal's wire form, signed by `key` (which must be the user's).
     pub fn sign(&self, key: &Keypair) -> Vec<u8> {
-        let mut bytes = self.unsigned_bytes();
-        let signature = key
-            .signing_key()
-            .sign(&[SIGNAL_DOMAIN, &bytes].concat())
-            .to_bytes();
-        bytes.extend_from_slice(&signature);
-        bytes
+        key.sign_appended(SIGNAL_DOMAIN, self.unsigned_bytes())
     }
 
     /// Decodes a signal and checks it is signed by its user (strict ed25519, as for ops).
