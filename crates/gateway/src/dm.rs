@@ -73,7 +73,7 @@ impl Node {
     /// A user's DM key records, oldest version first. For a user of another node, asks the
     /// connected peers first and keeps what verifies.
     pub async fn dm_keys(&self, user: &UserId) -> Result<Vec<Vec<u8>>, ApiError> {
-        if self.store.username_of(user)?.is_none()
+        if !self.has_account(user)?
             && let Some(net) = self.net()
         {
             let fetched: Vec<Write> = net
@@ -119,7 +119,7 @@ impl Node {
         let mut local = Vec::new();
         let mut writes = Vec::new();
         for member in dm.envelope.members() {
-            if self.store.username_of(member)?.is_some() {
+            if self.has_account(member)? {
                 local.push(*member);
                 continue;
             }
@@ -199,40 +199,32 @@ impl Node {
 
     /// DMs a peer hands over: every one must verify and have a member with an account here.
     pub async fn take_dms(&self, envelopes: Vec<Vec<u8>>) -> Result<u32, Refusal> {
-        let mut accepted = Vec::with_capacity(envelopes.len());
+        self.store_handed_over(&envelopes)
+            .await
+            .map(|()| envelopes.len() as u32)
+            .map_err(|e| Refusal::new(e.code, e.message))
+    }
+
+    async fn store_handed_over(&self, envelopes: &[Vec<u8>]) -> Result<(), ApiError> {
+        let mut accepted: Vec<(VerifiedDm, Vec<UserId>)> = Vec::with_capacity(envelopes.len());
         let mut writes = Vec::with_capacity(envelopes.len());
-        let refuse = |e: ApiError| Refusal::new(e.code, e.message);
-        for bytes in &envelopes {
-            let dm =
-                DmEnvelope::verify(bytes).map_err(|e| Refusal::new(e.code(), e.to_string()))?;
-            self.check_dm_fresh(&dm).map_err(refuse)?;
+        for bytes in envelopes {
+            let dm = DmEnvelope::verify(bytes)?;
+            self.check_dm_fresh(&dm)?;
             let mut local = Vec::new();
             for member in dm.envelope.members() {
-                if self
-                    .store
-                    .username_of(member)
-                    .map_err(|e| refuse(e.into()))?
-                    .is_some()
-                {
+                if self.has_account(member)? {
                     local.push(*member);
                 }
             }
             if local.is_empty() {
-                return Err(Refusal::new(
+                return Err(ApiError::bad_request(
                     "not_home",
                     "no member of this DM has an account on this node",
                 ));
             }
-            let repeated = accepted
-                .iter()
-                .any(|(earlier, _): &(VerifiedDm, Vec<UserId>)| earlier.id == dm.id);
-            if !repeated
-                && self
-                    .store
-                    .dm(&dm.id)
-                    .map_err(|e| refuse(e.into()))?
-                    .is_none()
-            {
+            let repeated = accepted.iter().any(|(earlier, _)| earlier.id == dm.id);
+            if !repeated && self.store.dm(&dm.id)?.is_none() {
                 writes.push(Write::Dm {
                     id: dm.id,
                     bytes: dm.bytes.clone(),
@@ -241,14 +233,16 @@ impl Node {
                 accepted.push((dm, local));
             }
         }
-        self.store
-            .write(writes)
-            .await
-            .map_err(|e| refuse(e.into()))?;
+        self.store.write(writes).await?;
         for (dm, local) in &accepted {
             self.dispatch_dm(dm, local, None);
         }
-        Ok(envelopes.len() as u32)
+        Ok(())
+    }
+
+    /// Whether `user` has an account on this node (so this node is their home).
+    fn has_account(&self, user: &UserId) -> Result<bool, ApiError> {
+        Ok(self.store.username_of(user)?.is_some())
     }
 
     /// A page of the caller's DMs after inbox position `after`.

@@ -68,14 +68,7 @@ impl Sessions {
     /// Ends the sessions identified with a token (logout) or, with `None`, all of a user's
     /// (logout everywhere): their sockets close with 4004 and they cannot be resumed.
     pub fn revoke(&self, user: &UserId, token_hash: Option<&[u8; 32]>) {
-        let doomed: Vec<Arc<Session>> = self
-            .map
-            .lock()
-            .expect("sessions lock")
-            .values()
-            .filter(|s| s.user == *user && token_hash.is_none_or(|h| *h == s.token_hash))
-            .cloned()
-            .collect();
+        let doomed = self.of_user(user, |s| token_hash.is_none_or(|h| *h == s.token_hash));
         for session in doomed {
             session.inner.lock().expect("session lock").revoked = true;
             session.wake.notify_waiters();
@@ -89,18 +82,21 @@ impl Sessions {
 
     /// Queues a dispatch for every session of one user (DMs: addressed to users, not guilds).
     pub fn push_to_user(&self, user: &UserId, name: &str, data: &Value) {
-        let sessions: Vec<Arc<Session>> = self
-            .map
+        let data = data.to_string();
+        for session in self.of_user(user, |_| true) {
+            session.push_encoded(name, &data);
+        }
+    }
+
+    /// A user's sessions that `keep` selects, taken out of the lock before they are used.
+    fn of_user(&self, user: &UserId, keep: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        self.map
             .lock()
             .expect("sessions lock")
             .values()
-            .filter(|s| s.user == *user)
+            .filter(|s| s.user == *user && keep(s))
             .cloned()
-            .collect();
-        let data = data.to_string();
-        for session in sessions {
-            session.push_encoded(name, &data);
-        }
+            .collect()
     }
 }
 
