@@ -31,6 +31,7 @@ fn start_with(data_dir: &std::path::Path, args: &[&str]) -> NodeProcess {
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0"])
         .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--voice-listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -2,7 +2,7 @@
 //! directory (`guildhall admin ...`).
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use guildhall_gateway::{Node, NodeConfig, rest};
 use guildhall_net::{Multiaddr, NetConfig, PeerId};
 use guildhall_proto::id::GuildId;
+use guildhall_voice::{Voice, VoiceConfig};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -38,8 +39,18 @@ struct Cli {
     /// Run without federation: guilds live on this node only.
     #[arg(long, env = "GUILDHALL_NO_P2P")]
     no_p2p: bool,
+    /// UDP address of the voice server (WebRTC media for voice channels).
+    #[arg(long, env = "GUILDHALL_VOICE_LISTEN")]
+    voice_listen: Option<SocketAddr>,
+    /// The IP voice clients are told to send media to (a public IP behind NAT); by default
+    /// the listen IP or, when that is 0.0.0.0, the IP of the default route.
+    #[arg(long, env = "GUILDHALL_VOICE_ANNOUNCE")]
+    voice_announce: Option<IpAddr>,
+    /// Run without voice channels.
+    #[arg(long, env = "GUILDHALL_NO_VOICE")]
+    no_voice: bool,
     /// A TOML file with any of: data_dir, listen, p2p_listen, p2p_announce, peers, deny_peers,
-    /// heartbeat_interval_ms, session_ttl_ms, user_rate, user_burst, auth_rate, auth_burst,
+    /// voice_listen, voice_announce, heartbeat_interval_ms, session_ttl_ms, user_rate, user_burst, auth_rate, auth_burst,
     /// ip_rate, ip_burst. Flags and environment override it.
     #[arg(long, env = "GUILDHALL_CONFIG")]
     config: Option<PathBuf>,
@@ -97,6 +108,8 @@ struct FileConfig {
     peers: Vec<Multiaddr>,
     #[serde(default)]
     deny_peers: Vec<String>,
+    voice_listen: Option<SocketAddr>,
+    voice_announce: Option<IpAddr>,
     heartbeat_interval_ms: Option<u64>,
     session_ttl_ms: Option<u64>,
     user_rate: Option<f64>,
@@ -109,6 +122,7 @@ struct FileConfig {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7701";
+const DEFAULT_VOICE_LISTEN: &str = "0.0.0.0:7702";
 /// Peer ids denied by `guildhall admin deny-peer`, one per line, in the data dir.
 const DENY_FILE: &str = "denied-peers";
 
@@ -176,10 +190,17 @@ fn run(cli: Cli) -> Result<(), String> {
         Ok::<_, String>(net)
     });
     let federation = federation.transpose()?;
+    let voice = (!cli.no_voice).then(|| VoiceConfig {
+        listen: cli
+            .voice_listen
+            .or(file.voice_listen)
+            .unwrap_or_else(|| DEFAULT_VOICE_LISTEN.parse().expect("default address")),
+        announce: cli.voice_announce.or(file.voice_announce),
+    });
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         match cli.command {
-            None => serve(config, listen, federation).await,
+            None => serve(config, listen, federation, voice).await,
             Some(Command::Admin { action }) => admin(config, action).await,
         }
     })
@@ -221,6 +242,7 @@ async fn serve(
     config: NodeConfig,
     listen: SocketAddr,
     federation: Option<NetConfig>,
+    voice: Option<VoiceConfig>,
 ) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
     let node = open(config)?;
@@ -250,6 +272,12 @@ async fn serve(
             let _ = writeln!(stdout, "guildhall federating on {addr}");
         }
         node.attach_net(net);
+    }
+    if let Some(voice) = voice {
+        let (sfu, events) = Voice::start(voice)
+            .map_err(|e| format!("cannot listen for voice on UDP {}: {e}", voice.listen))?;
+        let _ = writeln!(stdout, "guildhall voice on udp://{}", sfu.address());
+        node.attach_voice(sfu, events);
     }
     tokio::select! {
         served = guildhall_gateway::serve(node, listener) => served.map_err(|e| e.to_string()),

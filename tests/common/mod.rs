@@ -60,6 +60,17 @@ impl TestNode {
         node
     }
 
+    /// Serves voice channels from an SFU on an ephemeral loopback UDP port.
+    pub fn with_voice(self) -> TestNode {
+        let (sfu, events) = guildhall_voice::Voice::start(guildhall_voice::VoiceConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            announce: None,
+        })
+        .unwrap();
+        self.node.attach_voice(sfu, events);
+        self
+    }
+
     pub fn net(&self) -> &NetHandle {
         self.node.net().expect("a federated node")
     }

@@ -499,6 +499,18 @@ impl Client {
     pub async fn unban(&self, guild: &str, user: &str) -> Result<()> {
         self.delete(&format!("/guilds/{guild}/bans/{user}")).await
     }
+
+    /// Who is in the guild's voice channels (those the caller can view).
+    pub async fn voice_states(&self, guild: &str) -> Result<Vec<Value>> {
+        self.get(&format!("/guilds/{guild}/voice-states")).await
+    }
+
+    /// A moderator's change to someone in voice: any of `mute`, `deaf` and `channel_id` (a
+    /// channel to move them to, or `null` to disconnect them).
+    pub async fn moderate_voice(&self, guild: &str, user: &str, change: Value) -> Result<Value> {
+        self.patch(&format!("/guilds/{guild}/members/{user}/voice"), change)
+            .await
+    }
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -523,6 +535,19 @@ pub struct Gateway {
     pub heartbeat_interval: Duration,
     dispatches: VecDeque<Dispatch>,
     replies: VecDeque<Value>,
+}
+
+/// The error an `error` frame carries.
+fn api_error_from_frame(frame: &Value) -> ClientError {
+    ClientError::Api {
+        status: 0,
+        code: frame["d"]["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: frame["d"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        retry_after: frame["d"]["retry_after"].as_f64(),
+    }
 }
 
 fn gateway_url(base: &str) -> String {
@@ -706,16 +731,52 @@ impl Gateway {
                 .unwrap_or_default()
                 .to_owned())
         } else {
-            Err(ClientError::Api {
-                status: 0,
-                code: reply["d"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                message: reply["d"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                retry_after: reply["d"]["retry_after"].as_f64(),
-            })
+            Err(api_error_from_frame(&reply))
         }
+    }
+
+    /// Joins a voice channel (or renegotiates) with an SDP offer; returns the SDP answer.
+    pub async fn voice_connect(
+        &mut self,
+        guild: &str,
+        channel: &str,
+        sdp: &str,
+        self_mute: bool,
+        self_deaf: bool,
+    ) -> Result<String> {
+        self.send_frame(json!({ "op": "voice_connect", "d": {
+            "guild_id": guild, "channel_id": channel, "sdp": sdp,
+            "self_mute": self_mute, "self_deaf": self_deaf,
+        }}))
+        .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .replies
+                .iter()
+                .position(|r| r["op"] == "voice_answer" || r["op"] == "error");
+            if let Some(i) = found {
+                let reply = self.replies.remove(i).expect("index in range");
+                if reply["op"] == "voice_answer" {
+                    return Ok(reply["d"]["sdp"].as_str().unwrap_or_default().to_owned());
+                }
+                return Err(api_error_from_frame(&reply));
+            }
+            self.pump(deadline, "a voice answer").await?;
+        }
+    }
+
+    /// Sets one's own mute and deafen while in voice.
+    pub async fn voice_state(&mut self, self_mute: bool, self_deaf: bool) -> Result<()> {
+        self.send_frame(json!({ "op": "voice_state", "d": {
+            "self_mute": self_mute, "self_deaf": self_deaf,
+        }}))
+        .await
+    }
+
+    pub async fn voice_leave(&mut self) -> Result<()> {
+        self.send_frame(json!({ "op": "voice_leave", "d": {} }))
+            .await
     }
 
     pub async fn typing(&mut self, guild: &str, channel: &str) -> Result<()> {

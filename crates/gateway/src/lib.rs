@@ -8,6 +8,7 @@ pub mod federation;
 pub mod node;
 pub mod rest;
 mod views;
+pub mod voice;
 mod web;
 pub mod ws;
 
@@ -82,6 +83,11 @@ pub fn router(node: Arc<Node>) -> Router {
             patch(update_role).delete(delete_role),
         )
         .route("/guilds/{g}/members", get(list_members))
+        .route("/guilds/{g}/voice-states", get(voice::routes::list))
+        .route(
+            "/guilds/{g}/members/{u}/voice",
+            patch(voice::routes::moderate),
+        )
         .route(
             "/guilds/{g}/members/{u}",
             patch(update_member).delete(remove_member),

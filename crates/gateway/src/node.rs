@@ -114,6 +114,8 @@ pub struct Node {
     adopting: tokio::sync::Mutex<()>,
     /// Wakes the task that hands DMs to other nodes.
     pub(crate) dm_delivery: Arc<tokio::sync::Notify>,
+    /// The SFU and voice states, once voice is started.
+    pub(crate) voice: OnceLock<crate::voice::VoiceHub>,
 }
 
 /// Rate-limit buckets kept before idle ones are dropped.
@@ -191,6 +193,7 @@ impl Node {
             net: OnceLock::new(),
             adopting: tokio::sync::Mutex::new(()),
             dm_delivery: Arc::new(tokio::sync::Notify::new()),
+            voice: OnceLock::new(),
         }))
     }
 

@@ -99,7 +99,7 @@ impl FromRequestParts<Arc<Node>> for Authed {
     }
 }
 
-fn id<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
+pub(crate) fn id<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
     text.parse().map_err(|_| {
         ApiError::bad_request(
             "invalid_id",
@@ -366,7 +366,9 @@ pub async fn get_guild(
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
-        Ok(Json(views::guild_json(g, &me.user_id)))
+        let mut json = views::guild_json(g, &me.user_id);
+        json["voice_states"] = serde_json::json!(node.voice_states_json(g, &me.user_id));
+        Ok(Json(json))
     })
 }
 

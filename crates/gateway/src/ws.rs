@@ -241,6 +241,7 @@ async fn pump(
         }
     }
     node.sessions.remove(&session.id);
+    node.voice_leave(&session.user, Some(&session.id));
     if node.set_presence(&session.user, None, -1) {
         node.announce_presence(&session.user);
     }
@@ -444,7 +445,10 @@ async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
                     .iter()
                     .filter_map(|g| {
                         node.with_member_guild(&account.user_id, g, |g| {
-                            Ok(views::guild_json(g, &account.user_id))
+                            let mut json = views::guild_json(g, &account.user_id);
+                            json["voice_states"] =
+                                json!(node.voice_states_json(g, &account.user_id));
+                            Ok(json)
                         })
                         .ok()
                     })
@@ -685,6 +689,32 @@ async fn handle(
             Ok(Some(
                 json!({ "op": "subscribed", "d": { "guild_id": subscribe.guild_id } }),
             ))
+        }
+        "voice_connect" => {
+            let connect: crate::voice::VoiceConnect = decode(frame.d)?;
+            let (guild_id, channel_id) = (connect.guild_id, connect.channel_id);
+            node.user_rate_check(&user)
+                .map_err(|e| Handled::Error(None, e))?;
+            let sdp = node
+                .voice_connect(&user, &session.id, connect)
+                .await
+                .map_err(|e| Handled::Error(None, e))?;
+            Ok(Some(json!({
+                "op": "voice_answer",
+                "d": { "guild_id": guild_id, "channel_id": channel_id, "sdp": sdp },
+            })))
+        }
+        "voice_state" => {
+            let change: crate::voice::SelfVoice = decode(frame.d)?;
+            node.user_rate_check(&user)
+                .map_err(|e| Handled::Error(None, e))?;
+            node.voice_self(&user, change)
+                .map_err(|e| Handled::Error(None, e))?;
+            Ok(None)
+        }
+        "voice_leave" => {
+            node.voice_leave(&user, None);
+            Ok(None)
         }
         "identify" | "resume" => Err(Handled::Close(
             close::ALREADY_AUTHENTICATED,

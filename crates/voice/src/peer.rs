@@ -124,6 +124,25 @@ impl Peer {
         let stats = self.stats.lock().expect("peer stats");
         stats.received.get(&tag).copied().unwrap_or(0)
     }
+
+    /// Frames from `tag` that arrive during the next `window`.
+    pub async fn received_from_during(&self, tag: u64, window: Duration) -> u64 {
+        let before = self.received_from(tag);
+        tokio::time::sleep(window).await;
+        self.received_from(tag) - before
+    }
+
+    /// Waits until `count` frames from `tag` have arrived in all; false on timeout.
+    pub async fn wait_for_frames(&self, tag: u64, count: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.received_from(tag) < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 impl Drop for Peer {

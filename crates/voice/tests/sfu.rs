@@ -44,9 +44,8 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Frames `peer` gets from `from` over the next half second.
 async fn arriving(peer: &Peer, from: u64) -> u64 {
-    let before = peer.received_from(from);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    peer.received_from(from) - before
+    peer.received_from_during(from, Duration::from_millis(500))
+        .await
 }
 
 #[tokio::test]
