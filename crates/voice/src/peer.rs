@@ -119,6 +119,11 @@ impl Peer {
         self.stats.lock().expect("peer stats").clone()
     }
 
+    /// Forgets the latencies measured so far (a load run measures after warm-up).
+    pub fn reset_latencies(&self) {
+        self.stats.lock().expect("peer stats").latencies_us.clear();
+    }
+
     /// Frames received from the peer tagged `tag`.
     pub fn received_from(&self, tag: u64) -> u64 {
         let stats = self.stats.lock().expect("peer stats");
@@ -174,6 +179,11 @@ impl Client {
             } else {
                 timeout
             };
+            // A timer set in the past still waits for tokio's next millisecond tick.
+            if wake <= Instant::now() {
+                self.wake(&mut next_frame);
+                continue;
+            }
             tokio::select! {
                 command = commands.recv() => match command {
                     None => return,
@@ -198,17 +208,20 @@ impl Client {
                         let _ = self.rtc.handle_input(Input::Receive(Instant::now(), receive));
                     }
                 }
-                () = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    let _ = self.rtc.handle_input(Input::Timeout(now));
-                    if self.connected() && self.sending && now >= next_frame {
-                        self.send_frame(now);
-                        next_frame += FRAME_INTERVAL;
-                        if next_frame < now {
-                            next_frame = now + FRAME_INTERVAL;
-                        }
-                    }
-                }
+                () = tokio::time::sleep_until(wake.into()) => self.wake(&mut next_frame),
+            }
+        }
+    }
+
+    /// A timer fired: str0m's timeout, and the next frame if it is due.
+    fn wake(&mut self, next_frame: &mut Instant) {
+        let now = Instant::now();
+        let _ = self.rtc.handle_input(Input::Timeout(now));
+        if self.connected() && self.sending && now >= *next_frame {
+            self.send_frame(now);
+            *next_frame += FRAME_INTERVAL;
+            if *next_frame < now {
+                *next_frame = now + FRAME_INTERVAL;
             }
         }
     }

@@ -29,6 +29,8 @@ pub const SPEAKING_HOLD: Duration = Duration::from_millis(400);
 const SLOT_IDLE: Duration = Duration::from_secs(2);
 /// A participant not connected this long after its offer is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Rounds of timeouts and forwarding one `poll` runs before yielding to the caller.
+const MAX_ROUNDS: usize = 8;
 /// How long the SFU may sleep when nothing is due.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
@@ -339,17 +341,20 @@ impl Sfu {
     /// what str0m wants sent, and returns when to call again.
     pub fn poll(&mut self, now: Instant, send: &mut dyn FnMut(&Transmit)) -> Instant {
         let mut media = Vec::new();
-        for participant in self.participants.values_mut() {
-            if participant.due <= now {
-                participant.handle(Input::Timeout(now));
+        // Forwarded frames leave on the listener's next timeout, which str0m sets to `now`:
+        // serve those here rather than after a trip through the caller's timer (a millisecond
+        // or more per hop with tokio's).
+        for _ in 0..MAX_ROUNDS {
+            for participant in self.participants.values_mut() {
+                if participant.due <= now {
+                    participant.handle(Input::Timeout(now));
+                }
             }
-        }
-        loop {
             let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
             for id in ids {
                 self.drain(id, send, &mut media);
             }
-            if media.is_empty() {
+            if media.is_empty() && self.participants.values().all(|p| p.due > now) {
                 break;
             }
             for (from, data) in media.drain(..) {

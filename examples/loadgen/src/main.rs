@@ -12,6 +12,7 @@ use guildhall_proto::id::{GuildId, UserId};
 use tokio::sync::mpsc;
 
 mod federation;
+mod voice;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Scenario {
@@ -29,6 +30,9 @@ enum Scenario {
     /// Send cost against member count: `count` sequential messages through `Node::submit` in
     /// a guild of 10 members, then in one of `clients` members (no sockets).
     Members,
+    /// The voice SFU: `clients` str0m peers in rooms of four, all talking, for `count`
+    /// seconds: forwarded packets per second, SFU CPU, frame latency.
+    Voice,
     /// Two federated nodes: latency from a send on node A to delivery on node B.
     Remote,
     /// Two federated nodes apart while A takes `count` messages; time and bytes for B to catch
@@ -151,6 +155,7 @@ async fn main() {
         Scenario::Members => return members(args.count, args.clients).await,
         Scenario::Remote => return federation::remote(args.count).await,
         Scenario::Catchup => return federation::catchup(args.count, args.clients).await,
+        Scenario::Voice => return voice::voice(args.clients, args.count).await,
         _ => {}
     }
     let s = setup(args.server.clone()).await;
@@ -159,7 +164,11 @@ async fn main() {
         Scenario::Throughput => throughput(&s, args.clients, args.count).await,
         Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
         Scenario::Idle => idle(&s, args.clients, args.count).await,
-        Scenario::Restart | Scenario::Members | Scenario::Remote | Scenario::Catchup => {
+        Scenario::Restart
+        | Scenario::Members
+        | Scenario::Remote
+        | Scenario::Catchup
+        | Scenario::Voice => {
             unreachable!("handled above")
         }
     }

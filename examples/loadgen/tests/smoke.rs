@@ -79,3 +79,10 @@ fn catchup() {
         "{out}"
     );
 }
+
+#[test]
+fn voice() {
+    let out = run(&["voice", "--clients", "4", "--count", "1"]);
+    assert!(out.contains("voice: 4 participants in rooms of 4"), "{out}");
+    assert!(out.contains("voice frame, peer → SFU → peer"), "{out}");
+}
