@@ -120,6 +120,17 @@ async fn members_in_a_voice_channel_hear_each_other() {
 
     let states = people[3].0.voice_states(&guild).await.unwrap();
     assert_eq!(states.len(), 3);
+    let metrics = reqwest::get(format!("{}/metrics", node.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("guildhall_voice_participants 3\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("guildhall_voice_packets_forwarded_total"));
     let mut late = Gateway::connect(&people[3].0).await.unwrap();
     let ready = late.wait_for("READY", WAIT).await.unwrap();
     let listed = &ready.data["guilds"][0]["voice_states"];

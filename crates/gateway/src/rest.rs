@@ -1442,7 +1442,7 @@ pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
 
 pub async fn metrics(State(node): State<Arc<Node>>) -> String {
     let m = &node.metrics;
-    let lines = [
+    let mut lines = vec![
         (
             "guildhall_ops_committed_total",
             "counter",
@@ -1480,6 +1480,34 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> String {
             node.guild_count() as u64,
         ),
     ];
+    if let Some(voice) = node.voice_stats().await {
+        lines.extend([
+            (
+                "guildhall_voice_participants",
+                "gauge",
+                "Voice connections held by the SFU.",
+                voice.participants as u64,
+            ),
+            (
+                "guildhall_voice_packets_received_total",
+                "counter",
+                "Audio frames received from participants.",
+                voice.packets_in,
+            ),
+            (
+                "guildhall_voice_packets_forwarded_total",
+                "counter",
+                "Audio frames forwarded to listeners.",
+                voice.packets_forwarded,
+            ),
+            (
+                "guildhall_voice_packets_silenced_total",
+                "counter",
+                "Audio frames dropped because their sender may not speak (muted or no SPEAK).",
+                voice.packets_silenced,
+            ),
+        ]);
+    }
     lines
         .iter()
         .map(|(name, kind, help, value)| {

@@ -196,6 +196,11 @@ impl Node {
         self.voice.get().map(|hub| hub.sfu.address())
     }
 
+    /// The SFU's counters, if this node serves voice.
+    pub async fn voice_stats(&self) -> Option<guildhall_voice::SfuStats> {
+        self.voice.get()?.sfu.stats().await.ok()
+    }
+
     fn hub(&self) -> Result<&VoiceHub, ApiError> {
         self.voice.get().ok_or_else(unavailable)
     }
