@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use common::TestNode;
 
@@ -110,24 +111,28 @@ async fn assets_are_served_with_strict_headers() {
     assert_eq!(post.status(), 405);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_chat_in_the_browser() {
+/// Runs `tests/browser/<script>` with Node.js against the node at `base`, after `npm ci` if
+/// playwright-core is not installed yet, and fails with the script's output if it fails.
+async fn run_browser_script(script: &'static str, base: &str) {
     assert!(
         Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: the browser test needs Debian's chromium. \
+        "{CHROMIUM} is missing: the browser tests need Debian's chromium. \
          Run ./test.sh (it installs it) or `apt-get install -y chromium`."
     );
-    // The script seeds 500 messages over REST as one user; the default burst would slow it down.
-    let node = TestNode::start_with(|c| c.user_burst = 10_000.0).await;
     let dir = browser_dir();
-    let base = node.base.clone();
+    let base = base.to_owned();
     let output = tokio::task::spawn_blocking(move || {
+        // One script at a time: two `npm ci` must not share node_modules, and two browsers on
+        // a small machine would slow each other past their watchdogs.
+        let _one = BROWSER
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !dir.join("node_modules/playwright-core").exists() {
             let npm = Command::new("npm")
                 .arg("ci")
                 .current_dir(&dir)
                 .output()
-                .expect("npm runs (Node.js 20 or newer is needed for the browser test)");
+                .expect("npm runs (Node.js 20 or newer is needed for the browser tests)");
             assert!(
                 npm.status.success(),
                 "npm ci in tests/browser failed:\n{}",
@@ -135,7 +140,7 @@ async fn two_users_chat_in_the_browser() {
             );
         }
         Command::new("node")
-            .arg("web.mjs")
+            .arg(script)
             .arg(&base)
             .current_dir(&dir)
             .output()
@@ -147,7 +152,16 @@ async fn two_users_chat_in_the_browser() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "browser test failed:\n{stdout}\n{stderr}"
+        "browser test {script} failed:\n{stdout}\n{stderr}"
     );
     println!("{stdout}");
+}
+
+static BROWSER: Mutex<()> = Mutex::new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_chat_in_the_browser() {
+    // The script seeds 500 messages over REST as one user; the default burst would slow it down.
+    let node = TestNode::start_with(|c| c.user_burst = 10_000.0).await;
+    run_browser_script("web.mjs", &node.base).await;
 }

@@ -3,82 +3,18 @@
 // against the real node. Usage: node web.mjs http://127.0.0.1:PORT
 // Screenshots go to <repo>/screenshots/ (kept out of git), or $SCREENSHOTS_DIR.
 
-import { mkdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  base, SHOTS, PASSWORD, suffix, step, assert, watchdog, rest, launch, problems, dialogs, openUser as open,
+} from './harness.mjs';
 
-const base = process.argv[2];
-if (!base) {
-  console.error('usage: node web.mjs <base url of a running node>');
-  process.exit(2);
-}
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SHOTS = process.env.SCREENSHOTS_DIR || fileURLToPath(new URL('../../screenshots/', import.meta.url));
-const PASSWORD = 'correct horse battery';
 const HISTORY = 500;
-// Fresh names, so the script can also run against a node that has seen it before.
-const suffix = Math.random().toString(36).slice(2, 6);
 const A = `ada${suffix}`;
 const B = `bea${suffix}`;
-const started = Date.now();
-// The whole run must stay well under a minute; a hang fails loudly instead of stalling CI.
-const watchdog = setTimeout(() => {
-  console.error('FAIL: browser test took over 60 s');
-  process.exit(1);
-}, 60_000);
+// The whole run must stay well under a minute.
+const timer = watchdog(60);
 
-mkdirSync(SHOTS, { recursive: true });
-
-function step(name) {
-  console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${name}`);
-}
-
-function assert(cond, message) {
-  if (!cond) throw new Error(`assertion failed: ${message}`);
-}
-
-/// REST from the test itself, retrying rate-limited requests as the spec says.
-async function rest(token, method, path, body) {
-  for (;;) {
-    const res = await fetch(`${base}/api/v1${path}`, {
-      method,
-      headers: { Authorization: `Bearer ${token}`, ...(body ? { 'Content-Type': 'application/json' } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    if (res.status === 429) {
-      const { retry_after: wait } = await res.json();
-      await new Promise((r) => setTimeout(r, Math.ceil(wait * 1000)));
-      continue;
-    }
-    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
-    return res.status === 204 ? null : res.json();
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu'],
-});
-
-const problems = [];
-const dialogs = [];
-
-async function openUser(name) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 820 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(10_000);
-  page.on('pageerror', (e) => problems.push(`${name}: page error: ${e.message}`));
-  page.on('console', (m) => {
-    // Chromium logs every non-2xx response; those are expected API answers, not client bugs.
-    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`${name}: console: ${m.text()}`);
-  });
-  page.on('dialog', (d) => {
-    dialogs.push(`${name}: ${d.type()} ${d.message()}`);
-    d.dismiss();
-  });
-  return { name, context, page };
-}
+const browser = await launch();
+const openUser = (name) => open(browser, name);
 
 /// Proxies the gateway socket so the test can drop it and hold the resume, as a flaky network would.
 async function proxyGateway(page) {
@@ -360,6 +296,6 @@ try {
   if (problems.length) console.error(`page problems:\n${problems.join('\n')}`);
   process.exitCode = 1;
 } finally {
-  clearTimeout(watchdog);
+  clearTimeout(timer);
   await browser.close();
 }
