@@ -101,5 +101,9 @@ export class Api {
   revokeInvite(g, i) { return this.req('DELETE', `/guilds/${g}/invites/${i}`); }
   acceptInvite(code) { return this.req('POST', `/invites/${seg(code)}/accept`); }
 
+  voiceStates(g) { return this.req('GET', `/guilds/${g}/voice-states`); }
+  /// A moderator's change to someone in voice: any of mute, deaf, channel_id (null disconnects).
+  moderateVoice(g, u, fields) { return this.req('PATCH', `/guilds/${g}/members/${u}/voice`, fields); }
+
   search(g, q) { return this.req('GET', `/guilds/${g}/search?${new URLSearchParams({ q, limit: '50' })}`); }
 }

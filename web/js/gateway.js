@@ -4,6 +4,12 @@
 const FATAL = new Set([4004]);
 /// Closes after which the session cannot be resumed, so the next connection identifies.
 const FRESH = new Set([4011, 4012, 4002, 4005, 4001]);
+/// Errors that can answer a `voice_connect`. The node sends them without a nonce, so one that
+/// arrives while a voice offer is waiting is taken as its answer.
+const VOICE_ERRORS = new Set([
+  'missing_permission', 'unknown_guild', 'unknown_channel', 'bad_offer', 'offer_too_large',
+  'no_microphone', 'voice_unavailable', 'rate_limited', 'invalid_payload',
+]);
 
 export class Gateway extends EventTarget {
   constructor(token) {
@@ -17,6 +23,10 @@ export class Gateway extends EventTarget {
     this.heartbeat = null;
     this.awaitingAck = false;
     this.pending = new Map();
+    /// The `voice_connect` waiting for its answer: { resolve, reject, timer }. The node answers
+    /// offers in order, so they are sent one at a time, each after the last one's answer.
+    this.voicePending = null;
+    this.voiceQueue = Promise.resolve();
     this.stopped = false;
   }
 
@@ -84,11 +94,16 @@ export class Gateway extends EventTarget {
           this.pending.delete(frame.d.nonce);
           if (frame.op === 'ack') entry.resolve(frame.d.message_id);
           else entry.reject(Object.assign(new Error(frame.d.message), { code: frame.d.code }));
+        } else if (frame.op === 'error' && this.voicePending && VOICE_ERRORS.has(frame.d.code)) {
+          this.settleVoice(null, Object.assign(new Error(frame.d.message), { code: frame.d.code }));
         } else if (frame.op === 'error') {
           this.dispatchEvent(new CustomEvent('op_error', { detail: frame.d }));
         }
         break;
       }
+      case 'voice_answer':
+        this.settleVoice(frame.d, null);
+        break;
       default:
         break;
     }
@@ -116,6 +131,8 @@ export class Gateway extends EventTarget {
   onClose(ws, code) {
     if (ws !== this.ws) return;
     clearInterval(this.heartbeat);
+    // The answer to an offer sent on this socket is lost with it.
+    this.settleVoice(null, Object.assign(new Error('The connection to the node dropped.'), { code: 'disconnected' }));
     if (this.stopped) return;
     if (FATAL.has(code)) {
       this.setStatus('offline');
@@ -144,6 +161,42 @@ export class Gateway extends EventTarget {
 
   typing(guildId, channelId) {
     this.raw('typing', { guild_id: guildId, channel_id: channelId });
+  }
+
+  /// Offers `sdp` for a voice channel (a join, a move, or more listening slots); resolves with
+  /// the node's `voice_answer` payload.
+  voiceConnect(d) {
+    const offer = this.voiceQueue.then(() => this.offerVoice(d));
+    this.voiceQueue = offer.catch(() => {});
+    return offer;
+  }
+
+  offerVoice(d) {
+    if (this.status !== 'live') {
+      return Promise.reject(Object.assign(new Error('Not connected to the node.'), { code: 'disconnected' }));
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.settleVoice(null, Object.assign(new Error('The node did not answer the voice offer.'), { code: 'timeout' })), 15_000);
+      this.voicePending = { resolve, reject, timer };
+      this.raw('voice_connect', d);
+    });
+  }
+
+  settleVoice(answer, error) {
+    const pending = this.voicePending;
+    if (!pending) return;
+    this.voicePending = null;
+    clearTimeout(pending.timer);
+    if (error) pending.reject(error);
+    else pending.resolve(answer);
+  }
+
+  voiceState(selfMute, selfDeaf) {
+    this.raw('voice_state', { self_mute: selfMute, self_deaf: selfDeaf });
+  }
+
+  voiceLeave() {
+    this.raw('voice_leave', {});
   }
 
   setPresence(status) {

@@ -7,6 +7,7 @@ import { P, has } from './perms.js';
 import { app } from './main.js';
 import { openCreateOrJoin, openGuildSettings, openChannelSettings, openInvite, openCreateChannel } from './settings.js';
 import { setPanel, searchFor } from './panels.js';
+import { joinVoice, inVoice, voiceUserList } from './voice.js';
 
 const STATUS_TEXT = {
   connecting: 'Connecting…',
@@ -22,6 +23,7 @@ export function buildShell(messagesPane, sidePanel) {
     h('aside', { id: 'sidebar' },
       h('header', { id: 'guild-header' }),
       h('div', { id: 'channels', role: 'navigation', 'aria-label': 'Channels' }),
+      h('section', { id: 'voice-panel', hidden: true, 'aria-label': 'Voice connection' }),
       h('section', { id: 'user-panel' })),
     h('main', { id: 'chat' },
       h('header', { id: 'chat-header' }),
@@ -69,23 +71,41 @@ export function renderGuildHeader() {
 }
 
 function channelButton(guild, channel, manage) {
+  if (channel.kind === 'voice') return voiceChannel(guild, channel, manage);
   const selected = channel.id === state.current.channelId;
   const unread = channel.kind === 'text' && !selected && isUnread(channel.id);
-  const icon = channel.kind === 'voice' ? '🔊' : '#';
   const row = h('div', { class: `channel kind-${channel.kind}${selected ? ' selected' : ''}${unread ? ' unread' : ''}`, dataset: { channelId: channel.id, name: channel.name } },
     h('button', {
       class: 'channel-link',
-      disabled: channel.kind === 'voice',
-      title: channel.kind === 'voice' ? 'Voice channels are not supported by this node yet' : channel.topic || channel.name,
+      title: channel.topic || channel.name,
       onclick: () => app.selectChannel(channel.id),
-    }, h('span', { class: 'channel-icon' }, icon), h('span', { class: 'channel-name' }, channel.name)),
-    manage ? h('button', { class: 'icon gear', title: 'Edit channel', 'aria-label': `Edit channel ${channel.name}`, onclick: () => openChannelSettings(guild.id, channel.id) }, '⚙') : null);
+    }, h('span', { class: 'channel-icon' }, '#'), h('span', { class: 'channel-name' }, channel.name)),
+    gear(guild, channel, manage));
   const threads = [...state.threads.values()].filter((t) => t.channel_id === channel.id);
   if (!threads.length) return row;
   return h('div', {}, row, threads.map((t) => h('div', {
     class: `channel thread${t.id === state.current.channelId ? ' selected' : ''}${t.id !== state.current.channelId && isUnread(t.id) ? ' unread' : ''}`,
     dataset: { channelId: t.id },
   }, h('button', { class: 'channel-link', onclick: () => app.selectChannel(t.id) }, h('span', { class: 'channel-icon' }, '↳'), h('span', { class: 'channel-name' }, t.name)))));
+}
+
+const gear = (guild, channel, manage) => (manage ? h('button', { class: 'icon gear', title: 'Edit channel', 'aria-label': `Edit channel ${channel.name}`, onclick: () => openChannelSettings(guild.id, channel.id) }, '⚙') : null);
+
+/// A voice channel: clicking joins it; the people in it are listed below.
+function voiceChannel(guild, channel, manage) {
+  const joined = inVoice(channel.id);
+  const allowed = has(permsIn(guild.id, channel.id), P.CONNECT);
+  return h('div', { class: 'voice-channel' },
+    h('div', { class: `channel kind-voice${joined ? ' joined' : ''}`, dataset: { channelId: channel.id, name: channel.name } },
+      h('button', {
+        class: 'channel-link',
+        disabled: !allowed,
+        title: allowed ? (joined ? `Connected to ${channel.name}` : `Join voice channel ${channel.name}`) : 'You do not have permission to connect here',
+        'aria-current': joined ? 'true' : null,
+        onclick: () => joinVoice(guild.id, channel.id),
+      }, h('span', { class: 'channel-icon' }, '🔊'), h('span', { class: 'channel-name' }, channel.name)),
+      gear(guild, channel, manage)),
+    voiceUserList(guild, channel));
 }
 
 export function renderChannels() {
@@ -111,7 +131,7 @@ export function renderChannels() {
         } }, h('span', { class: 'chevron' }, collapsed ? '▸' : '▾'), cat.name),
         manage(cat) ? h('button', { class: 'icon gear', 'aria-label': `Edit category ${cat.name}`, onclick: () => openChannelSettings(guild.id, cat.id) }, '⚙') : null),
       children
-        .filter((c) => !collapsed || c.id === state.current.channelId || isUnread(c.id))
+        .filter((c) => !collapsed || c.id === state.current.channelId || isUnread(c.id) || inVoice(c.id))
         .map((c) => channelButton(guild, c, manage(c)))));
   }
 }

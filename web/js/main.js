@@ -5,7 +5,7 @@ import { Api } from './api.js';
 import { Gateway } from './gateway.js';
 import { h, $, clear, toast, formDialog, confirmDialog } from './dom.js';
 import {
-  state, on, notify, guildOfChannel, channelHistory, removeMessage, noteLatest,
+  state, on, notify, guildOfChannel, channelHistory, removeMessage, noteLatest, setVoiceStates,
 } from './state.js';
 import { showAuth } from './auth.js';
 import {
@@ -16,6 +16,9 @@ import {
 } from './messages.js';
 import { buildSidePanel, renderPanel, refreshPanelFor } from './panels.js';
 import { openMember } from './settings.js';
+import {
+  initVoice, onVoiceState, onVoiceSpeaking, onVoiceSession, onVoiceResumed, checkVoiceAllowed, renderVoicePanel,
+} from './voice.js';
 
 const TOKEN_KEY = 'guildhall.token';
 const INVITE_KEY = 'guildhall.invite';
@@ -63,6 +66,7 @@ export const app = {
 
   replaceGuild(guild) {
     state.guilds.set(guild.id, guild);
+    if (guild.voice_states) setVoiceStates(guild.id, guild.voice_states);
     notify('guilds', 'channels', 'header');
   },
 
@@ -176,6 +180,7 @@ async function loadLatest(guild) {
 function dropGuild(guildId) {
   state.guilds.delete(guildId);
   state.members.delete(guildId);
+  state.voice.delete(guildId);
   if (state.current.guildId === guildId) {
     state.current = { guildId: null, channelId: null };
     const next = state.guilds.keys().next().value;
@@ -200,6 +205,8 @@ const handlers = {
     const first = !app.ready;
     app.ready = true;
     state.guilds = new Map(d.guilds.map((g) => [g.id, g]));
+    state.voice.clear();
+    for (const g of d.guilds) setVoiceStates(g.id, g.voice_states);
     state.readStates = new Map(d.read_states.map((r) => [r.channel_id, r.last_read_id]));
     if (!first) {
       // A new session may have missed events: drop cached history and members and reload.
@@ -207,6 +214,7 @@ const handlers = {
       state.members.clear();
     }
     notify('guilds', 'me');
+    onVoiceSession(first);
     for (const g of state.guilds.values()) loadLatest(g);
     const invite = sessionStorage.getItem(INVITE_KEY);
     if (invite) {
@@ -291,6 +299,11 @@ const handlers = {
     if (d.user_id === state.me.id) state.myStatus = d.status === 'offline' ? state.myStatus : d.status;
     notify('members');
   },
+  RESUMED() {
+    onVoiceResumed();
+  },
+  VOICE_STATE_UPDATE: onVoiceState,
+  VOICE_SPEAKING: onVoiceSpeaking,
   TYPING_START(d) {
     if (!state.typing.has(d.channel_id)) state.typing.set(d.channel_id, new Map());
     state.typing.get(d.channel_id).set(d.user_id, Date.now() + d.ttl_ms);
@@ -337,6 +350,9 @@ function wire() {
   on('members', () => refreshPanelFor('members'));
   on('messages', refreshMessages);
   on('typing', renderTyping);
+  on('guilds', checkVoiceAllowed);
+  on('channels', checkVoiceAllowed);
+  initVoice();
 }
 
 function enterApp() {
@@ -346,6 +362,7 @@ function enterApp() {
   renderGuildHeader();
   renderChannels();
   renderChatHeader();
+  renderVoicePanel();
   const gateway = new Gateway(app.api.token);
   app.gateway = gateway;
   gateway.addEventListener('status', (e) => renderConn(e.detail));

@@ -20,6 +20,9 @@ export const P = {
   MENTION_EVERYONE: bit(17),
   CONNECT: bit(20),
   SPEAK: bit(21),
+  MUTE_MEMBERS: bit(22),
+  DEAFEN_MEMBERS: bit(23),
+  MOVE_MEMBERS: bit(24),
   CHANGE_NICKNAME: bit(26),
   MANAGE_NICKNAMES: bit(27),
   MANAGE_ROLES: bit(28),
@@ -52,6 +55,11 @@ export const EDITABLE = [
   ['MANAGE_MESSAGES', 'Manage messages'],
   ['PIN_MESSAGES', 'Pin messages'],
   ['READ_MESSAGE_HISTORY', 'Read message history'],
+  ['CONNECT', 'Connect to voice'],
+  ['SPEAK', 'Speak in voice'],
+  ['MUTE_MEMBERS', 'Mute members'],
+  ['DEAFEN_MEMBERS', 'Deafen members'],
+  ['MOVE_MEMBERS', 'Move members'],
 ];
 
 export const has = (perms, flag) => (perms & flag) === flag;

@@ -20,6 +20,8 @@ export const state = {
   threads: new Map(),
   /// channel or thread id → Map(user id → expiry ms)
   typing: new Map(),
+  /// guild id → Map(user id → voice state: channel_id, self_mute, self_deaf, mute, deaf, speaking)
+  voice: new Map(),
   current: { guildId: null, channelId: null },
   replyTo: null,
   panel: 'members',
@@ -148,4 +150,24 @@ export function isUnread(channelId) {
 
 export function guildUnread(guild) {
   return guild.channels.some((c) => c.kind === 'text' && isUnread(c.id));
+}
+
+/// Replaces what is known of a guild's voice channels with the node's list (READY, GET guild).
+export function setVoiceStates(guildId, list) {
+  state.voice.set(guildId, new Map((list || []).map((v) => [v.user_id, v])));
+}
+
+/// Applies a VOICE_STATE_UPDATE: a null channel means the user left voice.
+export function applyVoiceState(d) {
+  if (!state.voice.has(d.guild_id)) state.voice.set(d.guild_id, new Map());
+  const states = state.voice.get(d.guild_id);
+  if (d.channel_id) states.set(d.user_id, d);
+  else states.delete(d.user_id);
+}
+
+/// Who is in a voice channel, by name.
+export function voiceMembers(guildId, channelId) {
+  return [...(state.voice.get(guildId)?.values() || [])]
+    .filter((v) => v.channel_id === channelId)
+    .sort((a, b) => displayName(guildId, a.user_id).localeCompare(displayName(guildId, b.user_id)));
 }

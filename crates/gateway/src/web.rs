@@ -58,6 +58,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../../web/js/settings.js"),
     ),
+    ("js/voice.js", JS, include_str!("../../../web/js/voice.js")),
 ];
 
 const JS: &str = "text/javascript; charset=utf-8";
