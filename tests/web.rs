@@ -1,5 +1,6 @@
-//! The web client the node serves: its assets and headers, and the browser test
-//! (`tests/browser/web.mjs`) driving it in headless Chromium against a real node.
+//! The web client the node serves: its assets and headers, and the browser tests
+//! (`tests/browser/web.mjs` for chat, `voice.mjs` for voice channels) driving it in headless
+//! Chromium against a real node.
 
 mod common;
 
@@ -164,4 +165,13 @@ async fn two_users_chat_in_the_browser() {
     // The script seeds 500 messages over REST as one user; the default burst would slow it down.
     let node = TestNode::start_with(|c| c.user_burst = 10_000.0).await;
     run_browser_script("web.mjs", &node.base).await;
+}
+
+/// Three browsers in one voice channel through the node's SFU: each hears the two others;
+/// muting, a disconnect, SPEAK denied and a moderator's server mute each stop exactly the
+/// streams they should (tests/browser/voice.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_talk_in_a_voice_channel() {
+    let node = TestNode::start_with(|_| {}).await.with_voice();
+    run_browser_script("voice.mjs", &node.base).await;
 }
