@@ -112,6 +112,9 @@ struct Participant {
     last_loud: Option<Instant>,
     /// When its `Rtc` next wants `Input::Timeout`.
     due: Instant,
+    /// Its `Rtc` took input or media since it was last polled: str0m needs it polled again.
+    /// Only these are polled, so a wake costs the participants it touched, not all of them.
+    changed: bool,
 }
 
 impl Participant {
@@ -138,6 +141,7 @@ impl Participant {
     }
 
     fn handle(&mut self, input: Input) {
+        self.changed = true;
         if let Err(e) = self.rtc.handle_input(input) {
             tracing::debug!(error = %e, "voice input refused; disconnecting");
             self.rtc.disconnect();
@@ -201,6 +205,7 @@ impl Sfu {
                     .accept_offer(offer)
                     .map_err(|e| VoiceError::BadOffer(e.to_string()))?;
                 participant.due = now;
+                participant.changed = true;
                 answer
             }
             None => {
@@ -233,6 +238,7 @@ impl Sfu {
                         speaking: false,
                         last_loud: None,
                         due: now,
+                        changed: true,
                     },
                 );
                 answer
@@ -333,7 +339,6 @@ impl Sfu {
         };
         if let Some(participant) = self.participants.get_mut(&id) {
             participant.handle(input);
-            participant.due = now;
         }
     }
 
@@ -350,7 +355,12 @@ impl Sfu {
                     participant.handle(Input::Timeout(now));
                 }
             }
-            let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+            let ids: Vec<ParticipantId> = self
+                .participants
+                .iter()
+                .filter(|(_, p)| p.changed)
+                .map(|(id, _)| *id)
+                .collect();
             for id in ids {
                 self.drain(id, send, &mut media);
             }
@@ -387,6 +397,7 @@ impl Sfu {
         let Some(participant) = self.participants.get_mut(&id) else {
             return;
         };
+        participant.changed = false;
         while participant.rtc.is_alive() {
             let output = match participant.rtc.poll_output() {
                 Ok(output) => output,
@@ -473,7 +484,9 @@ impl Sfu {
                 Some(level) => writer.audio_level(level, level >= SPEAKING_LEVEL),
                 None => writer,
             };
-            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            let written = writer.write(pt, data.network_time, data.time, data.data.clone());
+            listener.changed = true;
+            match written {
                 Ok(()) => {
                     self.stats.packets_forwarded += 1;
                     if let Some(slot) = listener.slots.iter_mut().find(|s| s.mid == mid) {

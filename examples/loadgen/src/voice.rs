@@ -15,24 +15,27 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Starts the SFU on a thread of its own; returns its handle and the thread's `/proc` stat path.
 fn start_sfu() -> (Voice, String) {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let (voice, mut events) = Voice::start(VoiceConfig {
-                listen: SocketAddr::new(LOOPBACK, 0),
-                announce: None,
-            })
-            .expect("voice binds");
-            // /proc/thread-self names this thread: its stat is the SFU's CPU time.
-            let task = std::fs::read_link("/proc/thread-self").expect("procfs");
-            tx.send((voice, format!("/proc/{}/stat", task.display())))
-                .expect("loadgen waits");
-            while events.recv().await.is_some() {}
-        });
-    });
+    let thread = std::thread::Builder::new().name("voice-sfu".into());
+    thread
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let (voice, mut events) = Voice::start(VoiceConfig {
+                    listen: SocketAddr::new(LOOPBACK, 0),
+                    announce: None,
+                })
+                .expect("voice binds");
+                // /proc/thread-self names this thread: its stat is the SFU's CPU time.
+                let task = std::fs::read_link("/proc/thread-self").expect("procfs");
+                tx.send((voice, format!("/proc/{}/stat", task.display())))
+                    .expect("loadgen waits");
+                while events.recv().await.is_some() {}
+            });
+        })
+        .expect("thread starts");
     rx.recv().expect("SFU thread starts")
 }
 
