@@ -181,7 +181,8 @@ async fn connect_and_speak_are_enforced_and_follow_permission_changes() {
         .await
         .unwrap();
     let mut ada = join(owner, tag(0), &guild, &lounge).await;
-    let bea_voice = join(&people[1].0, tag(1), &guild, &lounge).await;
+    let mut bea_voice = join(&people[1].0, tag(1), &guild, &lounge).await;
+    voice_state_where(&mut ada.gw, &bea.id, "suppress", json!(true)).await;
     assert!(
         hears(&bea_voice.peer, tag(0)).await,
         "without SPEAK one still hears"
@@ -199,13 +200,16 @@ async fn connect_and_speak_are_enforced_and_follow_permission_changes() {
         hears(&ada.peer, tag(1)).await,
         "SPEAK given back while connected"
     );
+    voice_state_where(&mut ada.gw, &bea.id, "suppress", json!(false)).await;
 
     owner
         .set_member_overwrite(&guild, &lounge, &bea.id, 0, VIEW_CHANNEL)
         .await
         .unwrap();
-    // Losing the channel disconnects.
+    // Losing the channel disconnects, and the user is told so though it can no longer see
+    // the channel.
     voice_state_where(&mut ada.gw, &bea.id, "channel_id", json!(null)).await;
+    voice_state_where(&mut bea_voice.gw, &bea.id, "channel_id", json!(null)).await;
     assert!(silent(&ada.peer, tag(1)).await);
     assert_eq!(owner.voice_states(&guild).await.unwrap().len(), 1);
 }
@@ -279,6 +283,8 @@ async fn moderators_mute_deafen_move_and_disconnect() {
         .await
         .unwrap();
     assert_eq!(moved["channel_id"], json!(stage.id));
+    voice_state_where(&mut bea_voice.gw, &bea.id, "moved", json!(true)).await;
+    voice_state_where(&mut bea_voice.gw, &bea.id, "channel_id", json!(stage.id)).await;
     assert!(silent(&ada.peer, tag(1)).await, "moved to another channel");
     let cai = join(&people[2].0, tag(2), &guild, &stage.id).await;
     assert!(hears(&cai.peer, tag(1)).await, "heard in the new channel");

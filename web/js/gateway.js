@@ -4,12 +4,6 @@
 const FATAL = new Set([4004]);
 /// Closes after which the session cannot be resumed, so the next connection identifies.
 const FRESH = new Set([4011, 4012, 4002, 4005, 4001]);
-/// Errors that can answer a `voice_connect`. The node sends them without a nonce, so one that
-/// arrives while a voice offer is waiting is taken as its answer.
-const VOICE_ERRORS = new Set([
-  'missing_permission', 'unknown_guild', 'unknown_channel', 'bad_offer', 'offer_too_large',
-  'no_microphone', 'voice_unavailable', 'rate_limited', 'invalid_payload',
-]);
 
 export class Gateway extends EventTarget {
   constructor(token) {
@@ -23,8 +17,8 @@ export class Gateway extends EventTarget {
     this.heartbeat = null;
     this.awaitingAck = false;
     this.pending = new Map();
-    /// The `voice_connect` waiting for its answer: { resolve, reject, timer }. The node answers
-    /// offers in order, so they are sent one at a time, each after the last one's answer.
+    /// The `voice_connect` waiting for its answer: { nonce, resolve, reject, timer }. Offers are
+    /// sent one at a time, each after the last one's answer.
     this.voicePending = null;
     this.voiceQueue = Promise.resolve();
     this.stopped = false;
@@ -94,7 +88,7 @@ export class Gateway extends EventTarget {
           this.pending.delete(frame.d.nonce);
           if (frame.op === 'ack') entry.resolve(frame.d.message_id);
           else entry.reject(Object.assign(new Error(frame.d.message), { code: frame.d.code }));
-        } else if (frame.op === 'error' && this.voicePending && VOICE_ERRORS.has(frame.d.code)) {
+        } else if (frame.op === 'error' && frame.d.nonce && frame.d.nonce === this.voicePending?.nonce) {
           this.settleVoice(null, Object.assign(new Error(frame.d.message), { code: frame.d.code }));
         } else if (frame.op === 'error') {
           this.dispatchEvent(new CustomEvent('op_error', { detail: frame.d }));
@@ -102,7 +96,7 @@ export class Gateway extends EventTarget {
         break;
       }
       case 'voice_answer':
-        this.settleVoice(frame.d, null);
+        if (frame.d.nonce === this.voicePending?.nonce) this.settleVoice(frame.d, null);
         break;
       default:
         break;
@@ -177,8 +171,9 @@ export class Gateway extends EventTarget {
     }
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => this.settleVoice(null, Object.assign(new Error('The node did not answer the voice offer.'), { code: 'timeout' })), 15_000);
-      this.voicePending = { resolve, reject, timer };
-      this.raw('voice_connect', d);
+      const nonce = crypto.randomUUID();
+      this.voicePending = { nonce, resolve, reject, timer };
+      this.raw('voice_connect', { ...d, nonce });
     });
   }
 

@@ -13,9 +13,6 @@ import { avatar } from './layout.js';
 /// them the microphone, so 25 is the most there can be.
 const MIN_SLOTS = 4;
 const MAX_SLOTS = 25;
-/// A removal of this session's voice state is acted on only if no new state follows within
-/// this time: a moderator's move is announced as a leave followed by a join.
-const GONE_GRACE_MS = 750;
 
 const ERRORS = {
   missing_permission: 'You do not have permission to connect to this voice channel.',
@@ -291,7 +288,8 @@ export function onVoiceState(d) {
         toast('You joined voice from another window.', 'info');
       }
     } else if (!d.channel_id) {
-      if (c.confirmed) setTimeout(() => checkGone(c), GONE_GRACE_MS);
+      // A move is announced as a leave marked `moved`, then the join that follows.
+      if (c.confirmed && !d.moved) checkGone(c);
     } else if (d.guild_id === c.guildId && d.channel_id === c.channelId) {
       c.confirmed = true;
     } else if (c.confirmed && c.answered) {
@@ -394,8 +392,7 @@ function refreshVoiceLists() {
 
 function voiceUser(guild, channel, v, moderator) {
   const name = displayName(guild.id, v.user_id);
-  const me = v.user_id === state.me.id;
-  const suppressed = me && inVoice(channel.id) && !maySpeak(call);
+  const suppressed = v.suppress;
   const marks = [];
   const mark = (kind, label, server) => marks.push(h('span', { class: `mark${server ? ' server' : ''}`, role: 'img', 'aria-label': label, title: label }, icon(kind, true)));
   if (v.mute) mark('mic', 'Server muted', true);

@@ -535,6 +535,8 @@ pub struct Gateway {
     pub heartbeat_interval: Duration,
     dispatches: VecDeque<Dispatch>,
     replies: VecDeque<Value>,
+    /// Numbers voice requests, so each reply is matched to its request by nonce.
+    voice_requests: u64,
 }
 
 /// The error an `error` frame carries.
@@ -580,6 +582,7 @@ impl Gateway {
             heartbeat_interval,
             dispatches: VecDeque::new(),
             replies: VecDeque::new(),
+            voice_requests: 0,
         })
     }
 
@@ -744,25 +747,20 @@ impl Gateway {
         self_mute: bool,
         self_deaf: bool,
     ) -> Result<String> {
+        self.voice_requests += 1;
+        let nonce = format!("voice:{}", self.voice_requests);
         self.send_frame(json!({ "op": "voice_connect", "d": {
-            "guild_id": guild, "channel_id": channel, "sdp": sdp,
+            "nonce": nonce, "guild_id": guild, "channel_id": channel, "sdp": sdp,
             "self_mute": self_mute, "self_deaf": self_deaf,
         }}))
         .await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self
-                .replies
-                .iter()
-                .position(|r| r["op"] == "voice_answer" || r["op"] == "error");
-            if let Some(i) = found {
-                let reply = self.replies.remove(i).expect("index in range");
-                if reply["op"] == "voice_answer" {
-                    return Ok(reply["d"]["sdp"].as_str().unwrap_or_default().to_owned());
-                }
-                return Err(api_error_from_frame(&reply));
-            }
-            self.pump(deadline, "a voice answer").await?;
+        let reply = self
+            .wait_reply_for_nonce(&nonce, Duration::from_secs(10))
+            .await?;
+        if reply["op"] == "voice_answer" {
+            Ok(reply["d"]["sdp"].as_str().unwrap_or_default().to_owned())
+        } else {
+            Err(api_error_from_frame(&reply))
         }
     }
 

@@ -49,6 +49,8 @@ struct VoiceState {
     self_deaf: bool,
     moderation: Moderation,
     speaking: bool,
+    /// It lacks SPEAK in the channel: connected, heard by no one.
+    suppress: bool,
 }
 
 impl VoiceState {
@@ -63,16 +65,30 @@ impl VoiceState {
             "mute": self.moderation.mute,
             "deaf": self.moderation.deaf,
             "speaking": self.speaking && channel.is_some(),
+            "suppress": self.suppress,
         })
     }
 
-    fn event(&self, user: &UserId, channel: Option<ChannelId>) -> Event {
+    /// The state as it now stands, for those who can see its channel.
+    fn event(&self, user: &UserId) -> Event {
         Event {
             guild: self.guild,
-            // Gated by the channel the user is in (or just left).
-            channel: Some(channel.unwrap_or(self.channel)),
+            channel: Some(self.channel),
             name: "VOICE_STATE_UPDATE",
-            data: self.json(user, channel),
+            data: self.json(user, Some(self.channel)),
+        }
+    }
+
+    /// The user left this state's channel, for those who could see it; `moved` when another
+    /// event puts them in another channel straight after.
+    fn left_event(&self, user: &UserId, moved: bool) -> Event {
+        let mut data = self.json(user, None);
+        data["moved"] = json!(moved);
+        Event {
+            guild: self.guild,
+            channel: Some(self.channel),
+            name: "VOICE_STATE_UPDATE",
+            data,
         }
     }
 
@@ -138,6 +154,9 @@ fn unavailable() -> ApiError {
 /// A gateway `voice_connect`: join (or renegotiate in) a voice channel with an SDP offer.
 #[derive(Deserialize)]
 pub struct VoiceConnect {
+    /// Echoed in the `voice_answer` or `error` that answers this request.
+    #[serde(default)]
+    pub nonce: Option<String>,
     pub guild_id: GuildId,
     pub channel_id: ChannelId,
     pub sdp: String,
@@ -242,6 +261,7 @@ impl Node {
                 self_deaf: req.self_deaf,
                 moderation,
                 speaking: false,
+                suppress: !may_speak,
             };
             (state, previous)
         };
@@ -265,10 +285,10 @@ impl Node {
                 hub.sfu.leave(previous.participant);
             }
             if (previous.guild, previous.channel) != (state.guild, state.channel) {
-                self.publish(previous.event(user, None));
+                self.publish(previous.left_event(user, true));
             }
         }
-        self.publish(state.event(user, Some(state.channel)));
+        self.publish(state.event(user));
         Ok(answer)
     }
 
@@ -286,20 +306,34 @@ impl Node {
     /// everyone who can see the channel. `None` if the user is not in voice.
     fn change_voice(&self, user: &UserId, change: impl FnOnce(&mut VoiceState)) -> Option<()> {
         let hub = self.voice.get()?;
-        let state = {
+        let (guild, channel) = {
             let mut states = hub.states.lock().expect("voice lock");
             let state = states.by_user.get_mut(user)?;
             change(state);
+            (state.guild, state.channel)
+        };
+        let may_speak = self.may_speak(user, &guild, &channel).unwrap_or(false);
+        let state = {
+            let mut states = hub.states.lock().expect("voice lock");
+            let state = states.by_user.get_mut(user)?;
+            state.suppress = !may_speak;
             state.clone()
         };
-        let may_speak = self
-            .guild(&state.guild)
-            .ok()
-            .and_then(|g| voice_rights(&g.lock().expect("guild lock"), user, &state.channel).ok())
-            .unwrap_or(false);
         hub.sfu.set_flags(state.participant, state.flags(may_speak));
-        self.publish(state.event(user, Some(state.channel)));
+        self.publish(state.event(user));
         Some(())
+    }
+
+    /// Whether `user` may be in `channel` (`Err` if not), and may speak there.
+    fn may_speak(
+        &self,
+        user: &UserId,
+        guild: &GuildId,
+        channel: &ChannelId,
+    ) -> Result<bool, ApiError> {
+        let guild = self.guild(guild)?;
+        let guild = guild.lock().expect("guild lock");
+        voice_rights(&guild, user, channel)
     }
 
     /// Leaves voice, if `user` is in it (and, with `session`, only if that session joined).
@@ -314,7 +348,7 @@ impl Node {
         };
         if let Some(state) = state {
             hub.sfu.leave(state.participant);
-            self.publish(state.event(user, None));
+            self.publish(state.left_event(user, false));
         }
     }
 
@@ -406,7 +440,7 @@ impl Node {
             Some(None) => self.voice_leave(target, None),
             Some(Some(to)) => {
                 let moved = current.expect("checked above");
-                self.publish(moved.event(target, None));
+                self.publish(moved.left_event(target, true));
                 self.change_voice(target, |state| state.channel = to);
                 if let Some(state) = self.voice_state_of(target) {
                     hub.sfu.move_to(state.participant, &state.room());
@@ -474,12 +508,15 @@ impl Node {
                 .collect()
         };
         for (user, state) in in_voice {
-            let rights = self.guild(&state.guild).map_err(|_| ()).and_then(|g| {
-                voice_rights(&g.lock().expect("guild lock"), &user, &state.channel).map_err(|_| ())
-            });
-            match rights {
-                Ok(may_speak) => hub.sfu.set_flags(state.participant, state.flags(may_speak)),
-                Err(()) => self.voice_leave(&user, Some(&state.session)),
+            match self.may_speak(&user, &state.guild, &state.channel) {
+                Ok(may_speak) => {
+                    hub.sfu.set_flags(state.participant, state.flags(may_speak));
+                    if state.suppress == may_speak {
+                        // SPEAK was given or taken: everyone sees who cannot be heard.
+                        self.change_voice(&user, |_| {});
+                    }
+                }
+                Err(_) => self.voice_leave(&user, Some(&state.session)),
             }
         }
     }

@@ -177,6 +177,13 @@ impl Session {
 
     /// Whether this user's session should see `event`.
     fn wants(&self, node: &Node, event: &Event) -> bool {
+        // Your own voice state reaches you even from a channel you can no longer see, so a
+        // client always learns it was disconnected.
+        if event.name == "VOICE_STATE_UPDATE"
+            && event.data.get("user_id") == Some(&json!(self.user))
+        {
+            return true;
+        }
         let Ok(guild) = node.guild(&event.guild) else {
             return false;
         };
@@ -693,15 +700,16 @@ async fn handle(
         "voice_connect" => {
             let connect: crate::voice::VoiceConnect = decode(frame.d)?;
             let (guild_id, channel_id) = (connect.guild_id, connect.channel_id);
-            node.user_rate_check(&user)
-                .map_err(|e| Handled::Error(None, e))?;
+            let nonce = connect.nonce.clone();
+            let fail = |e| Handled::Error(nonce.clone(), e);
+            node.user_rate_check(&user).map_err(fail)?;
             let sdp = node
                 .voice_connect(&user, &session.id, connect)
                 .await
-                .map_err(|e| Handled::Error(None, e))?;
+                .map_err(fail)?;
             Ok(Some(json!({
                 "op": "voice_answer",
-                "d": { "guild_id": guild_id, "channel_id": channel_id, "sdp": sdp },
+                "d": { "nonce": nonce, "guild_id": guild_id, "channel_id": channel_id, "sdp": sdp },
             })))
         }
         "voice_state" => {
@@ -713,7 +721,7 @@ async fn handle(
             Ok(None)
         }
         "voice_leave" => {
-            node.voice_leave(&user, None);
+            node.voice_leave(&user, Some(&session.id));
             Ok(None)
         }
         "identify" | "resume" => Err(Handled::Close(

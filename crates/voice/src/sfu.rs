@@ -123,10 +123,14 @@ impl Participant {
         if let Some(slot) = self.slots.iter().find(|s| s.source == Some(source)) {
             return Some(slot.mid);
         }
-        let free = self
-            .slots
-            .iter_mut()
-            .find(|s| s.source.is_none() || s.last_write.is_none_or(|t| now - t >= SLOT_IDLE))?;
+        // A free slot first; failing that, one whose speaker has gone quiet.
+        let free = match self.slots.iter().position(|s| s.source.is_none()) {
+            Some(i) => &mut self.slots[i],
+            None => self
+                .slots
+                .iter_mut()
+                .find(|s| s.last_write.is_none_or(|t| now - t >= SLOT_IDLE))?,
+        };
         free.source = Some(source);
         free.last_write = None;
         Some(free.mid)
