@@ -127,8 +127,12 @@ pub async fn catchup(count: u64, writers: usize) {
     let (a_net, b_net) = (a.node.net().expect("net"), b.node.net().expect("net"));
     a_net.block(b_net.peer_id());
     b_net.block(a_net.peer_id());
-    let (written, secs) = write_messages(&a.node, owner_id, gid, count, writers).await;
-    println!("node A took {written} messages while apart from B ({secs:.1} s)");
+    let written = write_messages(&a.node, owner_id, gid, count, writers).await;
+    println!(
+        "node A took {} messages while apart from B ({:.1} s)",
+        written.count, written.secs
+    );
+    let written = written.count;
     let op_bytes: usize = {
         let on_a = a.node.guild(&gid).expect("guild");
         let on_b = b.node.guild(&gid).expect("guild");

@@ -70,6 +70,10 @@ struct Setup {
 
 /// A node in a temp dir with rate limits out of the way.
 fn open_node(dir: &tempfile::TempDir) -> Arc<Node> {
+    Node::open(unlimited_config(dir)).expect("node opens")
+}
+
+fn unlimited_config(dir: &tempfile::TempDir) -> NodeConfig {
     let mut config = NodeConfig::new(dir.path().join("data"));
     config.user_rate = 1e9;
     config.user_burst = 1e9;
@@ -77,7 +81,7 @@ fn open_node(dir: &tempfile::TempDir) -> Arc<Node> {
     config.auth_burst = 1e9;
     config.ip_rate = 1e9;
     config.ip_burst = 1e9;
-    Node::open(config).expect("node opens")
+    config
 }
 
 /// Serves the node's API on an ephemeral loopback port; returns its base URL.
@@ -287,25 +291,75 @@ async fn fanout(s: &Setup, listeners: usize, rate: u64, seconds: u64) {
 async fn restart(count: u64, writers: usize) {
     use guildhall_gateway::rest;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = NodeConfig::new(dir.path().join("data"));
+    let config = unlimited_config(&dir);
     let node = Node::open(config.clone()).expect("node opens");
     let owner = rest::create_account(&node, "owner", "load generator", None)
         .await
         .expect("account")
         .user_id;
     let guild = node.create_guild(&owner, "restart").await.expect("guild");
-    let (written, secs) = write_messages(&node, owner, guild, count, writers).await;
+    let written = write_messages(&node, owner, guild, count, writers).await;
     println!(
-        "{writers} writers through Node::submit (sign, authorize, apply, group commit): {written} ops in {secs:.1} s = {:.0} ops/s",
-        written as f64 / secs
+        "{writers} writers through Node::submit (sign, authorize, apply, group commit): {} ops in {:.1} s = {:.0} ops/s",
+        written.count,
+        written.secs,
+        written.count as f64 / written.secs
     );
     drop(node);
     let started = Instant::now();
     let node = Node::open(config).expect("node reopens");
     println!(
-        "reopen with {written} stored messages: {:.0} ms to serving ({} guild)",
+        "reopen with {} stored messages: {:.0} ms to serving ({} guild), process RSS {:.0} MiB",
+        written.count,
         started.elapsed().as_secs_f64() * 1000.0,
-        node.guild_count()
+        node.guild_count(),
+        rss_mib()
+    );
+    history_pages(node, &guild.to_string(), &written).await;
+}
+
+/// Times pages of 50 over HTTP: the newest, and one before each sampled id (all depths).
+async fn history_pages(node: Arc<Node>, guild: &str, written: &Written) {
+    let base = serve(node).await;
+    let (client, _) = Client::login(&base, "owner", "load generator")
+        .await
+        .expect("login");
+    let channel = written.channel.to_string();
+    let timed = |page: guildhall_client::Page| {
+        let client = client.clone();
+        let channel = channel.clone();
+        async move {
+            let started = Instant::now();
+            let messages = client.messages(guild, &channel, &page).await.expect("page");
+            assert!(!messages.is_empty() || page.before.is_some());
+            started.elapsed().as_micros() as u64
+        }
+    };
+    let mut newest = Vec::new();
+    for _ in 0..written.sample.len().max(100) {
+        let page = guildhall_client::Page {
+            limit: Some(50),
+            ..Default::default()
+        };
+        newest.push(timed(page).await);
+    }
+    report("history page of 50, newest (HTTP round trip)", newest);
+    let mut deep = Vec::new();
+    for id in &written.sample {
+        let page = guildhall_client::Page {
+            before: Some(id.to_string()),
+            limit: Some(50),
+            ..Default::default()
+        };
+        deep.push(timed(page).await);
+    }
+    report(
+        &format!(
+            "history page of 50 before {} ids spread over {} messages",
+            written.sample.len(),
+            written.count
+        ),
+        deep,
     );
 }
 
@@ -347,7 +401,7 @@ async fn members(count: u64, large: usize) {
             node.submit(&user, &guild, join).await.expect("join");
         }
         let started = Instant::now();
-        let (written, _) = write_messages(&node, owner, guild, count, 1).await;
+        let written = write_messages(&node, owner, guild, count, 1).await.count;
         let per_op = started.elapsed().as_secs_f64() * 1e6 / written as f64;
         println!(
             "{size} members: {written} sequential sends through Node::submit, {per_op:.0} µs per send"
@@ -363,7 +417,7 @@ async fn write_messages(
     guild: GuildId,
     count: u64,
     writers: usize,
-) -> (u64, f64) {
+) -> Written {
     let channel = node
         .with_member_guild(&author, &guild, |g| {
             let text = g
@@ -376,24 +430,59 @@ async fn write_messages(
         .expect("channel");
     let started = Instant::now();
     let per_writer = count / writers as u64;
+    // About SAMPLED_IDS ids in all, spread evenly over the history, for cursors into it.
+    let sample_every = (count / SAMPLED_IDS).max(1);
     let mut tasks = Vec::new();
     for w in 0..writers {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
+            let mut sample = Vec::new();
             for i in 0..per_writer {
                 let body = guildhall_proto::body::Body::MessageCreate {
                     channel,
                     content: format!("writer {w} message {i}: some ordinary chat text"),
                     reply_to: None,
                 };
-                node.submit(&author, &guild, body).await.expect("submit");
+                let id = node.submit(&author, &guild, body).await.expect("submit");
+                if (i * writers as u64 + w as u64).is_multiple_of(sample_every) {
+                    sample.push(id);
+                }
             }
+            sample
         }));
     }
+    let mut sample = Vec::new();
     for t in tasks {
-        t.await.expect("writer");
+        sample.extend(t.await.expect("writer"));
     }
-    (per_writer * writers as u64, started.elapsed().as_secs_f64())
+    Written {
+        count: per_writer * writers as u64,
+        secs: started.elapsed().as_secs_f64(),
+        channel,
+        sample,
+    }
+}
+
+/// What `write_messages` wrote.
+struct Written {
+    count: u64,
+    secs: f64,
+    channel: guildhall_proto::id::ChannelId,
+    /// Ids of messages spread over the history.
+    sample: Vec<guildhall_proto::id::OpId>,
+}
+
+const SAMPLED_IDS: u64 = 1_000;
+
+/// The process's resident memory, from /proc.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 async fn idle(s: &Setup, clients: usize, seconds: u64) {

@@ -39,10 +39,9 @@ fn fanout() {
 
 #[test]
 fn restart() {
-    assert!(
-        run(&["restart", "--count", "200", "--clients", "4"])
-            .contains("reopen with 200 stored messages")
-    );
+    let out = run(&["restart", "--count", "200", "--clients", "4"]);
+    assert!(out.contains("reopen with 200 stored messages"), "{out}");
+    assert!(out.contains("history page of 50 before 200 ids"), "{out}");
 }
 
 #[test]
