@@ -8,7 +8,7 @@ use guildhall_gateway::Node;
 use guildhall_net::{Multiaddr, NetConfig};
 use guildhall_proto::id::GuildId;
 
-use crate::{open_node, report, serve, write_messages};
+use crate::{open_node, record, report, serve, write_messages};
 
 struct FedNode {
     node: Arc<Node>,
@@ -60,6 +60,7 @@ pub async fn remote(count: u64) {
     let listener = user(&b, "listener").await;
     let started = Instant::now();
     listener.accept_invite(&invite.code).await.expect("join");
+    record("join_ms", started.elapsed().as_secs_f64() * 1000.0);
     println!(
         "join a new guild on another node: {:.1} ms",
         started.elapsed().as_secs_f64() * 1000.0
@@ -156,6 +157,8 @@ pub async fn catchup(count: u64, writers: usize) {
         ),
         _ => String::new(),
     };
+    record("catchup_s", secs);
+    record("catchup_op_bytes", op_bytes);
     println!(
         "catch-up of {written} ops missed in a partition: {secs:.2} s ({:.0} ops/s), ops' bytes {:.1} MB{transfer}",
         written as f64 / secs,
@@ -166,6 +169,7 @@ pub async fn catchup(count: u64, writers: usize) {
     let newcomer = user(&c, "newcomer").await;
     let started = Instant::now();
     newcomer.accept_invite(&invite.code).await.expect("join");
+    record("join_with_history_s", started.elapsed().as_secs_f64());
     println!(
         "join a guild with {written} messages of history from another node: {:.2} s",
         started.elapsed().as_secs_f64()

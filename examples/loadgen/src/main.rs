@@ -133,9 +133,31 @@ async fn member(s: &Setup, n: usize) -> Client {
     client
 }
 
+/// Figures of this run, printed as one JSON line at its end.
+static RESULTS: std::sync::Mutex<Vec<(String, serde_json::Value)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records a figure for the run's JSON line.
+fn record(key: &str, value: impl Into<serde_json::Value>) {
+    RESULTS
+        .lock()
+        .expect("results lock")
+        .push((key.to_owned(), value.into()));
+}
+
 fn report(name: &str, mut micros: Vec<u64>) {
     micros.sort_unstable();
     let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    record(
+        name,
+        serde_json::json!({
+            "n": micros.len(),
+            "p50_ms": at(0.5),
+            "p90_ms": at(0.9),
+            "p99_ms": at(0.99),
+            "max_ms": at(1.0),
+        }),
+    );
     println!(
         "{name}: n={} p50={:.3} ms p90={:.3} ms p99={:.3} ms max={:.3} ms",
         micros.len(),
@@ -154,26 +176,43 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    run(&args).await;
+    let scenario = args
+        .scenario
+        .to_possible_value()
+        .expect("every scenario has a name");
+    let results: serde_json::Map<String, serde_json::Value> =
+        std::mem::take(&mut *RESULTS.lock().expect("results lock"))
+            .into_iter()
+            .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": scenario.get_name(),
+            "count": args.count,
+            "clients": args.clients,
+            "rate": args.rate,
+            "server": args.server,
+            "results": results,
+        })
+    );
+}
+
+async fn run(args: &Args) {
     match args.scenario {
-        Scenario::Restart => return restart(args.count, args.clients).await,
-        Scenario::Members => return members(args.count, args.clients).await,
-        Scenario::Remote => return federation::remote(args.count).await,
-        Scenario::Catchup => return federation::catchup(args.count, args.clients).await,
-        Scenario::Voice => return voice::voice(args.clients, args.count).await,
-        _ => {}
-    }
-    let s = setup(args.server.clone()).await;
-    match args.scenario {
-        Scenario::Latency => latency(&s, args.count).await,
-        Scenario::Throughput => throughput(&s, args.clients, args.count).await,
-        Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
-        Scenario::Idle => idle(&s, args.clients, args.count).await,
-        Scenario::Restart
-        | Scenario::Members
-        | Scenario::Remote
-        | Scenario::Catchup
-        | Scenario::Voice => {
-            unreachable!("handled above")
+        Scenario::Restart => restart(args.count, args.clients).await,
+        Scenario::Members => members(args.count, args.clients).await,
+        Scenario::Remote => federation::remote(args.count).await,
+        Scenario::Catchup => federation::catchup(args.count, args.clients).await,
+        Scenario::Voice => voice::voice(args.clients, args.count).await,
+        Scenario::Latency | Scenario::Throughput | Scenario::Fanout | Scenario::Idle => {
+            let s = setup(args.server.clone()).await;
+            match args.scenario {
+                Scenario::Latency => latency(&s, args.count).await,
+                Scenario::Throughput => throughput(&s, args.clients, args.count).await,
+                Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
+                _ => idle(&s, args.clients, args.count).await,
+            }
         }
     }
 }
@@ -229,6 +268,7 @@ async fn throughput(s: &Setup, senders: usize, seconds: u64) {
         total += t.await.expect("sender");
     }
     let secs = started.elapsed().as_secs_f64();
+    record("acknowledged_per_s", total as f64 / secs);
     println!(
         "{senders} concurrent senders over the gateway (subscribed to nothing): {total} messages acknowledged after commit in {secs:.1} s = {:.0} msg/s",
         total as f64 / secs
@@ -280,6 +320,8 @@ async fn fanout(s: &Setup, listeners: usize, rate: u64, seconds: u64) {
     while let Some(l) = rx.recv().await {
         latencies.push(l);
     }
+    record("delivered", latencies.len());
+    record("expected", expected * listeners as u64);
     println!(
         "{listeners} listeners, {rate} msg/s for {seconds} s: {} of {} deliveries",
         latencies.len(),
@@ -299,6 +341,7 @@ async fn restart(count: u64, writers: usize) {
         .user_id;
     let guild = node.create_guild(&owner, "restart").await.expect("guild");
     let written = write_messages(&node, owner, guild, count, writers).await;
+    record("submit_ops_per_s", written.count as f64 / written.secs);
     println!(
         "{writers} writers through Node::submit (sign, authorize, apply, group commit): {} ops in {:.1} s = {:.0} ops/s",
         written.count,
@@ -308,6 +351,8 @@ async fn restart(count: u64, writers: usize) {
     drop(node);
     let started = Instant::now();
     let node = Node::open(config).expect("node reopens");
+    record("reopen_ms", started.elapsed().as_secs_f64() * 1000.0);
+    record("rss_mib_after_reopen", rss_mib());
     println!(
         "reopen with {} stored messages: {:.0} ms to serving ({} guild), process RSS {:.0} MiB",
         written.count,
@@ -403,6 +448,7 @@ async fn members(count: u64, large: usize) {
         let started = Instant::now();
         let written = write_messages(&node, owner, guild, count, 1).await.count;
         let per_op = started.elapsed().as_secs_f64() * 1e6 / written as f64;
+        record(&format!("us_per_send_{size}_members"), per_op);
         println!(
             "{size} members: {written} sequential sends through Node::submit, {per_op:.0} µs per send"
         );
@@ -490,6 +536,7 @@ async fn idle(s: &Setup, clients: usize, seconds: u64) {
     for _ in 0..clients {
         held.push(Gateway::connect(&s.owner).await.expect("gateway"));
     }
+    record("idle_sessions", held.len());
     println!("{clients} idle gateway sessions open; holding them {seconds} s");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     println!("released {} sessions", held.len());

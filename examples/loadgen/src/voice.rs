@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use guildhall_voice::peer::{FRAME_INTERVAL, Peer};
 use guildhall_voice::{Flags, Voice, VoiceConfig};
 
-use crate::report;
+use crate::{record, report};
 
 const ROOM_SIZE: usize = 4;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -113,6 +113,9 @@ pub async fn voice(participants: usize, seconds: u64) {
     let expected = listeners_per_frame * elapsed / FRAME_INTERVAL.as_secs_f64();
     let pps = forwarded as f64 / elapsed;
     let load = cpu / elapsed;
+    record("forwarded_per_s", pps);
+    record("expected_per_s", expected / elapsed);
+    record("sfu_cpu_fraction", load);
     println!(
         "voice: {participants} participants in rooms of {ROOM_SIZE}, {seconds} s: forwarded {pps:.0} packets/s \
          ({:.1}% of the {:.0} expected), received {:.0}/s",

@@ -13,6 +13,16 @@ fn run(args: &[&str]) -> String {
         "{args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not the run's JSON ({e}): {last}"));
+    assert_eq!(summary["scenario"], args[0], "{last}");
+    assert!(
+        summary["results"]
+            .as_object()
+            .is_some_and(|r| !r.is_empty()),
+        "{last}"
+    );
     stdout
 }
 
