@@ -448,9 +448,38 @@ fn bench_dm(c: &mut Criterion) {
     g.finish();
 }
 
+/// The gate of fan-out: for one channel event, which of the guild's members may receive it
+/// (member, and VIEW_CHANNEL in the channel), as the gateway asks for every session.
+fn bench_fanout_gate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout_gate");
+    for members in [10u32, 1_000] {
+        let (b, owner, keys, channel) = small_guild(members);
+        let state = b.guild.state();
+        let users: Vec<_> = std::iter::once(&owner)
+            .chain(&keys)
+            .map(|k| k.user_id())
+            .collect();
+        g.throughput(Throughput::Elements(users.len() as u64));
+        g.bench_function(format!("{members}_members"), |bench| {
+            bench.iter(|| {
+                users
+                    .iter()
+                    .filter(|u| {
+                        state.is_member(u)
+                            && state
+                                .channel_permissions(u, &channel)
+                                .contains(Permissions::VIEW_CHANNEL)
+                    })
+                    .count()
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_decode, bench_verify, bench_apply, bench_ban, bench_dm
+    targets = bench_decode, bench_verify, bench_apply, bench_ban, bench_dm, bench_fanout_gate
 }
 criterion_main!(benches);
