@@ -86,3 +86,14 @@ export async function openUser(browser, name, options = {}) {
   });
   return { name, context, page };
 }
+
+/// Reports a failed run: a screenshot of each user's page as it was (named `prefix-<user>`),
+/// the error, and the page problems seen; the script then exits non-zero.
+export async function fail(err, users, prefix) {
+  for (const user of users) {
+    await user.page.screenshot({ path: `${SHOTS}/${prefix}-${user.name.slice(0, 3)}.png` }).catch(() => {});
+  }
+  console.error(`FAIL: ${err.stack || err}`);
+  if (problems.length) console.error(`page problems:\n${problems.join('\n')}`);
+  process.exitCode = 1;
+}

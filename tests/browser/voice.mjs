@@ -5,7 +5,7 @@
 // Usage: node voice.mjs http://127.0.0.1:PORT (a node serving voice).
 
 import {
-  base, SHOTS, PASSWORD, suffix, step, assert, watchdog, rest, launch, problems, dialogs, openUser,
+  base, SHOTS, PASSWORD, suffix, step, assert, watchdog, rest, launch, problems, dialogs, openUser, fail,
 } from './harness.mjs';
 
 const SPEAK = 1n << 21n;
@@ -206,10 +206,7 @@ try {
   assert(problems.length === 0, `no page errors: ${problems.join('; ')}`);
   step('ok');
 } catch (err) {
-  for (const user of users) await user.page.screenshot({ path: `${SHOTS}/voice-failure-${user.name.slice(0, 3)}.png` }).catch(() => {});
-  console.error(`FAIL: ${err.stack || err}`);
-  if (problems.length) console.error(`page problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await fail(err, users, 'voice-failure');
 } finally {
   clearTimeout(timer);
   await browser.close();

@@ -4,7 +4,7 @@
 // Screenshots go to <repo>/screenshots/ (kept out of git), or $SCREENSHOTS_DIR.
 
 import {
-  base, SHOTS, PASSWORD, suffix, step, assert, watchdog, rest, launch, problems, dialogs, openUser as open,
+  base, SHOTS, PASSWORD, suffix, step, assert, watchdog, rest, launch, problems, dialogs, openUser as open, fail,
 } from './harness.mjs';
 
 const HISTORY = 500;
@@ -290,11 +290,7 @@ try {
   assert(problems.length === 0, `no page errors: ${problems.join('; ')}`);
   step('ok');
 } catch (err) {
-  await ada.page.screenshot({ path: `${SHOTS}/failure-ada.png` }).catch(() => {});
-  await bea.page.screenshot({ path: `${SHOTS}/failure-bea.png` }).catch(() => {});
-  console.error(`FAIL: ${err.stack || err}`);
-  if (problems.length) console.error(`page problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await fail(err, [ada, bea], 'failure');
 } finally {
   clearTimeout(timer);
   await browser.close();
