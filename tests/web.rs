@@ -120,15 +120,21 @@ async fn run_browser_script(script: &'static str, base: &str) {
         "{CHROMIUM} is missing: the browser tests need Debian's chromium. \
          Run ./test.sh (it installs it) or `apt-get install -y chromium`."
     );
+    run_node(vec![script.to_owned(), base.to_owned()], true).await;
+}
+
+/// Runs `node <args>` in tests/browser (one run at a time; `npm ci` first if `playwright` is
+/// wanted and not installed) and fails with its output if it fails.
+async fn run_node(args: Vec<String>, playwright: bool) {
     let dir = browser_dir();
-    let base = base.to_owned();
+    let what = args.join(" ");
     let output = tokio::task::spawn_blocking(move || {
         // One script at a time: two `npm ci` must not share node_modules, and two browsers on
         // a small machine would slow each other past their watchdogs.
         let _one = BROWSER
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !dir.join("node_modules/playwright-core").exists() {
+        if playwright && !dir.join("node_modules/playwright-core").exists() {
             let npm = Command::new("npm")
                 .arg("ci")
                 .current_dir(&dir)
@@ -141,11 +147,10 @@ async fn run_browser_script(script: &'static str, base: &str) {
             );
         }
         Command::new("node")
-            .arg(script)
-            .arg(&base)
+            .args(&args)
             .current_dir(&dir)
             .output()
-            .expect("node runs")
+            .expect("node runs (Node.js 20 or newer is needed for the browser tests)")
     })
     .await
     .unwrap();
@@ -153,7 +158,7 @@ async fn run_browser_script(script: &'static str, base: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "browser test {script} failed:\n{stdout}\n{stderr}"
+        "node {what} failed:\n{stdout}\n{stderr}"
     );
     println!("{stdout}");
 }
@@ -165,6 +170,13 @@ async fn two_users_chat_in_the_browser() {
     // The script seeds 500 messages over REST as one user; the default burst would slow it down.
     let node = TestNode::start_with(|c| c.user_burst = 10_000.0).await;
     run_browser_script("web.mjs", &node.base).await;
+}
+
+/// The web client's DM crypto (web/js/xchacha.js, dmcrypto.js) reproduces the RFC 8439 and
+/// XChaCha vectors and every byte of spec/vectors/dm.json (tests/browser/dm-crypto.test.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_dm_crypto_matches_the_vectors() {
+    run_node(vec!["--test".into(), "dm-crypto.test.mjs".into()], false).await;
 }
 
 /// Three browsers in one voice channel through the node's SFU: each hears the two others;

@@ -59,6 +59,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../../web/js/settings.js"),
     ),
     ("js/voice.js", JS, include_str!("../../../web/js/voice.js")),
+    (
+        "js/xchacha.js",
+        JS,
+        include_str!("../../../web/js/xchacha.js"),
+    ),
+    (
+        "js/dmcrypto.js",
+        JS,
+        include_str!("../../../web/js/dmcrypto.js"),
+    ),
 ];
 
 const JS: &str = "text/javascript; charset=utf-8";
