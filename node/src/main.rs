@@ -245,6 +245,10 @@ async fn serve(
     voice: Option<VoiceConfig>,
 ) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
+    match guildhall_gateway::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let node = open(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

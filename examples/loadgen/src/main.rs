@@ -12,6 +12,7 @@ use guildhall_proto::id::{GuildId, UserId};
 use tokio::sync::mpsc;
 
 mod federation;
+mod procfs;
 mod voice;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +58,10 @@ struct Args {
     /// Messages per second (fanout).
     #[arg(long, default_value_t = 50)]
     rate: u64,
+    /// With `--server`: the node's process id, to report its CPU time and memory over the run
+    /// (and memory per client held, for fanout and idle).
+    #[arg(long, requires = "server")]
+    node_pid: Option<u32>,
 }
 
 struct Setup {
@@ -176,7 +181,18 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    run(&args).await;
+    match guildhall_gateway::raise_fd_limit() {
+        Ok(limit) if (limit as usize) < args.clients + 100 => eprintln!(
+            "warning: {limit} open files at most (the hard limit): fewer than the clients asked for"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+    }
+    let watched = args.node_pid.map(procfs::Watched::start);
+    run(&args, watched.as_ref()).await;
+    if let Some(watched) = watched {
+        watched.finish();
+    }
     let scenario = args
         .scenario
         .to_possible_value()
@@ -198,7 +214,7 @@ async fn main() {
     );
 }
 
-async fn run(args: &Args) {
+async fn run(args: &Args, watched: Option<&procfs::Watched>) {
     match args.scenario {
         Scenario::Restart => restart(args.count, args.clients).await,
         Scenario::Members => members(args.count, args.clients).await,
@@ -211,7 +227,7 @@ async fn run(args: &Args) {
                 Scenario::Latency => latency(&s, args.count).await,
                 Scenario::Throughput => throughput(&s, args.clients, args.count).await,
                 Scenario::Fanout => fanout(&s, args.clients, args.rate, args.count).await,
-                _ => idle(&s, args.clients, args.count).await,
+                _ => idle(&s, args.clients, args.count, watched).await,
             }
         }
     }
@@ -352,13 +368,13 @@ async fn restart(count: u64, writers: usize) {
     let started = Instant::now();
     let node = Node::open(config).expect("node reopens");
     record("reopen_ms", started.elapsed().as_secs_f64() * 1000.0);
-    record("rss_mib_after_reopen", rss_mib());
+    record("rss_mib_after_reopen", procfs::rss_mib("self"));
     println!(
         "reopen with {} stored messages: {:.0} ms to serving ({} guild), process RSS {:.0} MiB",
         written.count,
         started.elapsed().as_secs_f64() * 1000.0,
         node.guild_count(),
-        rss_mib()
+        procfs::rss_mib("self")
     );
     history_pages(node, &guild.to_string(), &written).await;
 }
@@ -520,23 +536,15 @@ struct Written {
 
 const SAMPLED_IDS: u64 = 1_000;
 
-/// The process's resident memory, from /proc.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-async fn idle(s: &Setup, clients: usize, seconds: u64) {
+async fn idle(s: &Setup, clients: usize, seconds: u64, watched: Option<&procfs::Watched>) {
     let mut held = Vec::with_capacity(clients);
     for _ in 0..clients {
         held.push(Gateway::connect(&s.owner).await.expect("gateway"));
     }
     record("idle_sessions", held.len());
+    if let Some(watched) = watched {
+        watched.holding(held.len());
+    }
     println!("{clients} idle gateway sessions open; holding them {seconds} s");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     println!("released {} sessions", held.len());

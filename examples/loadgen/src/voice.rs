@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use guildhall_voice::peer::{FRAME_INTERVAL, Peer};
 use guildhall_voice::{Flags, Voice, VoiceConfig};
 
+use crate::procfs::cpu_time;
 use crate::{record, report};
 
 const ROOM_SIZE: usize = 4;
@@ -37,19 +38,6 @@ fn start_sfu() -> (Voice, String) {
         })
         .expect("thread starts");
     rx.recv().expect("SFU thread starts")
-}
-
-/// User plus system CPU time of a thread, from its stat line.
-fn cpu_time(stat: &str) -> Duration {
-    let text = std::fs::read_to_string(stat).expect("thread stat");
-    // Fields after the command name, which is parenthesized and may hold spaces.
-    let fields: Vec<&str> = text[text.rfind(')').expect("stat format") + 2..]
-        .split(' ')
-        .collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // Linux reports these in USER_HZ, 100 per second on every platform Rust targets.
-    Duration::from_millis(ticks * 10)
 }
 
 pub async fn voice(participants: usize, seconds: u64) {
