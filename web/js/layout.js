@@ -8,6 +8,7 @@ import { app } from './main.js';
 import { openCreateOrJoin, openGuildSettings, openChannelSettings, openInvite, openCreateChannel } from './settings.js';
 import { setPanel, searchFor } from './panels.js';
 import { joinVoice, inVoice, voiceUserList } from './voice.js';
+import { dmOpen, anyUnread, openDms, renderDmSidebarHeader, renderDmList, renderDmHeader } from './dm.js';
 
 const STATUS_TEXT = {
   connecting: 'Connecting…',
@@ -17,7 +18,7 @@ const STATUS_TEXT = {
   offline: 'Offline',
 };
 
-export function buildShell(messagesPane, sidePanel) {
+export function buildShell(messagesPane, sidePanel, dmView) {
   clear($('#root')).append(h('div', { class: 'app' },
     h('nav', { id: 'rail', 'aria-label': 'Guilds' }),
     h('aside', { id: 'sidebar' },
@@ -27,13 +28,19 @@ export function buildShell(messagesPane, sidePanel) {
       h('section', { id: 'user-panel' })),
     h('main', { id: 'chat' },
       h('header', { id: 'chat-header' }),
-      h('div', { class: 'chat-body' }, messagesPane, sidePanel))));
+      h('div', { class: 'chat-body' }, messagesPane, sidePanel, dmView))));
 }
 
 export function renderRail() {
   const rail = clear($('#rail'));
+  rail.append(h('div', { class: `rail-item${dmOpen() ? ' selected' : ''}${anyUnread() ? ' unread' : ''}` },
+    h('span', { class: 'pill' }),
+    h('button', {
+      class: 'guild-icon dm-home', title: 'Direct Messages', 'aria-label': 'Direct Messages', onclick: () => openDms(),
+    }, '✉')));
+  rail.append(h('div', { class: 'rail-separator' }));
   for (const guild of state.guilds.values()) {
-    const selected = guild.id === state.current.guildId;
+    const selected = guild.id === state.current.guildId && !dmOpen();
     rail.append(h('div', { class: `rail-item${selected ? ' selected' : ''}${guildUnread(guild) ? ' unread' : ''}` },
       h('span', { class: 'pill' }),
       h('button', {
@@ -47,6 +54,10 @@ export function renderRail() {
 }
 
 export function renderGuildHeader() {
+  if (dmOpen()) {
+    renderDmSidebarHeader();
+    return;
+  }
   const header = clear($('#guild-header'));
   const guild = currentGuild();
   if (!guild) {
@@ -109,6 +120,10 @@ function voiceChannel(guild, channel, manage) {
 }
 
 export function renderChannels() {
+  if (dmOpen()) {
+    renderDmList();
+    return;
+  }
   const list = clear($('#channels'));
   const guild = currentGuild();
   if (!guild) {
@@ -155,6 +170,10 @@ export function renderUserPanel() {
 }
 
 export function renderChatHeader() {
+  if (dmOpen()) {
+    renderDmHeader();
+    return;
+  }
   const header = clear($('#chat-header'));
   const guild = currentGuild();
   const id = state.current.channelId;

@@ -17,6 +17,9 @@ import {
 import { buildSidePanel, renderPanel, refreshPanelFor } from './panels.js';
 import { openMember } from './settings.js';
 import {
+  buildDmView, initDms, onDmCreate, openDms, closeDms, onDmKey, dmOpen, messageUser,
+} from './dm.js';
+import {
   initVoice, onVoiceState, onVoiceSpeaking, onVoiceSession, onVoiceResumed, checkVoiceAllowed, renderVoicePanel,
 } from './voice.js';
 
@@ -34,6 +37,7 @@ export const app = {
   async selectGuild(guildId, channelId = null) {
     const guild = state.guilds.get(guildId);
     if (!guild) return;
+    closeDms();
     state.current.guildId = guildId;
     if (!state.members.has(guildId)) await loadMembers(guildId);
     const text = guild.channels.filter((c) => c.kind === 'text');
@@ -109,6 +113,7 @@ export const app = {
   },
 
   openMember,
+  messageUser,
 
   async editNickname(guildId) {
     const member = state.members.get(guildId)?.get(state.me.id);
@@ -216,6 +221,7 @@ const handlers = {
     notify('guilds', 'me');
     onVoiceSession(first);
     for (const g of state.guilds.values()) loadLatest(g);
+    const dmsReady = initDms(first);
     const invite = sessionStorage.getItem(INVITE_KEY);
     if (invite) {
       sessionStorage.removeItem(INVITE_KEY);
@@ -223,7 +229,9 @@ const handlers = {
       return;
     }
     const [, kind, g, c] = location.pathname.split('/');
-    if (first && kind === 'channels' && state.guilds.has(g)) app.selectGuild(g, c);
+    if (first && kind === 'channels' && g === '@me') dmsReady.then(() => openDms(c ? decodeURIComponent(c) : null));
+    else if (!first && dmOpen()) dmsReady.then(() => openDms());
+    else if (first && kind === 'channels' && state.guilds.has(g)) app.selectGuild(g, c);
     else if (state.current.guildId && state.guilds.has(state.current.guildId)) app.selectGuild(state.current.guildId, state.current.channelId);
     else if (state.guilds.size) app.selectGuild(state.guilds.keys().next().value);
     else app.selectChannel(null);
@@ -302,6 +310,7 @@ const handlers = {
   RESUMED() {
     onVoiceResumed();
   },
+  DM_CREATE: onDmCreate,
   VOICE_STATE_UPDATE: onVoiceState,
   VOICE_SPEAKING: onVoiceSpeaking,
   TYPING_START(d) {
@@ -356,7 +365,7 @@ function wire() {
 }
 
 function enterApp() {
-  buildShell(buildMessagesPane(), buildSidePanel());
+  buildShell(buildMessagesPane(), buildSidePanel(), buildDmView());
   renderUserPanel();
   renderRail();
   renderGuildHeader();
@@ -411,7 +420,8 @@ async function start() {
 
 window.addEventListener('popstate', () => {
   const [, kind, g, c] = location.pathname.split('/');
-  if (kind === 'channels' && state.guilds.has(g)) app.selectGuild(g, c);
+  if (kind === 'channels' && g === '@me') openDms(c ? decodeURIComponent(c) : null);
+  else if (kind === 'channels' && state.guilds.has(g)) app.selectGuild(g, c);
 });
 
 /// Discord's shortcuts: Alt+Up/Down walks the channel list, typing anywhere goes to the composer.
@@ -425,6 +435,7 @@ document.addEventListener('keydown', (e) => {
     }
     return;
   }
+  if (onDmKey(e)) return;
   const idle = e.target === document.body || e.target.classList?.contains('scroller');
   if (idle && e.key.length === 1 && !e.ctrlKey && !e.metaKey && !e.altKey && !$('#modal-root').children.length) {
     $('#composer')?.focus();

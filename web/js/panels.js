@@ -5,6 +5,7 @@ import { state, currentGuild, displayName, roleColor, channelOf, notify } from '
 import { render as markdown } from './markdown.js';
 import { app } from './main.js';
 import { avatar } from './layout.js';
+import { dmOpen } from './dm.js';
 
 let panel;
 let searchQuery = '';
@@ -29,7 +30,7 @@ export function renderPanel() {
   if (!panel) return;
   clear(panel);
   const guild = currentGuild();
-  panel.hidden = !guild || !state.panel;
+  panel.hidden = dmOpen() || !guild || !state.panel;
   if (panel.hidden) return;
   if (state.panel === 'members') renderMembers(guild);
   else if (state.panel === 'pins') renderPins(guild);

@@ -399,6 +399,7 @@ export function openMember(guildId, userId) {
       roles.length && member ? [h('h3', {}, 'Roles'), roleList] : null,
       h('div', { class: 'actions' },
         self ? h('button', { class: 'secondary', onclick: () => { close(); app.editNickname(guildId); } }, 'Change Nickname') : null,
+        self ? null : h('button', { class: 'primary', onclick: () => { close(); app.messageUser(userId); } }, 'Message'),
         !self && member && has(base, P.KICK_MEMBERS) ? h('button', { class: 'danger', onclick: async () => {
           const why = await reason(`Kick ${displayName(guildId, userId)}`);
           if (why === null) return;

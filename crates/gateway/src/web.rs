@@ -69,6 +69,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../../web/js/dmcrypto.js"),
     ),
+    (
+        "js/dmconv.js",
+        JS,
+        include_str!("../../../web/js/dmconv.js"),
+    ),
+    ("js/dm.js", JS, include_str!("../../../web/js/dm.js")),
 ];
 
 const JS: &str = "text/javascript; charset=utf-8";
