@@ -179,6 +179,15 @@ async fn web_dm_crypto_matches_the_vectors() {
     run_node(vec!["--test".into(), "dm-crypto.test.mjs".into()], false).await;
 }
 
+/// Encrypted DMs in the browser: three users unlock DMs, talk 1:1 and in a group (replies,
+/// edits, reactions, deletes), reload, and the node's copy holds no plaintext
+/// (tests/browser/dm.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_exchange_encrypted_dms_in_the_browser() {
+    let node = TestNode::start().await;
+    run_browser_script("dm.mjs", &node.base).await;
+}
+
 /// Three browsers in one voice channel through the node's SFU: each hears the two others;
 /// muting, a disconnect, SPEAK denied and a moderator's server mute each stop exactly the
 /// streams they should (tests/browser/voice.mjs).
