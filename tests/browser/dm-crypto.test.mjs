@@ -241,3 +241,41 @@ test('pair conversation ids and fingerprints', async () => {
   const digest = nodeCrypto.createHash('sha256').update(Buffer.concat([Buffer.from('guildhall/dm/v1 fingerprint\0'), Buffer.from(ada.dm_public, 'hex')])).digest('hex');
   assert.equal(fp.replace(/-/g, ''), digest.slice(0, 20));
 });
+
+test('conversation rules: replays, authors only, reactions, pairs kept apart from groups', async () => {
+  const { Conversations, checkPayload } = await import('../../web/js/dmconv.js');
+  const msg = (content, extra = {}) => ({ type: 'message', content, ...extra });
+  const dmOf = (id, sender, members, payload, position) => ({ id, sender, members, sentMs: position, position, payload, pairOk: true });
+  const all = new Conversations();
+  const group = all.ensure('g1', ['a', 'b', 'c']);
+  assert.equal(group.kind, 'group');
+  group.apply(dmOf('m1', 'a', ['a', 'b', 'c'], msg('hi'), 1));
+  assert.throws(() => group.apply(dmOf('e1', 'b', ['a', 'b', 'c'], { type: 'edit', target: 'm1', content: 'x' }, 2)), /author/);
+  group.apply(dmOf('e2', 'a', ['a', 'b', 'c'], { type: 'edit', target: 'm1', content: 'hello' }, 3));
+  assert.equal(group.message('m1').content, 'hello');
+  assert.ok(group.message('m1').edited);
+  group.apply(dmOf('r1', 'b', ['a', 'b', 'c'], { type: 'reaction', target: 'm1', emoji: '👍', add: true }, 4));
+  assert.equal(group.message('m1').reactions.get('👍').size, 1);
+  assert.throws(() => group.apply(dmOf('r1', 'b', ['a', 'b', 'c'], msg('again'), 5)), { code: 'dm_replayed' });
+  assert.throws(() => group.apply(dmOf('x', 'z', ['z', 'a', 'b'], msg('let me in'), 6)), /not a member/);
+  assert.throws(() => group.apply(dmOf('y', 'a', ['a', 'b', 'c'], { type: 'reaction', target: 'nope', emoji: '👍', add: true }, 7)), /no message/);
+  group.apply(dmOf('d1', 'a', ['a', 'b', 'c'], { type: 'delete', target: 'm1' }, 8));
+  const m = group.message('m1');
+  assert.ok(m.deleted && m.content === '' && m.reactions.size === 0);
+  assert.throws(() => group.apply(dmOf('d2', 'a', ['a', 'b', 'c'], { type: 'edit', target: 'm1', content: 'back' }, 9)), /deleted/);
+  // A group grows when a member sends to a larger set.
+  group.apply(dmOf('m2', 'b', ['a', 'b', 'c', 'd'], msg('meet d'), 10));
+  assert.equal(group.members.size, 4);
+  // The same id with two members is a different (1:1) conversation, and must be the pair id.
+  const pair = all.ensure('g1', ['a', 'b']);
+  assert.notEqual(pair, group);
+  assert.equal(pair.kind, 'pair');
+  assert.throws(() => pair.apply({ ...dmOf('p1', 'a', ['a', 'b'], msg('hi'), 11), pairOk: false }), /pair/);
+  assert.equal(all.list().length, 2);
+  // Payload limits.
+  assert.throws(() => checkPayload(msg('')), /content/);
+  assert.throws(() => checkPayload(msg('x'.repeat(4001))), /content/);
+  checkPayload(msg('🙂'.repeat(4000)));
+  assert.throws(() => checkPayload({ type: 'reaction', target: 't', emoji: 'x'.repeat(65), add: true }), /emoji/);
+  assert.throws(() => checkPayload({ type: 'shout', content: 'x' }), /unknown/);
+});

@@ -197,6 +197,11 @@ async function processDm(d) {
   const conversation = hex(env.conversation);
   const sender = hex(env.sender);
   const pairOk = members.length !== 2 || hex(await dc.pairConversation(env.wraps[0].user, env.wraps[1].user)) === conversation;
+  if (!pairOk) {
+    // Two members under another id: someone trying to pass for a 1:1 conversation.
+    dms.refused += 1;
+    return;
+  }
   const base = { id: verified.id, sender, members, sentMs: env.sentMs, position: d.position, pairOk };
   let payload;
   try {
@@ -212,10 +217,6 @@ async function processDm(d) {
       throw err instanceof dc.DmError ? err : new dc.DmError('malformed_dm', 'the payload is not a DM payload');
     }
   } catch (err) {
-    if (!pairOk) {
-      dms.refused += 1;
-      return;
-    }
     dms.convs.ensure(conversation, members).fail({ ...base, code: err.code || 'malformed_dm' });
     return;
   }
