@@ -57,6 +57,8 @@ pub enum AuthError {
     BadMetaChange(String),
     #[error("depends on the invalid op {0}")]
     InvalidDependency(OpId),
+    #[error("the author signed two ops at one seq in this guild and is no longer trusted there")]
+    Equivocated,
     #[error("the guild was deleted")]
     GuildDeleted,
     #[error("only the guild's owner may do this")]
@@ -93,6 +95,7 @@ impl AuthError {
             AuthError::NotAuthor => "not_author",
             AuthError::BadMetaChange(_) => "bad_meta_change",
             AuthError::InvalidDependency(_) => "invalid_dependency",
+            AuthError::Equivocated => "equivocated",
         }
     }
 }

@@ -70,7 +70,8 @@ pub enum Verdict {
     Invalid(AuthError),
     /// A content op whose target (message or thread) has not arrived.
     Waiting(OpId),
-    /// Not on the author's canonical chain: the author equivocated and this fork lost.
+    /// Not on the author's canonical chain: the author equivocated at or below this op's seq
+    /// (or the op builds on one that is not canonical).
     Forked,
 }
 
@@ -391,6 +392,10 @@ impl Guild {
     /// client, so that refused requests never enter the log. Exact for such ops, since their
     /// causal past is every guild-state op held and nothing is concurrent with them yet.
     pub fn precheck(&self, env: &Envelope) -> Result<(), AuthError> {
+        // Whatever such an author signs now lands above their fork, where nothing is canonical.
+        if self.equivocations.iter().any(|p| p.author == env.author) {
+            return Err(AuthError::Equivocated);
+        }
         if env.body.is_control() {
             self.current.authorize(&env.author, &env.body, env.hlc)?;
             if let Body::MetaChange { change } = &env.body {
@@ -1056,27 +1061,29 @@ impl Guild {
         changes
     }
 
-    /// Each author's canonical chain: from seq 1, the lowest op id among the ops extending the
-    /// chosen predecessor (the guild's genesis op always wins its slot).
+    /// Each author's canonical chain: from seq 1, the op extending the chosen predecessor. An
+    /// author who signed two ops at one seq is no longer trusted: their chain ends below it
+    /// (the guild's genesis op still heads its author's chain, and the chain ends there).
     fn recompute_canonical(&mut self) {
         self.canonical.clear();
         for chain in self.chains.values() {
             let mut prev: Option<OpId> = None;
             let mut broken = false;
             for ids in chain.ops.values() {
+                let equivocated = ids.len() > 1;
                 let chosen = if broken {
                     None
+                } else if equivocated {
+                    ids.iter().find(|id| **id == self.id).copied()
                 } else {
-                    // The genesis op heads its author's chain whatever else was signed at seq 1.
                     ids.iter()
-                        .filter(|id| self.ops[*id].envelope().prev == prev)
-                        .min_by_key(|id| (**id != self.id, **id))
+                        .find(|id| self.ops[*id].envelope().prev == prev)
                         .copied()
                 };
                 for id in ids {
                     self.canonical.insert(*id, Some(*id) == chosen);
                 }
-                broken = chosen.is_none();
+                broken = chosen.is_none() || equivocated;
                 prev = chosen;
             }
         }

@@ -718,7 +718,7 @@ fn clearing_an_overwrite_needs_the_rank_and_bits_setting_it_did() {
 }
 
 #[test]
-fn the_genesis_op_always_heads_its_authors_chain() {
+fn the_genesis_op_heads_its_authors_chain_even_against_a_fork_that_ends_it() {
     let mut r = Replica::new(&key(1));
     let general = r.text_channel(&key(1), "general");
     // A second op by the owner at seq 1: a fork against genesis, whatever its id.
@@ -742,7 +742,8 @@ fn the_genesis_op_always_heads_its_authors_chain() {
         "some fork sorts below genesis"
     );
     assert_eq!(r.verdict(&r.guild.id()), Verdict::Valid);
-    assert_eq!(r.verdict(&general), Verdict::Valid);
+    // The owner equivocated at seq 1: nothing they signed after genesis is trusted.
+    assert_eq!(r.verdict(&general), Verdict::Forked);
     for f in &forks {
         assert_eq!(r.verdict(f), Verdict::Forked);
     }

@@ -277,25 +277,41 @@ fn ops_wait_for_missing_predecessors_then_apply() {
 }
 
 #[test]
-fn equivocation_is_detected_with_a_proof_and_one_fork_wins_everywhere() {
+fn an_equivocating_author_is_no_longer_trusted_from_the_fork_on() {
     let mut a = Replica::new(&key(1));
+    let invite = a.invite(&key(1));
+    a.join(&key(2), invite);
     let general = a.text_channel(&key(1), "general");
+    let (before, _) = a.say(&key(2), general, "before the fork");
     let mut b = a.clone();
-    let (left, _) = a.say(&key(1), general, "left");
-    let (right, _) = b.say(&key(1), general, "right");
+    let (left, _) = a.say(&key(2), general, "left");
+    let (after, _) = a.say(&key(2), general, "after, on the left fork");
+    let (right, _) = b.say(&key(2), general, "right");
     a.sync_from(&b);
     b.sync_from(&a);
     for r in [&a, &b] {
         let proofs = r.guild.equivocations();
         assert_eq!(proofs.len(), 1);
         let proof = &proofs[0];
-        assert_eq!(proof.author, user(1));
+        assert_eq!(proof.author, user(2));
         assert_eq!(proof.first.envelope().seq, proof.second.envelope().seq);
         assert_ne!(proof.first.id(), proof.second.id());
         assert!(proof.first.clone().verify().is_ok() && proof.second.clone().verify().is_ok());
-        let winner = left.min(right);
-        assert_eq!(r.verdict(&winner), Verdict::Valid);
-        assert_eq!(r.verdict(&left.max(right)), Verdict::Forked);
+        assert_eq!(
+            r.verdict(&before),
+            Verdict::Valid,
+            "what came before stands"
+        );
+        for forked in [left, right, after] {
+            assert_eq!(r.verdict(&forked), Verdict::Forked);
+        }
+        let shown: Vec<String> = r
+            .guild
+            .messages(&general, None, None, 10)
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(shown, ["before the fork"]);
     }
     assert_eq!(a.guild.state_hash(), b.guild.state_hash());
 }

@@ -6,6 +6,7 @@ mod encoding;
 mod vectors;
 
 use crate::body::{Body, ChannelKind};
+use crate::error::AuthError;
 use crate::guild::{Guild, Inserted, Verdict};
 use crate::hlc::Hlc;
 use crate::id::{ChannelId, Keypair, OpId, UserId, sha256};
@@ -73,7 +74,9 @@ impl Replica {
         }
         let verdict = self.guild.verdict(&id).unwrap().clone();
         match (&precheck, &verdict) {
-            (Ok(()), Verdict::Valid) | (Err(_), Verdict::Waiting(_)) => {}
+            (Ok(()), Verdict::Valid)
+            | (Err(_), Verdict::Waiting(_))
+            | (Err(AuthError::Equivocated), Verdict::Forked) => {}
             (Err(e), Verdict::Invalid(f)) => assert_eq!(e, f, "precheck and verdict agree"),
             _ => panic!("precheck {precheck:?} but verdict {verdict:?}"),
         }
