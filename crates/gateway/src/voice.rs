@@ -136,6 +136,14 @@ fn voice_rights(guild: &Guild, user: &UserId, channel: &ChannelId) -> Result<boo
     Ok(permissions.contains(Permissions::SPEAK))
 }
 
+/// Whether an event can change who may be in, or speak in, a voice channel (messages, typing,
+/// presence and voice events cannot).
+fn may_change_voice_rights(event: &str) -> bool {
+    !(event.starts_with("VOICE_")
+        || event.starts_with("MESSAGE_")
+        || matches!(event, "TYPING_START" | "PRESENCE_UPDATE" | "THREAD_CREATE"))
+}
+
 fn voice_error(e: VoiceError) -> ApiError {
     match e {
         VoiceError::Stopped => unavailable(),
@@ -199,7 +207,7 @@ impl Node {
         tokio::spawn(async move {
             loop {
                 let changed = match guild_events.recv().await {
-                    Ok(published) if published.event.name.starts_with("VOICE_") => continue,
+                    Ok(published) if !may_change_voice_rights(published.event.name) => continue,
                     Ok(published) => Some(published.event.guild),
                     Err(broadcast::error::RecvError::Lagged(_)) => None,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -509,13 +517,11 @@ impl Node {
         };
         for (user, state) in in_voice {
             match self.may_speak(&user, &state.guild, &state.channel) {
-                Ok(may_speak) => {
-                    hub.sfu.set_flags(state.participant, state.flags(may_speak));
-                    if state.suppress == may_speak {
-                        // SPEAK was given or taken: everyone sees who cannot be heard.
-                        self.change_voice(&user, |_| {});
-                    }
+                // SPEAK was given or taken: new flags, and everyone sees who cannot be heard.
+                Ok(may_speak) if state.suppress == may_speak => {
+                    self.change_voice(&user, |_| {});
                 }
+                Ok(_) => {}
                 Err(_) => self.voice_leave(&user, Some(&state.session)),
             }
         }
