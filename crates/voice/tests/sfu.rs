@@ -121,11 +121,15 @@ async fn twelve_participants_in_three_rooms_each_hear_exactly_their_room() {
         heard.sort();
         assert_eq!(heard, mates(*me), "participant {me} hears exactly its room");
     }
-    // Nothing arrives that the SFU did not forward. (Not all of it arrives: twelve peers in one
-    // test process, on a loaded machine, drop some datagrams on loopback.)
+    // Nothing arrives that the SFU did not forward. Not all of it arrives: on a loaded machine
+    // up to ~8 % went missing with no UDP buffer drops counted by the kernel, so the receiving
+    // str0m stacks discard some (not yet explained; see the stop note).
     let forwarded = voice.stats().await.unwrap().packets_forwarded;
     assert!(last <= forwarded, "forwarded {forwarded}, received {last}");
-    assert!(last >= 12 * 3 * 25, "forwarded {forwarded}, received {last}");
+    assert!(
+        last >= 12 * 3 * 25,
+        "forwarded {forwarded}, received {last}"
+    );
 }
 
 #[tokio::test]
