@@ -4,7 +4,7 @@
 // only ever sees key records and ciphertext. Every DM is opened here, from the inbox
 // (GET /dms) on load and from DM_CREATE dispatches live.
 
-import { h, $, clear, append, toast, formatTime, confirmDialog, modal } from './dom.js';
+import { h, $, clear, append, toast, formatTime, confirmDialog, modal, inlineEditor } from './dom.js';
 import { render as markdown, preview } from './markdown.js';
 import { state, notify } from './state.js';
 import { app } from './main.js';
@@ -548,30 +548,11 @@ async function deleteDm(conv, m, skipConfirm) {
 function startEdit(conv, m) {
   const el = els.get(m.id);
   if (!el) return;
-  const content = el.querySelector('.content');
-  const box = h('textarea', { class: 'edit-box', 'aria-label': 'Edit message', rows: 1, maxlength: 4000 });
-  box.value = m.content;
-  const done = () => form.replaceWith(content);
-  const save = () => {
-    const text = box.value.trim();
+  inlineEditor(el.querySelector('.content'), m.content, (text, done) => {
     done();
     if (!text) deleteDm(conv, m, false);
     else if (text !== m.content) sendPayload(conv, { type: 'edit', target: m.id, content: text });
-  };
-  box.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey) {
-      e.preventDefault();
-      save();
-    } else if (e.key === 'Escape') {
-      e.preventDefault();
-      done();
-      $('#dm-composer')?.focus();
-    }
-  });
-  const form = h('div', { class: 'edit-form' }, box, h('div', { class: 'hint' }, 'escape to ', h('button', { class: 'link', onclick: done }, 'cancel'), ' • enter to ', h('button', { class: 'link', onclick: save }, 'save')));
-  content.replaceWith(form);
-  box.focus();
-  box.setSelectionRange(box.value.length, box.value.length);
+  }, '#dm-composer');
 }
 
 function renderComposer(conv) {

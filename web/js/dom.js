@@ -118,3 +118,28 @@ export function formDialog(title, fields, action = 'Save') {
     return form;
   });
 }
+
+/// Swaps `content` for an editor holding `text`. Enter (or "save") calls `save(newText, done)`,
+/// where `done()` puts `content` back; Escape (or "cancel") puts it back and focuses the
+/// `composer` selector. Returns the text box.
+export function inlineEditor(content, text, save, composer) {
+  const box = h('textarea', { class: 'edit-box', 'aria-label': 'Edit message', rows: 1, maxlength: 4000 });
+  box.value = text;
+  const done = () => form.replaceWith(content);
+  const submit = () => save(box.value.trim(), done);
+  box.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) {
+      e.preventDefault();
+      submit();
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      done();
+      $(composer)?.focus();
+    }
+  });
+  const form = h('div', { class: 'edit-form' }, box, h('div', { class: 'hint' }, 'escape to ', h('button', { class: 'link', onclick: done }, 'cancel'), ' • enter to ', h('button', { class: 'link', onclick: submit }, 'save')));
+  content.replaceWith(form);
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+  return box;
+}

@@ -1,7 +1,7 @@
 // The message pane: history with infinite scroll back, live updates, the composer, inline
 // editing, replies, reactions, pins, threads and the typing line.
 
-import { h, $, clear, toast, formatTime, confirmDialog, formDialog } from './dom.js';
+import { h, $, clear, toast, formatTime, confirmDialog, formDialog, inlineEditor } from './dom.js';
 import { render as markdown, preview } from './markdown.js';
 import {
   state, notify, currentGuild, channelHistory, upsertMessage, displayName, roleColor, permsIn, channelOf,
@@ -303,12 +303,7 @@ function startEdit(id) {
   const el = els.get(id);
   const m = channelHistory(shownChannel).byId.get(id);
   if (!el || !m) return;
-  const content = el.querySelector('.content');
-  const box = h('textarea', { class: 'edit-box', 'aria-label': 'Edit message', rows: 1 });
-  box.value = m.content;
-  const done = () => { form.replaceWith(content); };
-  const save = async () => {
-    const text = box.value.trim();
+  const save = async (text, done) => {
     if (!text) {
       done();
       deleteMessage(m, false);
@@ -326,22 +321,9 @@ function startEdit(id) {
       toast(err.message);
     }
   };
-  box.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey) {
-      e.preventDefault();
-      save();
-    } else if (e.key === 'Escape') {
-      e.preventDefault();
-      done();
-      $('#composer')?.focus();
-    }
-  });
-  const form = h('div', { class: 'edit-form' }, box, h('div', { class: 'hint' }, 'escape to ', h('button', { class: 'link', onclick: done }, 'cancel'), ' • enter to ', h('button', { class: 'link', onclick: save }, 'save')));
-  content.replaceWith(form);
+  const box = inlineEditor(el.querySelector('.content'), m.content, save, '#composer');
   autosize(box);
   box.addEventListener('input', () => autosize(box));
-  box.focus();
-  box.setSelectionRange(box.value.length, box.value.length);
 }
 
 function autosize(box) {
