@@ -4,7 +4,7 @@
 // only ever sees key records and ciphertext. Every DM is opened here, from the inbox
 // (GET /dms) on load and from DM_CREATE dispatches live.
 
-import { h, $, clear, append, toast, formatTime, confirmDialog, modal, inlineEditor } from './dom.js';
+import { h, $, clear, append, toast, formatTime, confirmDialog, modal, inlineEditor, openEmojiPicker } from './dom.js';
 import { render as markdown, preview } from './markdown.js';
 import { state, notify } from './state.js';
 import { app } from './main.js';
@@ -18,7 +18,6 @@ const READ_KEY = (user) => `guildhall.dm.read.${user}`;
 const INBOX_PAGE = 500;
 const KEYS_FRESH_MS = 30_000;
 const GROUP_MS = 7 * 60 * 1000;
-const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀', '✅', '🔥'];
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -524,20 +523,7 @@ function actions(conv, m) {
 }
 
 function openPicker(anchor, conv, m) {
-  document.querySelector('.emoji-picker')?.remove();
-  const picker = h('div', { class: 'emoji-picker', role: 'menu', 'aria-label': 'Pick a reaction' },
-    EMOJI.map((e) => h('button', { class: 'emoji-choice', role: 'menuitem', 'aria-label': `React with ${e}`, onclick: () => {
-      picker.remove();
-      react(conv, m, e, !m.reactions.get(e)?.has(state.me.id));
-    } }, e)));
-  anchor.closest('.message').append(picker);
-  const close = (ev) => {
-    if (!picker.contains(ev.target)) {
-      picker.remove();
-      document.removeEventListener('mousedown', close, true);
-    }
-  };
-  document.addEventListener('mousedown', close, true);
+  openEmojiPicker(anchor, (e) => react(conv, m, e, !m.reactions.get(e)?.has(state.me.id)));
 }
 
 async function deleteDm(conv, m, skipConfirm) {

@@ -143,3 +143,24 @@ export function inlineEditor(content, text, save, composer) {
   box.setSelectionRange(box.value.length, box.value.length);
   return box;
 }
+
+const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀', '✅', '🔥'];
+
+/// Opens the reaction picker on the message holding `anchor`; `pick(emoji)` runs on a choice.
+/// A click elsewhere closes it.
+export function openEmojiPicker(anchor, pick) {
+  document.querySelector('.emoji-picker')?.remove();
+  const picker = h('div', { class: 'emoji-picker', role: 'menu', 'aria-label': 'Pick a reaction' },
+    EMOJI.map((e) => h('button', { class: 'emoji-choice', role: 'menuitem', 'aria-label': `React with ${e}`, onclick: () => {
+      picker.remove();
+      pick(e);
+    } }, e)));
+  anchor.closest('.message').append(picker);
+  const close = (ev) => {
+    if (!picker.contains(ev.target)) {
+      picker.remove();
+      document.removeEventListener('mousedown', close, true);
+    }
+  };
+  document.addEventListener('mousedown', close, true);
+}

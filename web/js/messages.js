@@ -1,7 +1,7 @@
 // The message pane: history with infinite scroll back, live updates, the composer, inline
 // editing, replies, reactions, pins, threads and the typing line.
 
-import { h, $, clear, toast, formatTime, confirmDialog, formDialog, inlineEditor } from './dom.js';
+import { h, $, clear, toast, formatTime, confirmDialog, formDialog, inlineEditor, openEmojiPicker } from './dom.js';
 import { render as markdown, preview } from './markdown.js';
 import {
   state, notify, currentGuild, channelHistory, upsertMessage, displayName, roleColor, permsIn, channelOf,
@@ -15,7 +15,6 @@ import { openCreateOrJoin } from './settings.js';
 const PAGE = 50;
 const OLDER_PAGE = 100;
 const GROUP_MS = 7 * 60 * 1000;
-const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀', '✅', '🔥'];
 const TYPING_EVERY_MS = 8000;
 
 const els = new Map();
@@ -246,21 +245,10 @@ function actions(m) {
 }
 
 function openPicker(anchor, m) {
-  document.querySelector('.emoji-picker')?.remove();
-  const picker = h('div', { class: 'emoji-picker', role: 'menu', 'aria-label': 'Pick a reaction' },
-    EMOJI.map((e) => h('button', { class: 'emoji-choice', role: 'menuitem', 'aria-label': `React with ${e}`, onclick: () => {
-      picker.remove();
-      const r = m.reactions.find((x) => x.emoji === e);
-      toggleReaction(m, e, !!r?.users.includes(state.me.id));
-    } }, e)));
-  anchor.closest('.message').append(picker);
-  const close = (ev) => {
-    if (!picker.contains(ev.target)) {
-      picker.remove();
-      document.removeEventListener('mousedown', close, true);
-    }
-  };
-  document.addEventListener('mousedown', close, true);
+  openEmojiPicker(anchor, (e) => {
+    const r = m.reactions.find((x) => x.emoji === e);
+    toggleReaction(m, e, !!r?.users.includes(state.me.id));
+  });
 }
 
 function startReply(m) {
