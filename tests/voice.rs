@@ -307,6 +307,44 @@ async fn moderators_mute_deafen_move_and_disconnect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderator_of_one_guild_cannot_touch_a_call_in_another() {
+    let node = TestNode::start().await.with_voice();
+    let (guild, _, _, people) = voice_guild(&node, &["bea", "cai"]).await;
+    let (owner, bea, cai) = (&people[0].0, &people[1], &people[2].0);
+    let other = bea.0.create_guild("Bea's den").await.unwrap();
+    let den = bea
+        .0
+        .create_channel(&other.id, "Den", "voice")
+        .await
+        .unwrap();
+    let invite = bea.0.create_invite(&other.id, 0, 0).await.unwrap();
+    cai.accept_invite(&invite.code).await.unwrap();
+    let _bea_voice = join(&bea.0, tag(1), &other.id, &den.id).await;
+    let cai_voice = join(cai, tag(2), &other.id, &den.id).await;
+    assert!(hears(&cai_voice.peer, tag(1)).await);
+
+    // The owner of the first guild moderates bea there; her call in the other guild stands.
+    let answer = owner
+        .moderate_voice(
+            &guild,
+            &bea.1.id,
+            json!({ "mute": true, "channel_id": null }),
+        )
+        .await;
+    assert!(
+        matches!(answer, Ok(ref a) if a["channel_id"] == json!(null)),
+        "{answer:?}"
+    );
+    assert!(
+        hears(&cai_voice.peer, tag(1)).await,
+        "still heard in the other guild"
+    );
+    let states = bea.0.voice_states(&other.id).await.unwrap();
+    assert_eq!(states.len(), 2, "still connected in the other guild");
+    assert!(states.iter().all(|s| s["mute"] == json!(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_kicks_and_dropped_sessions_end_voice() {
     let node = TestNode::start_with(|c| c.session_ttl = Duration::from_millis(500))
         .await

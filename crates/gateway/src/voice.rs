@@ -431,7 +431,7 @@ impl Node {
                 voice_rights(&guild, target, &to)?;
             }
         }
-        {
+        let moderation = {
             let mut states = hub.states.lock().expect("voice lock");
             let moderation = states.moderated.entry((*guild_id, *target)).or_default();
             moderation.mute = change.mute.unwrap_or(moderation.mute);
@@ -440,32 +440,31 @@ impl Node {
             if moderation == Moderation::default() {
                 states.moderated.remove(&(*guild_id, *target));
             }
-            if let Some(state) = states.by_user.get_mut(target) {
+            // A moderator of this guild acts only on a voice connection in this guild.
+            if let Some(state) = states
+                .by_user
+                .get_mut(target)
+                .filter(|s| s.guild == *guild_id)
+            {
                 state.moderation = moderation;
             }
-        }
-        match change.channel_id {
-            Some(None) => self.voice_leave(target, None),
-            Some(Some(to)) => {
-                let moved = current.expect("checked above");
-                self.publish(moved.left_event(target, true));
-                self.change_voice(target, |state| state.channel = to);
-                if let Some(state) = self.voice_state_of(target) {
-                    hub.sfu.move_to(state.participant, &state.room());
+            moderation
+        };
+        if let Some(current) = current {
+            match change.channel_id {
+                Some(None) => self.voice_leave(target, Some(&current.session)),
+                Some(Some(to)) => {
+                    self.publish(current.left_event(target, true));
+                    self.change_voice(target, |state| state.channel = to);
+                    if let Some(state) = self.voice_state_of(target) {
+                        hub.sfu.move_to(state.participant, &state.room());
+                    }
+                }
+                None => {
+                    self.change_voice(target, |_| {});
                 }
             }
-            None => {
-                self.change_voice(target, |_| {});
-            }
         }
-        let moderation = hub
-            .states
-            .lock()
-            .expect("voice lock")
-            .moderated
-            .get(&(*guild_id, *target))
-            .copied()
-            .unwrap_or_default();
         Ok(json!({
             "user_id": target,
             "mute": moderation.mute,
