@@ -55,12 +55,7 @@ impl Peer {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let local = socket.local_addr()?;
         let now = Instant::now();
-        let mut rtc = Rtc::builder()
-            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
-            .clear_codecs()
-            .enable_opus(true, false)
-            .set_reordering_size_audio(0)
-            .build(now);
+        let mut rtc = crate::sfu::audio_rtc(Arc::new(str0m::crypto::from_feature_flags()), now);
         let candidate = Candidate::host(local, "udp").map_err(io::Error::other)?;
         rtc.add_local_candidate(candidate);
         let mut api = rtc.sdp_api();

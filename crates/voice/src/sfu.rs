@@ -153,6 +153,17 @@ impl Participant {
     }
 }
 
+/// A connection for Opus voice only, as both ends of ours set it up.
+pub(crate) fn audio_rtc(crypto: Arc<CryptoProvider>, now: Instant) -> Rtc {
+    Rtc::builder()
+        .set_crypto_provider(crypto)
+        .clear_codecs()
+        .enable_opus(true, false)
+        // Opus is sent without NACK: waiting to reorder only adds latency.
+        .set_reordering_size_audio(0)
+        .build(now)
+}
+
 pub struct Sfu {
     crypto: Arc<CryptoProvider>,
     /// Where participants reach the SFU (host candidates given in every answer).
@@ -213,13 +224,7 @@ impl Sfu {
                 answer
             }
             None => {
-                let mut rtc = Rtc::builder()
-                    .set_crypto_provider(self.crypto.clone())
-                    .clear_codecs()
-                    .enable_opus(true, false)
-                    // Opus is sent without NACK: waiting to reorder only adds latency.
-                    .set_reordering_size_audio(0)
-                    .build(now);
+                let mut rtc = audio_rtc(self.crypto.clone(), now);
                 for addr in &self.candidates {
                     let candidate = Candidate::host(*addr, "udp")
                         .map_err(|e| VoiceError::BadOffer(e.to_string()))?;
