@@ -218,11 +218,6 @@ impl Node {
         });
     }
 
-    /// The UDP address of this node's SFU, if it serves voice.
-    pub fn voice_address(&self) -> Option<std::net::SocketAddr> {
-        self.voice.get().map(|hub| hub.sfu.address())
-    }
-
     /// The SFU's counters, if this node serves voice.
     pub async fn voice_stats(&self) -> Option<guildhall_voice::SfuStats> {
         self.voice.get()?.sfu.stats().await.ok()
@@ -240,11 +235,7 @@ impl Node {
         req: VoiceConnect,
     ) -> Result<String, ApiError> {
         let hub = self.hub()?;
-        let may_speak = {
-            let guild = self.guild(&req.guild_id)?;
-            let guild = guild.lock().expect("guild lock");
-            voice_rights(&guild, user, &req.channel_id)?
-        };
+        let may_speak = self.may_speak(user, &req.guild_id, &req.channel_id)?;
         let (state, previous) = {
             let mut states = hub.states.lock().expect("voice lock");
             let moderation = states
@@ -306,7 +297,6 @@ impl Node {
             state.self_mute = change.self_mute;
             state.self_deaf = change.self_deaf;
         })
-        .map(|_| ())
         .ok_or_else(|| ApiError::bad_request("not_in_voice", "you are not in a voice channel"))
     }
 
@@ -528,44 +518,40 @@ impl Node {
 
     fn on_sfu_event(&self, event: VoiceEvent) {
         let Some(hub) = self.voice.get() else { return };
-        let participant = match event {
+        // `None` for a connection that is gone.
+        let (participant, speaking) = match event {
             VoiceEvent::Connected(_) => return,
-            VoiceEvent::Speaking { participant, .. } | VoiceEvent::Gone(participant) => participant,
+            VoiceEvent::Speaking {
+                participant,
+                speaking,
+            } => (participant, Some(speaking)),
+            VoiceEvent::Gone(participant) => (participant, None),
         };
         let found = {
-            let states = hub.states.lock().expect("voice lock");
+            let mut states = hub.states.lock().expect("voice lock");
             states
                 .by_user
-                .iter()
+                .iter_mut()
                 .find(|(_, s)| s.participant == participant)
-                .map(|(u, s)| (*u, s.clone()))
+                .map(|(user, s)| {
+                    s.speaking = speaking.unwrap_or(s.speaking);
+                    (*user, s.clone())
+                })
         };
         let Some((user, state)) = found else { return };
-        match event {
-            VoiceEvent::Gone(_) => self.voice_leave(&user, Some(&state.session)),
-            VoiceEvent::Speaking { speaking, .. } => {
-                if let Some(s) = hub
-                    .states
-                    .lock()
-                    .expect("voice lock")
-                    .by_user
-                    .get_mut(&user)
-                {
-                    s.speaking = speaking;
-                }
-                self.publish(Event {
-                    guild: state.guild,
-                    channel: Some(state.channel),
-                    name: "VOICE_SPEAKING",
-                    data: json!({
-                        "guild_id": state.guild,
-                        "channel_id": state.channel,
-                        "user_id": user,
-                        "speaking": speaking,
-                    }),
-                });
-            }
-            VoiceEvent::Connected(_) => {}
+        match speaking {
+            None => self.voice_leave(&user, Some(&state.session)),
+            Some(speaking) => self.publish(Event {
+                guild: state.guild,
+                channel: Some(state.channel),
+                name: "VOICE_SPEAKING",
+                data: json!({
+                    "guild_id": state.guild,
+                    "channel_id": state.channel,
+                    "user_id": user,
+                    "speaking": speaking,
+                }),
+            }),
         }
     }
 }
