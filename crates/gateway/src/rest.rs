@@ -366,9 +366,7 @@ pub async fn get_guild(
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
-        let mut json = views::guild_json(g, &me.user_id);
-        json["voice_states"] = serde_json::json!(node.voice_states_json(g, &me.user_id));
-        Ok(Json(json))
+        Ok(Json(node.guild_view(g, &me.user_id)))
     })
 }
 

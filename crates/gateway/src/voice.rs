@@ -469,8 +469,16 @@ impl Node {
         states.by_user.get(user).cloned()
     }
 
+    /// A guild as `viewer` sees it (`views::guild_json`) with its voice states: what READY
+    /// and `GET /guilds/{g}` show.
+    pub fn guild_view(&self, guild: &Guild, viewer: &UserId) -> Value {
+        let mut view = crate::views::guild_json(guild, viewer);
+        view["voice_states"] = json!(self.voice_states_json(guild, viewer));
+        view
+    }
+
     /// The voice states in `guild` that `viewer` can see (voice channels it may view).
-    pub fn voice_states_json(&self, guild: &Guild, viewer: &UserId) -> Vec<Value> {
+    fn voice_states_json(&self, guild: &Guild, viewer: &UserId) -> Vec<Value> {
         let Some(hub) = self.voice.get() else {
             return Vec::new();
         };

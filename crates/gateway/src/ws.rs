@@ -452,10 +452,7 @@ async fn authenticate(conn: &mut Conn) -> Option<(Arc<Session>, u64)> {
                     .iter()
                     .filter_map(|g| {
                         node.with_member_guild(&account.user_id, g, |g| {
-                            let mut json = views::guild_json(g, &account.user_id);
-                            json["voice_states"] =
-                                json!(node.voice_states_json(g, &account.user_id));
-                            Ok(json)
+                            Ok(node.guild_view(g, &account.user_id))
                         })
                         .ok()
                     })
