@@ -40,6 +40,14 @@ fn start_sfu() -> (Voice, String) {
     rx.recv().expect("SFU thread starts")
 }
 
+/// Frames all `peers` have received, from anyone.
+fn frames_received(peers: &[Peer]) -> u64 {
+    peers
+        .iter()
+        .map(|p| p.stats().received.values().sum::<u64>())
+        .sum()
+}
+
 pub async fn voice(participants: usize, seconds: u64) {
     let (sfu, stat) = start_sfu();
     let all = Flags {
@@ -70,20 +78,15 @@ pub async fn voice(participants: usize, seconds: u64) {
     }
     // Let every stream settle before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let listeners_per_frame = peers
-        .iter()
-        .enumerate()
-        .map(|(i, _)| {
+    let listeners_per_frame = (0..participants)
+        .map(|i| {
             let room_start = i / ROOM_SIZE * ROOM_SIZE;
             (participants - room_start).min(ROOM_SIZE) - 1
         })
         .sum::<usize>() as f64;
     let before = sfu.stats().await.expect("SFU runs");
     let cpu_before = cpu_time(&stat);
-    let received_before: u64 = peers
-        .iter()
-        .map(|p| p.stats().received.values().sum::<u64>())
-        .sum();
+    let received_before = frames_received(&peers);
     let started = Instant::now();
     for peer in &peers {
         peer.reset_latencies();
@@ -92,11 +95,7 @@ pub async fn voice(participants: usize, seconds: u64) {
     let elapsed = started.elapsed().as_secs_f64();
     let after = sfu.stats().await.expect("SFU runs");
     let cpu = (cpu_time(&stat) - cpu_before).as_secs_f64();
-    let received: u64 = peers
-        .iter()
-        .map(|p| p.stats().received.values().sum::<u64>())
-        .sum::<u64>()
-        - received_before;
+    let received = frames_received(&peers) - received_before;
     let forwarded = after.packets_forwarded - before.packets_forwarded;
     let expected = listeners_per_frame * elapsed / FRAME_INTERVAL.as_secs_f64();
     let pps = forwarded as f64 / elapsed;
