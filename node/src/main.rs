@@ -39,6 +39,10 @@ struct Cli {
     /// Run without federation: guilds live on this node only.
     #[arg(long, env = "GUILDHALL_NO_P2P")]
     no_p2p: bool,
+    /// Find other nodes on the local network with mDNS and federate with them (multicasts on
+    /// every non-loopback interface; off by default).
+    #[arg(long, env = "GUILDHALL_MDNS")]
+    mdns: bool,
     /// UDP address of the voice server (WebRTC media for voice channels).
     #[arg(long, env = "GUILDHALL_VOICE_LISTEN")]
     voice_listen: Option<SocketAddr>,
@@ -50,7 +54,7 @@ struct Cli {
     #[arg(long, env = "GUILDHALL_NO_VOICE")]
     no_voice: bool,
     /// A TOML file with any of: data_dir, listen, p2p_listen, p2p_announce, peers, deny_peers,
-    /// voice_listen, voice_announce, heartbeat_interval_ms, session_ttl_ms, user_rate, user_burst, auth_rate, auth_burst,
+    /// mdns, voice_listen, voice_announce, heartbeat_interval_ms, session_ttl_ms, user_rate, user_burst, auth_rate, auth_burst,
     /// ip_rate, ip_burst. Flags and environment override it.
     #[arg(long, env = "GUILDHALL_CONFIG")]
     config: Option<PathBuf>,
@@ -108,6 +112,8 @@ struct FileConfig {
     peers: Vec<Multiaddr>,
     #[serde(default)]
     deny_peers: Vec<String>,
+    #[serde(default)]
+    mdns: bool,
     voice_listen: Option<SocketAddr>,
     voice_announce: Option<IpAddr>,
     heartbeat_interval_ms: Option<u64>,
@@ -180,6 +186,7 @@ fn run(cli: Cli) -> Result<(), String> {
         net.announce = cli.p2p_announce.or(file.p2p_announce.clone());
         net.bootstrap = cli.peers.into_iter().chain(file.peers.clone()).collect();
         net.peers_file = Some(config.data_dir.join("peers"));
+        net.mdns = cli.mdns || file.mdns;
         net.deny = read_deny_file(&config.data_dir);
         for peer in &file.deny_peers {
             net.deny.push(

@@ -1478,6 +1478,14 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> String {
             node.guild_count() as u64,
         ),
     ];
+    if let Some(net) = node.net() {
+        lines.push((
+            "guildhall_peers",
+            "gauge",
+            "Federation peers connected now.",
+            net.peers().await.len() as u64,
+        ));
+    }
     if let Some(voice) = node.voice_stats().await {
         lines.extend([
             (

@@ -34,6 +34,9 @@ pub struct NetConfig {
     pub deny: Vec<PeerId>,
     /// Where the addresses of peers met so far are kept, so a restart redials them.
     pub peers_file: Option<PathBuf>,
+    /// Find peers on the local network with mDNS (libp2p's `_p2p._udp.local`) and dial them.
+    /// Off by default: it multicasts on every non-loopback interface.
+    pub mdns: bool,
     /// How often each guild is reconciled with every peer serving it.
     pub catchup_interval: Duration,
     /// How often dropped peers are redialed.
@@ -55,6 +58,7 @@ impl NetConfig {
             bootstrap: Vec::new(),
             deny: Vec::new(),
             peers_file: None,
+            mdns: false,
             catchup_interval: Duration::from_secs(10),
             redial_interval: Duration::from_secs(2),
             max_strikes: 3,

@@ -1,6 +1,7 @@
 //! The swarm task: owns the libp2p swarm, turns its events into calls on the host, and the
 //! handle's commands into network traffic.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +14,10 @@ use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, mdns, noise, ping, tcp, yamux};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +35,8 @@ struct Behaviour {
     ping: ping::Behaviour,
     gossip: Gossip,
     sync: Sync,
+    /// Local-network discovery (`NetConfig::mdns`); absent, it costs nothing.
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// What background work reports back to the swarm task.
@@ -113,7 +118,7 @@ pub(crate) async fn start<H: Host>(
             yamux::Config::default,
         )
         .map_err(|e| start_err(&e))?
-        .with_behaviour(|key| behaviour(key).map_err(|e| e.into()))
+        .with_behaviour(|key| behaviour(key, config.mdns).map_err(|e| e.into()))
         .map_err(|e| start_err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
         .build();
@@ -176,7 +181,7 @@ pub(crate) async fn start<H: Host>(
     })
 }
 
-fn behaviour(key: &Keypair) -> Result<Behaviour, String> {
+fn behaviour(key: &Keypair, with_mdns: bool) -> Result<Behaviour, String> {
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
@@ -199,6 +204,10 @@ fn behaviour(key: &Keypair) -> Result<Behaviour, String> {
         [(protocol::SYNC_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
     );
+    let mdns = with_mdns
+        .then(|| mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id()))
+        .transpose()
+        .map_err(|e| format!("mDNS: {e}"))?;
     Ok(Behaviour {
         blocked: Default::default(),
         identify: identify::Behaviour::new(identify::Config::new(
@@ -208,6 +217,7 @@ fn behaviour(key: &Keypair) -> Result<Behaviour, String> {
         ping: ping::Behaviour::default(),
         gossip,
         sync,
+        mdns: Toggle::from(mdns),
     })
 }
 
@@ -654,6 +664,11 @@ impl<H: Host> Task<H> {
             })) => self.on_identify(peer_id, info),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                self.on_discovered(found)
+            }
+            // An expired peer stays known: it is redialed like any peer met.
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(_))) => {}
             _ => {}
         }
     }
@@ -674,6 +689,43 @@ impl<H: Host> Task<H> {
         let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
         if self.known.get(&peer) != Some(&addr) {
             self.known.insert(peer, addr);
+            self.write_peers_file();
+        }
+    }
+
+    /// Peers found by mDNS: dialed unless denied or connected already, and kept like any peer
+    /// met, so the redial and the peers file hold on to them.
+    fn on_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        let mut addrs: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (peer, addr) in found {
+            addrs.entry(peer).or_default().push(addr);
+        }
+        let mut learned = false;
+        for (peer, addrs) in addrs {
+            if self
+                .swarm
+                .behaviour()
+                .blocked
+                .blocked_peers()
+                .contains(&peer)
+                || self.swarm.is_connected(&peer)
+            {
+                continue;
+            }
+            if let Entry::Vacant(known) = self.known.entry(peer) {
+                known.insert(addrs[0].clone());
+                learned = true;
+            }
+            tracing::debug!(%peer, addrs = ?addrs, "dialing a peer found by mDNS");
+            let dial = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(dial) {
+                tracing::debug!(%peer, error = %e, "cannot dial a peer found by mDNS");
+            }
+        }
+        if learned {
             self.write_peers_file();
         }
     }
