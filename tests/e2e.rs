@@ -227,6 +227,13 @@ async fn a_member_without_view_channel_neither_receives_nor_fetches() {
             .pending()
             .all(|d| d.data["id"] != skipped.id.as_str())
     );
+
+    // Deleting #secret tells those who could see it, and does not reveal it to cal.
+    ada.delete_channel(&guild.id, &secret.id).await.unwrap();
+    let later = ada.send(&guild.id, &general, "after").await.unwrap();
+    dispatch_where(&mut bea_gw, "CHANNEL_DELETE", "id", &secret.id).await;
+    dispatch_where(&mut cal_gw, "MESSAGE_CREATE", "id", &later.id).await;
+    assert!(cal_gw.pending().all(|d| d.name != "CHANNEL_DELETE"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +259,7 @@ async fn a_ban_stops_everything() {
         .messages(&guild.id, &general, &Page::default())
         .await
         .unwrap_err();
-    assert_eq!(gone.code(), Some("unknown_guild"));
+    assert_eq!(gone.code(), Some("banned"));
     assert!(bea.guilds().await.unwrap().is_empty());
     // A later event for the guild never reaches the banned member.
     ada.send(&guild.id, &general, "marker").await.unwrap();
@@ -607,8 +614,16 @@ async fn the_owner_deletes_a_guild_for_everyone() {
     let gone = ada.send(&guild.id, &general, "echo?").await.unwrap_err();
     assert_eq!(gone.code(), Some("guild_deleted"));
     assert!(matches!(gone, ClientError::Api { status: 410, .. }));
-    let hidden = ada.guild(&guild.id).await.unwrap_err();
-    assert_eq!(hidden.code(), Some("unknown_guild"));
+    let gone = ada.guild(&guild.id).await.unwrap_err();
+    assert_eq!(gone.code(), Some("guild_deleted"));
+    // Outsiders find no such guild, deleted or not, on reads and writes alike.
+    let (stranger, _) = node.user("stranger").await;
+    for refused in [
+        stranger.guild(&guild.id).await.unwrap_err(),
+        stranger.send(&guild.id, &general, "hi").await.unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Some("unknown_guild"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

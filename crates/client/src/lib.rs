@@ -295,6 +295,11 @@ impl Client {
             .await
     }
 
+    pub async fn delete_channel(&self, guild: &str, channel: &str) -> Result<()> {
+        self.delete(&format!("/guilds/{guild}/channels/{channel}"))
+            .await
+    }
+
     pub async fn channels(&self, guild: &str) -> Result<Vec<Channel>> {
         self.get(&format!("/guilds/{guild}/channels")).await
     }

@@ -1,7 +1,7 @@
 //! The node's shell around the core: guild replicas in memory, the one write path (precheck,
 //! sign, insert, durable commit, fan-out), accounts' keys, presence and rate limits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -10,12 +10,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use guildhall_net::{Applied, Multiaddr, NetHandle};
 use guildhall_proto::body::{Body, ChannelKind};
+use guildhall_proto::error::AuthError;
 use guildhall_proto::guild::{Guild, InsertError, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
 use guildhall_proto::op::{Envelope, Op, VerifiedOp};
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::signal::{Signal, SignalKind};
+use guildhall_proto::state::GuildState;
 use guildhall_store::{Store, StoreError, TokenRecord, Write};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -66,10 +68,19 @@ impl NodeConfig {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub guild: GuildId,
-    /// The channel whose VIEW_CHANNEL gates the event (a thread's parent); none for guild-wide.
-    pub channel: Option<ChannelId>,
+    pub gate: Gate,
     pub name: &'static str,
     pub data: Value,
+}
+
+/// Which members of the event's guild may see it.
+#[derive(Debug, Clone)]
+pub enum Gate {
+    Guild,
+    /// Those with VIEW_CHANNEL on this channel (a thread's parent).
+    Channel(ChannelId),
+    /// Exactly these users (still members): for a deleted channel, those who could view it.
+    Users(Arc<BTreeSet<UserId>>),
 }
 
 /// An event with its payload serialized once for every session that sends it.
@@ -120,6 +131,24 @@ pub struct Node {
 
 /// Rate-limit buckets kept before idle ones are dropped.
 const MAX_BUCKETS: usize = 100_000;
+/// Whether `user` may read and write the guild, with the one answer every endpoint gives: a
+/// banned user is told so, anyone else outside it finds no such guild (its existence is not
+/// revealed), and a member of a deleted guild learns it is gone.
+fn member_gate(state: &GuildState, user: &UserId) -> Result<(), ApiError> {
+    if state.bans.contains_key(user) {
+        Err(AuthError::Banned.into())
+    } else if !state.is_member(user) {
+        Err(ApiError::not_found(
+            "unknown_guild",
+            "no such guild, or you are not a member",
+        ))
+    } else if state.deleted {
+        Err(AuthError::GuildDeleted.into())
+    } else {
+        Ok(())
+    }
+}
+
 /// Recent nonces kept in memory; older ones are still found in the store.
 const MAX_RECENT_NONCES: usize = 100_000;
 /// How long a typing indicator holds.
@@ -197,32 +226,54 @@ impl Node {
         }))
     }
 
+    /// Rebuilds a guild from its stored ops. One thread reads and decodes (hashing each op's
+    /// bytes against its id) while this one inserts, in batches, so the two overlap.
     fn load_guild(store: &Store, id: &GuildId) -> Result<Guild, String> {
+        const BATCH: usize = 1024;
         let started = Instant::now();
-        let raw = store.guild_ops(id).map_err(|e| e.to_string())?;
-        let read = started.elapsed();
-        let mut verified = raw
-            .iter()
-            .map(|(op_id, bytes)| Op::decode_stored(bytes, op_id));
-        let genesis = verified
-            .next()
-            .ok_or_else(|| format!("guild {id} has no ops"))?
-            .map_err(|e| format!("guild {id}: {e}"))?;
-        let mut guild = Guild::new(genesis).map_err(|e| format!("guild {id}: {e}"))?;
-        for op in verified {
-            let op = op.map_err(|e| format!("guild {id}: {e}"))?;
-            guild
-                .insert(op)
-                .map_err(|e| format!("guild {id}: stored op refused: {e}"))?;
-        }
-        tracing::info!(
-            guild = %id,
-            ops = raw.len(),
-            read_ms = read.as_millis() as u64,
-            decode_and_apply_ms = (started.elapsed() - read).as_millis() as u64,
-            "guild loaded"
-        );
-        Ok(guild)
+        std::thread::scope(|scope| {
+            // Inside the scope, so an early return drops the receiver and unblocks the reader.
+            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<VerifiedOp>>(8);
+            let reader = scope.spawn(move || {
+                type Failure = Box<dyn std::error::Error + Send + Sync>;
+                let mut batch = Vec::with_capacity(BATCH);
+                store.visit_guild_ops(id, |op_id, bytes| {
+                    batch.push(Op::decode_stored(bytes, &op_id)?);
+                    if batch.len() == BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        // A closed channel means the inserting side failed; it reports why.
+                        batches.send(full).map_err(|_| "stopped")?;
+                    }
+                    Ok::<(), Failure>(())
+                })?;
+                let _ = batches.send(batch);
+                Ok::<(), Failure>(())
+            });
+            let mut guild: Option<Guild> = None;
+            let mut count = 0usize;
+            for op in received.iter().flatten() {
+                count += 1;
+                match &mut guild {
+                    None => guild = Some(Guild::new(op).map_err(|e| format!("guild {id}: {e}"))?),
+                    Some(g) => {
+                        g.insert(op)
+                            .map_err(|e| format!("guild {id}: stored op refused: {e}"))?;
+                    }
+                }
+            }
+            reader
+                .join()
+                .map_err(|_| format!("guild {id}: the reading thread panicked"))?
+                .map_err(|e| format!("guild {id}: {e}"))?;
+            let guild = guild.ok_or_else(|| format!("guild {id} has no ops"))?;
+            tracing::info!(
+                guild = %id,
+                ops = count,
+                ms = started.elapsed().as_millis() as u64,
+                "guild loaded"
+            );
+            Ok(guild)
+        })
     }
 
     /// Connects the node to the federation swarm, serves every guild held through it, and
@@ -291,12 +342,7 @@ impl Node {
     ) -> Result<T, ApiError> {
         let guild = self.guild(id)?;
         let guild = guild.lock().expect("guild lock");
-        if guild.state().deleted || !guild.state().is_member(user) {
-            return Err(ApiError::not_found(
-                "unknown_guild",
-                "no such guild, or you are not a member",
-            ));
-        }
+        member_gate(guild.state(), user)?;
         f(&guild)
     }
 
@@ -432,6 +478,11 @@ impl Node {
                 // Queued behind the original's commit: answered only once that is durable.
                 self.store.write(vec![]).await?;
                 return Ok(id);
+            }
+            // Writes answer outsiders as reads do. Accepting an invite is the one op a
+            // non-member makes; the core judges it.
+            if !matches!(body, Body::Join { .. }) {
+                member_gate(g.state(), user)?;
             }
             let envelope = g.next_envelope(*user, now_ms(), body);
             g.precheck(&envelope)?;
@@ -736,7 +787,7 @@ impl Node {
     fn publish_typing(&self, user: &UserId, guild: &GuildId, channel: &ChannelId, gate: ChannelId) {
         self.publish(Event {
             guild: *guild,
-            channel: Some(gate),
+            gate: Gate::Channel(gate),
             name: "TYPING_START",
             data: json!({
                 "guild_id": guild,
@@ -809,7 +860,7 @@ impl Node {
         for guild in self.guilds_of(user) {
             self.publish(Event {
                 guild,
-                channel: None,
+                gate: Gate::Guild,
                 name: "PRESENCE_UPDATE",
                 data: json!({ "guild_id": guild, "user_id": user, "status": status }),
             });

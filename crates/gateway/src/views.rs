@@ -1,5 +1,7 @@
 //! The JSON shapes clients see (`spec/rest.md`), and the gateway events an applied op causes.
 
+use std::sync::Arc;
+
 use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::guild::{Guild, Verdict};
 use guildhall_proto::history::MessageView;
@@ -9,7 +11,7 @@ use guildhall_proto::perm::Permissions;
 use guildhall_proto::state::Channel;
 use serde_json::{Value, json};
 
-use crate::node::Event;
+use crate::node::{Event, Gate};
 
 pub fn message_json(m: &MessageView) -> Value {
     let reactions: Vec<Value> = m
@@ -151,7 +153,7 @@ fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Ev
     let view = guild.message(message)?;
     Some(Event {
         guild: guild.id(),
-        channel: Some(gate_channel(guild, &view.channel)),
+        gate: Gate::Channel(gate_channel(guild, &view.channel)),
         name,
         data: message_json(&view),
     })
@@ -162,7 +164,7 @@ fn delete_event(guild: &Guild, message: &OpId) -> Option<Event> {
     match &guild.op(message)?.envelope().body {
         Body::MessageCreate { channel, .. } => Some(Event {
             guild: guild.id(),
-            channel: Some(gate_channel(guild, channel)),
+            gate: Gate::Channel(gate_channel(guild, channel)),
             name: "MESSAGE_DELETE",
             data: json!({ "id": message, "channel_id": channel }),
         }),
@@ -176,7 +178,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
     let mut events = Vec::new();
     let guild_wide = |name: &'static str, data: Value| Event {
         guild: gid,
-        channel: None,
+        gate: Gate::Guild,
         name,
         data,
     };
@@ -202,20 +204,26 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
                 message,
             } => Some(Event {
                 guild: gid,
-                channel: Some(*channel),
+                gate: Gate::Channel(*channel),
                 name: "THREAD_CREATE",
                 data: json!({ "id": id, "channel_id": channel, "name": name, "message_id": message }),
             }),
             Body::ChannelCreate { .. } => guild.state().channels.get(id).map(|c| Event {
                 guild: gid,
-                channel: (c.kind != ChannelKind::Category).then_some(*id),
+                gate: if c.kind == ChannelKind::Category {
+                    Gate::Guild
+                } else {
+                    Gate::Channel(*id)
+                },
                 name: "CHANNEL_CREATE",
                 data: channel_json(guild, id, c),
             }),
-            Body::ChannelDelete { channel } => Some(guild_wide(
-                "CHANNEL_DELETE",
-                json!({ "id": channel, "guild_id": gid }),
-            )),
+            Body::ChannelDelete { channel } => Some(Event {
+                guild: gid,
+                gate: Gate::Users(Arc::new(guild.viewers_before(id, channel))),
+                name: "CHANNEL_DELETE",
+                data: json!({ "id": channel, "guild_id": gid }),
+            }),
             Body::Join { .. } => Some(guild_wide(
                 "GUILD_MEMBER_ADD",
                 member_json(guild, &env.author).unwrap_or(json!({ "user_id": env.author })),

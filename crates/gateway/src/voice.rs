@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::ApiError;
-use crate::node::{Event, Node};
+use crate::node::{Event, Gate, Node};
 
 /// The SFU and the voice states of this node's users.
 pub struct VoiceHub {
@@ -73,7 +73,7 @@ impl VoiceState {
     fn event(&self, user: &UserId) -> Event {
         Event {
             guild: self.guild,
-            channel: Some(self.channel),
+            gate: Gate::Channel(self.channel),
             name: "VOICE_STATE_UPDATE",
             data: self.json(user, Some(self.channel)),
         }
@@ -86,7 +86,7 @@ impl VoiceState {
         data["moved"] = json!(moved);
         Event {
             guild: self.guild,
-            channel: Some(self.channel),
+            gate: Gate::Channel(self.channel),
             name: "VOICE_STATE_UPDATE",
             data,
         }
@@ -551,7 +551,7 @@ impl Node {
             None => self.voice_leave(&user, Some(&state.session)),
             Some(speaking) => self.publish(Event {
                 guild: state.guild,
-                channel: Some(state.channel),
+                gate: Gate::Channel(state.channel),
                 name: "VOICE_SPEAKING",
                 data: json!({
                     "guild_id": state.guild,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
 
 use crate::error::ApiError;
-use crate::node::{Event, Node, Published, Status};
+use crate::node::{Event, Gate, Node, Published, Status};
 use crate::views;
 
 /// Close codes (4000–4999 are ours; 4000 is reserved; see `spec/gateway.md`).
@@ -193,8 +193,10 @@ impl Session {
             // Tell a removed member they were removed, nothing else.
             return event.data.get("user_id") == Some(&json!(self.user));
         }
-        let Some(channel) = event.channel else {
-            return true;
+        let channel = match &event.gate {
+            Gate::Guild => return true,
+            Gate::Users(users) => return users.contains(&self.user),
+            Gate::Channel(channel) => *channel,
         };
         if !state
             .channel_permissions(&self.user, &channel)

@@ -6,6 +6,8 @@
 //! the guild re-resolves from scratch with the reference algorithm of `spec/auth.md`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use foldhash::fast::RandomState;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -124,27 +126,33 @@ pub const MAX_PENDING: usize = 100_000;
 /// The cap on re-judging rounds while the set of honored removals settles.
 const MAX_REMOVAL_ROUNDS: usize = 8;
 
+/// Keys here are mostly SHA-256 op ids: a fast seeded hash is enough, and SipHash was a tenth
+/// of the time spent reloading a guild.
+type Map<K, V> = HashMap<K, V, RandomState>;
+
 #[derive(Clone)]
 pub struct Guild {
     id: GuildId,
-    ops: HashMap<OpId, VerifiedOp>,
-    verdicts: HashMap<OpId, Verdict>,
-    chains: HashMap<UserId, Chain>,
-    canonical: HashMap<OpId, bool>,
+    // Boxed: an op is a few hundred bytes, and a map of a million of them rehashes and
+    // over-allocates by the slot.
+    ops: Map<OpId, Box<VerifiedOp>>,
+    verdicts: Map<OpId, Verdict>,
+    chains: Map<UserId, Chain>,
+    canonical: Map<OpId, bool>,
     control: Vec<ControlNode>,
-    control_index: HashMap<OpId, usize>,
+    control_index: Map<OpId, usize>,
     control_order: BTreeMap<(Hlc, OpId), usize>,
-    meta_changes: HashMap<automerge::ChangeHash, usize>,
+    meta_changes: Map<automerge::ChangeHash, usize>,
     meta: MetaDoc,
     current: GuildState,
-    states_at: HashMap<Vec<usize>, Arc<(BitSet, GuildState)>>,
+    states_at: Map<Vec<usize>, Arc<(BitSet, GuildState)>>,
     history: History,
     /// Content ops keyed by the message or thread they refer to.
-    dependents: HashMap<OpId, Vec<OpId>>,
+    dependents: Map<OpId, Vec<OpId>>,
     /// Every op held, in (hlc, id) order: the order catch-up sends them in.
     order: BTreeSet<(Hlc, OpId)>,
-    pending: HashMap<OpId, VerifiedOp>,
-    waiting_on: HashMap<OpId, Vec<OpId>>,
+    pending: Map<OpId, VerifiedOp>,
+    waiting_on: Map<OpId, Vec<OpId>>,
     equivocations: Vec<EquivocationProof>,
     /// The removals honored against concurrent ops: the fixed point found by `resolve_all`.
     effective_removals: BitSet,
@@ -161,22 +169,22 @@ impl Guild {
         let current = GuildState::genesis(id, env.author, name, env.hlc);
         let mut guild = Guild {
             id,
-            ops: HashMap::new(),
-            verdicts: HashMap::new(),
-            chains: HashMap::new(),
-            canonical: HashMap::new(),
+            ops: Map::default(),
+            verdicts: Map::default(),
+            chains: Map::default(),
+            canonical: Map::default(),
             control: Vec::new(),
-            control_index: HashMap::new(),
+            control_index: Map::default(),
             control_order: BTreeMap::new(),
-            meta_changes: HashMap::new(),
+            meta_changes: Map::default(),
             meta: MetaDoc::new(),
             current,
-            states_at: HashMap::new(),
+            states_at: Map::default(),
             history: History::default(),
-            dependents: HashMap::new(),
+            dependents: Map::default(),
             order: BTreeSet::new(),
-            pending: HashMap::new(),
-            waiting_on: HashMap::new(),
+            pending: Map::default(),
+            waiting_on: Map::default(),
             equivocations: Vec::new(),
             effective_removals: BitSet::default(),
         };
@@ -199,12 +207,12 @@ impl Guild {
     }
 
     pub fn op(&self, id: &OpId) -> Option<&VerifiedOp> {
-        self.ops.get(id)
+        self.ops.get(id).map(|op| &**op)
     }
 
     /// Every op held (not those pending), in no particular order.
     pub fn ops(&self) -> impl Iterator<Item = &VerifiedOp> {
-        self.ops.values()
+        self.ops.values().map(|op| &**op)
     }
 
     pub fn verdict(&self, id: &OpId) -> Option<&Verdict> {
@@ -288,7 +296,7 @@ impl Guild {
             .get(author)
             .into_iter()
             .flat_map(|c| c.ops.range(from..=to))
-            .flat_map(|(_, ids)| ids.iter().map(|id| &self.ops[id]))
+            .flat_map(|(_, ids)| ids.iter().map(|id| &*self.ops[id]))
             .collect()
     }
 
@@ -360,7 +368,7 @@ impl Guild {
         let mut ops = Vec::new();
         let mut bytes = 0;
         for (_, id) in self.order.range((start, Bound::Unbounded)) {
-            let op = &self.ops[id];
+            let op = &*self.ops[id];
             let env = op.envelope();
             if from.get(&env.author).is_none_or(|from| env.seq < *from) {
                 continue;
@@ -515,7 +523,7 @@ impl Guild {
 
     fn add_op(&mut self, op: VerifiedOp) -> bool {
         let id = op.id();
-        let env = op.envelope().clone();
+        let env = op.envelope();
         let seq_ops = self
             .chains
             .entry(env.author)
@@ -526,11 +534,10 @@ impl Guild {
         seq_ops.push(id);
         let equivocated = seq_ops.len() > 1;
         if equivocated {
-            let first = self.ops[&seq_ops[0]].op().clone();
             self.equivocations.push(EquivocationProof {
                 author: env.author,
                 seq: env.seq,
-                first,
+                first: self.ops[&seq_ops[0]].op().clone(),
                 second: op.op().clone(),
             });
         }
@@ -569,22 +576,23 @@ impl Guild {
                 .is_none_or(|p| self.canonical.get(&p).copied().unwrap_or(false));
         self.canonical.insert(id, on_chain);
         self.order.insert((env.hlc, id));
-        self.ops.insert(id, op);
+        self.ops.insert(id, Box::new(op));
         equivocated
     }
 
     fn accept(&mut self, op: VerifiedOp) -> Vec<(OpId, Verdict)> {
         let id = op.id();
-        let body = op.envelope().body.clone();
+        let is_control = op.envelope().body.is_control();
+        let is_removal = op.envelope().body.removal().is_some();
         let equivocated = self.add_op(op);
-        if equivocated || body.removal().is_some() || !self.canonical[&id] {
+        if equivocated || is_removal || !self.canonical[&id] {
             return self.resolve_all();
         }
-        let verdict = if body.is_control() {
+        let verdict = if is_control {
             let idx = self.control_index[&id];
             let invalid = self.invalid_control();
             let verdict = match self.judge_control(idx, &invalid, &self.effective_removals, None) {
-                Ok(()) => self.apply_meta(id, &body),
+                Ok(()) => self.apply_meta_of(id),
                 Err(e) => Verdict::Invalid(e),
             };
             if verdict.is_valid() {
@@ -596,7 +604,7 @@ impl Guild {
         };
         self.verdicts.insert(id, verdict.clone());
         let mut changes = vec![(id, verdict.clone())];
-        if !body.is_control() {
+        if !is_control {
             self.index_content(id, &verdict);
         }
         // Content ops that named this op before it arrived (a thread, or a channel outside
@@ -605,8 +613,9 @@ impl Guild {
         changes
     }
 
-    fn apply_meta(&mut self, id: OpId, body: &Body) -> Verdict {
-        match body {
+    /// Applies op `id` to the metadata document if it is a metadata change.
+    fn apply_meta_of(&mut self, id: OpId) -> Verdict {
+        match &self.ops[&id].envelope().body {
             Body::MetaChange { change } => match self.meta.apply(id, change) {
                 Ok(()) => Verdict::Valid,
                 Err(e) => Verdict::Invalid(e),
@@ -758,9 +767,10 @@ impl Guild {
         if !self.canonical.get(&id).copied().unwrap_or(false) {
             return Verdict::Forked;
         }
-        let env = self.ops[&id].envelope().clone();
-        let at = self.state_at(&env.deps);
+        let deps = self.ops[&id].envelope().deps.clone();
+        let at = self.state_at(&deps);
         let (past, base) = (&at.0, &at.1);
+        let env = self.ops[&id].envelope();
         let removals =
             self.concurrent_removals(&env.author, env.seq, past, &self.effective_removals, None);
         let mut owned;
@@ -775,7 +785,7 @@ impl Guild {
             }
             &owned
         };
-        match self.authorize_content(state, &env) {
+        match self.authorize_content(state, env) {
             Ok(()) => Verdict::Valid,
             Err(ContentError::Auth(e)) => Verdict::Invalid(e),
             Err(ContentError::Waiting(target)) => Verdict::Waiting(target),
@@ -1023,8 +1033,7 @@ impl Guild {
             } else if invalid.contains(idx) {
                 Verdict::Forked
             } else {
-                let body = self.ops[&id].envelope().body.clone();
-                self.apply_meta(id, &body)
+                self.apply_meta_of(id)
             };
             self.verdicts.insert(id, verdict);
         }
@@ -1172,6 +1181,26 @@ impl Guild {
         }
         view.pinned = pin.is_some_and(|(_, p)| p);
         Some(view)
+    }
+
+    /// The members who could view `channel` as the author of guild-state op `op` saw the guild
+    /// (its causal past): the audience of a channel's deletion, which the current state, where
+    /// the channel is gone, can no longer tell.
+    pub fn viewers_before(&self, op: &OpId, channel: &ChannelId) -> BTreeSet<UserId> {
+        let Some(&idx) = self.control_index.get(op) else {
+            return BTreeSet::new();
+        };
+        let state = self.fold(&self.control[idx].past, &self.invalid_control());
+        state
+            .members
+            .keys()
+            .filter(|user| {
+                state
+                    .channel_permissions(user, channel)
+                    .contains(Permissions::VIEW_CHANNEL)
+            })
+            .copied()
+            .collect()
     }
 
     /// Threads of a channel: (thread id, name), in creation order.

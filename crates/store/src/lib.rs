@@ -297,14 +297,18 @@ impl Store {
         Ok(out)
     }
 
-    /// A guild's ops (id and wire bytes) in the order they were stored.
-    pub fn guild_ops(&self, guild: &GuildId) -> Result<Vec<(OpId, Vec<u8>)>, StoreError> {
+    /// Calls `visit` with each of a guild's ops (id and wire bytes) in the order they were
+    /// stored, stopping at the first error. Streams: a million ops are never all in memory.
+    pub fn visit_guild_ops<E: From<StoreError>>(
+        &self,
+        guild: &GuildId,
+        mut visit: impl FnMut(OpId, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(GUILD_LOG).map_err(db_err)?;
         let ops = txn.open_table(OPS).map_err(db_err)?;
         let start = log_key(guild, 0);
         let end = log_key(guild, u64::MAX);
-        let mut out = Vec::new();
         for entry in log
             .range(start.as_slice()..=end.as_slice())
             .map_err(db_err)?
@@ -315,9 +319,9 @@ impl Store {
                 .map_err(db_err)?
                 .ok_or_else(|| db_err("guild log names a missing op"))?;
             let id = OpId(id.value().try_into().map_err(db_err)?);
-            out.push((id, bytes.value().to_vec()));
+            visit(id, bytes.value())?;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn op(&self, id: &OpId) -> Result<Option<Vec<u8>>, StoreError> {

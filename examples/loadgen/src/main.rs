@@ -2,6 +2,7 @@
 //! fan-out to many attached clients, against a node it starts in-process (temp data dir) or
 //! one already running (`--server`, whose rate limits must allow the load).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,10 @@ struct Args {
     /// (and memory per client held, for fanout and idle).
     #[arg(long, requires = "server")]
     node_pid: Option<u32>,
+    /// Restart: write the node's data dir here (a new directory) and keep it, so the same
+    /// history can be reopened again, e.g. by `guildhall --data-dir`.
+    #[arg(long)]
+    keep_data: Option<PathBuf>,
 }
 
 struct Setup {
@@ -75,11 +80,11 @@ struct Setup {
 
 /// A node in a temp dir with rate limits out of the way.
 fn open_node(dir: &tempfile::TempDir) -> Arc<Node> {
-    Node::open(unlimited_config(dir)).expect("node opens")
+    Node::open(unlimited_config(dir.path().join("data"))).expect("node opens")
 }
 
-fn unlimited_config(dir: &tempfile::TempDir) -> NodeConfig {
-    let mut config = NodeConfig::new(dir.path().join("data"));
+fn unlimited_config(data_dir: PathBuf) -> NodeConfig {
+    let mut config = NodeConfig::new(data_dir);
     config.user_rate = 1e9;
     config.user_burst = 1e9;
     config.auth_rate = 1e9;
@@ -216,7 +221,7 @@ async fn main() {
 
 async fn run(args: &Args, watched: Option<&procfs::Watched>) {
     match args.scenario {
-        Scenario::Restart => restart(args.count, args.clients).await,
+        Scenario::Restart => restart(args.count, args.clients, args.keep_data.clone()).await,
         Scenario::Members => members(args.count, args.clients).await,
         Scenario::Remote => federation::remote(args.count).await,
         Scenario::Catchup => federation::catchup(args.count, args.clients).await,
@@ -346,10 +351,10 @@ async fn fanout(s: &Setup, listeners: usize, rate: u64, seconds: u64) {
     report("send → delivered (fan-out)", latencies);
 }
 
-async fn restart(count: u64, writers: usize) {
+async fn restart(count: u64, writers: usize, keep_data: Option<PathBuf>) {
     use guildhall_gateway::rest;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = unlimited_config(&dir);
+    let config = unlimited_config(keep_data.unwrap_or_else(|| dir.path().join("data")));
     let node = Node::open(config.clone()).expect("node opens");
     let owner = rest::create_account(&node, "owner", "load generator", None)
         .await
