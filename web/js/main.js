@@ -79,7 +79,8 @@ export const app = {
       app.replaceGuild(await app.api.guild(guildId));
       await loadMembers(guildId);
     } catch (err) {
-      if (err.code === 'unknown_guild') dropGuild(guildId);
+      // What the node answers about a guild the user is no longer in (rest.md §3).
+      if (['unknown_guild', 'banned', 'guild_deleted'].includes(err.code)) dropGuild(guildId);
     }
   },
 

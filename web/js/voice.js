@@ -18,6 +18,8 @@ const ERRORS = {
   missing_permission: 'You do not have permission to connect to this voice channel.',
   unknown_channel: 'That voice channel no longer exists.',
   unknown_guild: 'You are no longer in that guild.',
+  banned: 'You are banned from that guild.',
+  guild_deleted: 'That guild was deleted.',
   voice_unavailable: 'This node does not serve voice channels.',
   rate_limited: 'Too many voice requests; wait a moment and try again.',
   no_microphone: 'The browser offered no microphone track.',
