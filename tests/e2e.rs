@@ -353,6 +353,27 @@ async fn a_retried_nonce_never_duplicates() {
     assert_eq!(history.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_is_forgotten_after_its_retention() {
+    let node = TestNode::start_with(|c| c.nonce_retention = Duration::from_millis(50)).await;
+    let (guild, general, people) = guild_with(&node, &[]).await;
+    let ada = &people[0].0;
+    let send = || ada.send_with(&guild.id, &general, "again", Some("n-old"), None);
+    let first = send().await.unwrap().id;
+    let later = tokio::time::timeout(WAIT, async {
+        loop {
+            let id = send().await.unwrap().id;
+            if id != first {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the nonce expires");
+    assert_ne!(later, first);
+}
+
 async fn raw(
     node: &TestNode,
     method: &str,

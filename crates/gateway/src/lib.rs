@@ -152,6 +152,7 @@ async fn ip_rate_limit(
 /// Serves the node on `listener` until the process ends.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    node.spawn_nonce_expiry();
     // Small frames must leave at once: Nagle's algorithm with delayed ACKs adds 40 ms stalls.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

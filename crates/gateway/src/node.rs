@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     /// How far into the future a peer's op may be timestamped before it is held back.
     pub max_clock_skew: Duration,
+    /// How long a send nonce is remembered: a retry within it never duplicates.
+    pub nonce_retention: Duration,
 }
 
 impl NodeConfig {
@@ -60,6 +62,7 @@ impl NodeConfig {
             ip_burst: 1_000.0,
             max_frame_bytes: 64 * 1024,
             max_clock_skew: Duration::from_secs(60),
+            nonce_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -107,7 +110,7 @@ pub struct Node {
     guilds: RwLock<HashMap<GuildId, Arc<Mutex<Guild>>>>,
     keys: Mutex<HashMap<UserId, Keypair>>,
     /// Recent send nonces, so a retry racing its original gets the original's id.
-    nonces: Mutex<HashMap<(UserId, String), OpId>>,
+    nonces: Mutex<HashMap<(UserId, String), (OpId, u64)>>,
     events: broadcast::Sender<Arc<Published>>,
     presence: Mutex<HashMap<UserId, (Status, usize)>>,
     /// Statuses other nodes announced for their users, each until its expiry (ms).
@@ -129,6 +132,8 @@ pub struct Node {
     pub(crate) voice: OnceLock<crate::voice::VoiceHub>,
 }
 
+/// How often, at most, send nonces past their retention are looked for.
+const NONCE_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// Rate-limit buckets kept before idle ones are dropped.
 const MAX_BUCKETS: usize = 100_000;
 /// Whether `user` may read and write the guild, with the one answer every endpoint gives: a
@@ -274,6 +279,35 @@ impl Node {
             );
             Ok(guild)
         })
+    }
+
+    /// Forgets send nonces older than `nonce_retention`, now and then every minute (or every
+    /// retention period, if shorter), for as long as the node lives.
+    pub fn spawn_nonce_expiry(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let every = self
+            .config
+            .nonce_retention
+            .clamp(Duration::from_millis(10), NONCE_EXPIRY_INTERVAL);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                let retention = node.config.nonce_retention.as_millis() as u64;
+                let before_ms = now_ms().saturating_sub(retention);
+                // Batch by batch, each its own commit, so acks queued meanwhile are not held.
+                while let Ok(Some(oldest)) = node.store.oldest_nonce_ms()
+                    && oldest < before_ms
+                {
+                    let expire = Write::ExpireNonces { before_ms };
+                    if let Err(e) = node.store.write(vec![expire]).await {
+                        tracing::warn!(error = %e, "cannot expire send nonces");
+                        break;
+                    }
+                }
+            }
+        });
     }
 
     /// Connects the node to the federation swarm, serves every guild held through it, and
@@ -509,11 +543,13 @@ impl Node {
                 if recent.len() >= MAX_RECENT_NONCES {
                     recent.clear();
                 }
-                recent.insert((*user, nonce.to_owned()), id);
+                let at_ms = now_ms();
+                recent.insert((*user, nonce.to_owned()), (id, at_ms));
                 writes.push(Write::Nonce {
                     user: *user,
                     nonce: nonce.to_owned(),
                     op: id,
+                    at_ms,
                 });
             }
             (
@@ -640,10 +676,15 @@ impl Node {
             .expect("nonce lock")
             .get(&(*user, nonce.to_owned()))
             .copied();
-        match recent {
-            Some(id) => Ok(Some(id)),
-            None => Ok(self.store.nonce(user, nonce)?),
-        }
+        let seen = match recent {
+            Some(seen) => Some(seen),
+            None => self.store.nonce(user, nonce)?,
+        };
+        // Exactly the retention period, whether or not the sweep has removed it yet.
+        let retention = self.config.nonce_retention.as_millis() as u64;
+        Ok(seen
+            .filter(|(_, at_ms)| now_ms() < at_ms.saturating_add(retention))
+            .map(|(id, _)| id))
     }
 
     fn refuse_if_read_only(&self) -> Result<(), ApiError> {

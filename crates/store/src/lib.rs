@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 /// Bumped on every incompatible change to the tables below.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// op id → the op's wire bytes.
@@ -30,8 +30,13 @@ const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 const USERS: TableDefinition<&[u8], &str> = TableDefinition::new("users");
 /// SHA-256 of a bearer token → token record (JSON).
 const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
-/// user id ‖ client nonce → the op id the nonce produced.
+/// user id ‖ client nonce → the op id the nonce produced ‖ u64 BE ms when it was stored.
 const NONCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nonces");
+/// u64 BE ms when stored ‖ user id ‖ client nonce → (): nonces by age, so the expired ones
+/// are a range, not a scan.
+const NONCE_AGES: TableDefinition<&[u8], ()> = TableDefinition::new("nonce_ages");
+/// Expired nonces removed by one `ExpireNonces`, so no single commit grows large.
+const MAX_EXPIRED_PER_WRITE: usize = 10_000;
 
 /// user id ‖ channel id → the last message the user read there.
 const READ_STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("read_states");
@@ -121,6 +126,11 @@ pub enum Write {
         user: UserId,
         nonce: String,
         op: OpId,
+        at_ms: u64,
+    },
+    /// Forgets nonces stored before `before_ms` (the oldest ones, up to a bound per write).
+    ExpireNonces {
+        before_ms: u64,
     },
     ReadState {
         user: UserId,
@@ -224,6 +234,11 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                Some(1) => {
+                    date_schema_1_nonces(&txn, now_ms())?;
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(db_err)?;
+                }
                 Some(_) => {}
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION)
@@ -237,6 +252,7 @@ impl Store {
             txn.open_table(USERS).map_err(db_err)?;
             txn.open_table(TOKENS).map_err(db_err)?;
             txn.open_table(NONCES).map_err(db_err)?;
+            txn.open_table(NONCE_AGES).map_err(db_err)?;
             txn.open_table(READ_STATES).map_err(db_err)?;
             txn.open_table(DM_KEYS).map_err(db_err)?;
             txn.open_table(DMS).map_err(db_err)?;
@@ -362,7 +378,8 @@ impl Store {
             .transpose()
     }
 
-    pub fn nonce(&self, user: &UserId, nonce: &str) -> Result<Option<OpId>, StoreError> {
+    /// The op a send nonce produced, and when the nonce was stored (ms).
+    pub fn nonce(&self, user: &UserId, nonce: &str) -> Result<Option<(OpId, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let nonces = txn.open_table(NONCES).map_err(db_err)?;
         let Some(v) = nonces
@@ -371,11 +388,32 @@ impl Store {
         else {
             return Ok(None);
         };
-        Ok(Some(OpId(v.value().try_into().map_err(db_err)?)))
+        let (id, at) = v
+            .value()
+            .split_at_checked(32)
+            .ok_or_else(|| db_err("short nonce record"))?;
+        Ok(Some((
+            OpId(id.try_into().map_err(db_err)?),
+            u64::from_be_bytes(at.try_into().map_err(db_err)?),
+        )))
     }
 }
 
 impl Store {
+    /// When the oldest send nonce still remembered was stored.
+    pub fn oldest_nonce_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let ages = txn.open_table(NONCE_AGES).map_err(db_err)?;
+        let Some((age, _)) = ages.first().map_err(db_err)? else {
+            return Ok(None);
+        };
+        let at = age
+            .value()
+            .get(..8)
+            .ok_or_else(|| db_err("short nonce age"))?;
+        Ok(Some(u64::from_be_bytes(at.try_into().map_err(db_err)?)))
+    }
+
     /// Where `user` stopped reading, per channel.
     pub fn read_states(&self, user: &UserId) -> Result<Vec<(OpId, OpId)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -493,6 +531,35 @@ fn nonce_key(user: &UserId, nonce: &str) -> Vec<u8> {
     [&user.0[..], nonce.as_bytes()].concat()
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Schema 1 kept nonces forever with no date: date each one `now`, so it expires one
+/// retention period after the upgrade.
+fn date_schema_1_nonces(txn: &redb::WriteTransaction, now: u64) -> Result<(), StoreError> {
+    let mut nonces = txn.open_table(NONCES).map_err(db_err)?;
+    let mut ages = txn.open_table(NONCE_AGES).map_err(db_err)?;
+    let mut undated = Vec::new();
+    for entry in nonces.iter().map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        if value.value().len() == 32 {
+            undated.push((key.value().to_vec(), value.value().to_vec()));
+        }
+    }
+    for (key, op) in undated {
+        let value = [&op[..], &now.to_be_bytes()].concat();
+        nonces
+            .insert(key.as_slice(), value.as_slice())
+            .map_err(db_err)?;
+        let age = [&now.to_be_bytes()[..], &key].concat();
+        ages.insert(age.as_slice(), ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Takes every queued job (up to `MAX_GROUP`), applies them in one transaction and answers
 /// each after the commit. A job whose precondition fails is skipped alone.
 fn commit_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
@@ -535,6 +602,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             users: txn.open_table(USERS).map_err(db_err)?,
             tokens: txn.open_table(TOKENS).map_err(db_err)?,
             nonces: txn.open_table(NONCES).map_err(db_err)?,
+            nonce_ages: txn.open_table(NONCE_AGES).map_err(db_err)?,
             read_states: txn.open_table(READ_STATES).map_err(db_err)?,
             dm_keys: txn.open_table(DM_KEYS).map_err(db_err)?,
             dms: txn.open_table(DMS).map_err(db_err)?,
@@ -566,6 +634,7 @@ struct Tables<'t> {
     users: redb::Table<'t, &'static [u8], &'static str>,
     tokens: redb::Table<'t, &'static [u8], &'static str>,
     nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
+    nonce_ages: redb::Table<'t, &'static [u8], ()>,
     read_states: redb::Table<'t, &'static [u8], &'static [u8]>,
     dm_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     dms: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -660,10 +729,44 @@ impl Tables<'_> {
                     self.tokens.remove(k.as_slice()).map_err(db_err)?;
                 }
             }
-            Write::Nonce { user, nonce, op } => {
+            Write::Nonce {
+                user,
+                nonce,
+                op,
+                at_ms,
+            } => {
+                let key = nonce_key(user, nonce);
+                let value = [&op.0[..], &at_ms.to_be_bytes()].concat();
                 self.nonces
-                    .insert(nonce_key(user, nonce).as_slice(), op.0.as_slice())
+                    .insert(key.as_slice(), value.as_slice())
                     .map_err(db_err)?;
+                let age = [&at_ms.to_be_bytes()[..], &key].concat();
+                self.nonce_ages.insert(age.as_slice(), ()).map_err(db_err)?;
+            }
+            Write::ExpireNonces { before_ms } => {
+                let cutoff = before_ms.to_be_bytes();
+                let mut expired = Vec::new();
+                for entry in self
+                    .nonce_ages
+                    .range(..cutoff.as_slice())
+                    .map_err(db_err)?
+                    .take(MAX_EXPIRED_PER_WRITE)
+                {
+                    expired.push(entry.map_err(db_err)?.0.value().to_vec());
+                }
+                for age in expired {
+                    self.nonce_ages.remove(age.as_slice()).map_err(db_err)?;
+                    let (at, key) = age.split_at(8);
+                    // The nonce may have been stored again since (with a newer date): keep it.
+                    let same = self
+                        .nonces
+                        .get(key)
+                        .map_err(db_err)?
+                        .is_some_and(|v| v.value().get(32..) == Some(at));
+                    if same {
+                        self.nonces.remove(key).map_err(db_err)?;
+                    }
+                }
             }
             Write::ReadState {
                 user,

@@ -134,6 +134,7 @@ async fn tokens_and_nonces() {
                 user: UserId([1; 32]),
                 nonce: "n1".into(),
                 op: OpId([9; 32]),
+                at_ms: 1_000,
             },
         ])
         .await
@@ -141,7 +142,7 @@ async fn tokens_and_nonces() {
     assert_eq!(store.token(&[7; 32]).unwrap(), Some(record));
     assert_eq!(
         store.nonce(&UserId([1; 32]), "n1").unwrap(),
-        Some(OpId([9; 32]))
+        Some((OpId([9; 32]), 1_000))
     );
     assert_eq!(store.nonce(&UserId([2; 32]), "n1").unwrap(), None);
     let read = |channel: u8, message: u8| Write::ReadState {
@@ -191,6 +192,78 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
     let err = Store::open(&path).err().expect("refused");
     assert!(matches!(err, StoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1));
     assert!(err.to_string().contains("newer guildhall"));
+}
+
+fn nonce(n: u8, at_ms: u64) -> Write {
+    Write::Nonce {
+        user: UserId([1; 32]),
+        nonce: format!("n{n}"),
+        op: OpId([n; 32]),
+        at_ms,
+    }
+}
+
+#[tokio::test]
+async fn nonces_expire_oldest_first_and_a_renewed_one_stays() {
+    let (_dir, store) = temp_store();
+    let ada = UserId([1; 32]);
+    store
+        .write(vec![nonce(1, 1_000), nonce(2, 2_000), nonce(3, 5_000)])
+        .await
+        .unwrap();
+    // n2 is stored again later (a newer date): its old age row must not take it away.
+    store.write(vec![nonce(2, 6_000)]).await.unwrap();
+    store
+        .write(vec![Write::ExpireNonces { before_ms: 3_000 }])
+        .await
+        .unwrap();
+    assert_eq!(store.nonce(&ada, "n1").unwrap(), None);
+    assert_eq!(
+        store.nonce(&ada, "n2").unwrap(),
+        Some((OpId([2; 32]), 6_000))
+    );
+    assert_eq!(
+        store.nonce(&ada, "n3").unwrap(),
+        Some((OpId([3; 32]), 5_000))
+    );
+    store
+        .write(vec![Write::ExpireNonces { before_ms: 7_000 }])
+        .await
+        .unwrap();
+    assert_eq!(store.nonce(&ada, "n2").unwrap(), None);
+    assert_eq!(store.nonce(&ada, "n3").unwrap(), None);
+}
+
+#[tokio::test]
+async fn schema_1_nonces_are_dated_at_upgrade_and_then_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guildhall.redb");
+    let key = [&[1u8; 32][..], b"old"].concat();
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 1)
+            .unwrap();
+        txn.open_table(NONCES)
+            .unwrap()
+            .insert(key.as_slice(), [4u8; 32].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let before = now_ms();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let ada = UserId([1; 32]);
+    let (op, dated) = store.nonce(&ada, "old").unwrap().unwrap();
+    assert_eq!(op, OpId([4; 32]));
+    assert!(dated >= before);
+    let expire = |before_ms| store.write(vec![Write::ExpireNonces { before_ms }]);
+    expire(before).await.unwrap();
+    assert!(store.nonce(&ada, "old").unwrap().is_some());
+    expire(now_ms() + 1).await.unwrap();
+    assert_eq!(store.nonce(&ada, "old").unwrap(), None);
 }
 
 #[tokio::test]
