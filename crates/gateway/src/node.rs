@@ -601,10 +601,15 @@ impl Node {
                     Ok(Inserted::Applied {
                         accepted,
                         changes: changed,
+                        gaps,
                     }) => {
                         writes.extend(op_writes(&g, accepted));
                         changes.extend(changed);
-                        Applied::Accepted
+                        if gaps.is_empty() {
+                            Applied::Accepted
+                        } else {
+                            Applied::AcceptedWithGap
+                        }
                     }
                     Err(InsertError::PendingFull) => Applied::Ignored("pending_full"),
                     Err(e) => Applied::Refused(e.code()),

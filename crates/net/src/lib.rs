@@ -98,14 +98,18 @@ impl Refusal {
 pub enum Applied {
     /// Stored (whatever its verdict): forward it.
     Accepted,
+    /// Stored, but its author's earlier ops are not all held here: forward it and catch up
+    /// with the sender.
+    AcceptedWithGap,
     /// Already held.
     Duplicate,
-    /// Held until its predecessors arrive: catch up with the sender.
+    /// Held until the guild-state ops it cites arrive: catch up with the sender.
     Pending,
     /// Not for this node now (a guild it does not serve, a timestamp too far ahead): dropped
     /// without blame.
     Ignored(&'static str),
-    /// Broken (chain, causality, deps): the sender is at fault.
+    /// Broken (deps that are not guild-state ops, or not older than it): the sender is at
+    /// fault.
     Refused(&'static str),
 }
 

@@ -588,6 +588,10 @@ impl<H: Host> Task<H> {
             } => {
                 let acceptance = match outcome {
                     Ok(Applied::Accepted) => MessageAcceptance::Accept,
+                    Ok(Applied::AcceptedWithGap) => {
+                        self.request_catchup(source, guild);
+                        MessageAcceptance::Accept
+                    }
                     Ok(Applied::Duplicate | Applied::Ignored(_)) => MessageAcceptance::Ignore,
                     Ok(Applied::Pending) => {
                         self.request_catchup(source, guild);

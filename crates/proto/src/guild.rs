@@ -32,15 +32,11 @@ use crate::state::GuildState;
 pub enum InsertError {
     #[error("the op belongs to another guild")]
     WrongGuild,
-    #[error("prev is not the author's op at seq - 1")]
-    BrokenChain,
     #[error("deps may only cite guild-state ops")]
     DepNotGuildState,
-    #[error("the op's timestamp is not after those of its prev and deps")]
+    #[error("the op's timestamp is not after those of its deps")]
     CausalityViolation,
-    #[error("the op cites older guild-state heads than the author's previous op")]
-    DepsRegressed,
-    #[error("too many ops are waiting for missing predecessors")]
+    #[error("too many ops are waiting for missing guild-state deps")]
     PendingFull,
 }
 
@@ -48,10 +44,8 @@ impl InsertError {
     pub fn code(&self) -> &'static str {
         match self {
             InsertError::WrongGuild => "wrong_guild",
-            InsertError::BrokenChain => "broken_chain",
             InsertError::DepNotGuildState => "dep_not_guild_state",
             InsertError::CausalityViolation => "causality_violation",
-            InsertError::DepsRegressed => "deps_regressed",
             InsertError::PendingFull => "pending_full",
         }
     }
@@ -72,8 +66,8 @@ pub enum Verdict {
     Invalid(AuthError),
     /// A content op whose target (message or thread) has not arrived.
     Waiting(OpId),
-    /// Not on the author's canonical chain: the author equivocated at or below this op's seq
-    /// (or the op builds on one that is not canonical).
+    /// Not on the author's canonical chain: the author equivocated at or below this op's seq,
+    /// or the op does not extend its `prev` (or builds on one that is not canonical).
     Forked,
 }
 
@@ -88,14 +82,16 @@ impl Verdict {
 pub enum Inserted {
     /// Already held: nothing changed.
     Duplicate,
-    /// Held back until these predecessors arrive.
+    /// Held back until these guild-state deps arrive.
     Pending { missing: Vec<OpId> },
     /// Accepted into the guild (valid or not); `accepted` lists the ops added to the replica
     /// (this one, then any released from pending) in the order they entered, `changes` every op
-    /// whose verdict changed.
+    /// whose verdict changed, `gaps` the `prev`s of accepted ops that are not held (a log
+    /// this replica has only part of: worth a catch-up).
     Applied {
         accepted: Vec<OpId>,
         changes: Vec<(OpId, Verdict)>,
+        gaps: Vec<OpId>,
     },
 }
 
@@ -153,6 +149,8 @@ pub struct Guild {
     order: BTreeSet<(Hlc, OpId)>,
     pending: Map<OpId, VerifiedOp>,
     waiting_on: Map<OpId, Vec<OpId>>,
+    /// Held ops whose `prev` is not held, by that `prev`: judged across a gap until it comes.
+    awaiting_prev: Map<OpId, Vec<OpId>>,
     equivocations: Vec<EquivocationProof>,
     /// The removals honored against concurrent ops: the fixed point found by `resolve_all`.
     effective_removals: BitSet,
@@ -185,6 +183,7 @@ impl Guild {
             order: BTreeSet::new(),
             pending: Map::default(),
             waiting_on: Map::default(),
+            awaiting_prev: Map::default(),
             equivocations: Vec::new(),
             effective_removals: BitSet::default(),
         };
@@ -439,7 +438,7 @@ impl Guild {
         if self.ops.contains_key(&id) || self.pending.contains_key(&id) {
             return Ok(Inserted::Duplicate);
         }
-        let missing = self.missing_predecessors(op.envelope());
+        let missing = self.missing_deps(op.envelope());
         if !missing.is_empty() {
             if self.pending.len() >= MAX_PENDING {
                 return Err(InsertError::PendingFull);
@@ -450,13 +449,13 @@ impl Guild {
             self.pending.insert(id, op);
             return Ok(Inserted::Pending { missing });
         }
-        self.check_links(op.envelope())?;
+        self.check_deps(op.envelope())?;
         let mut changes = Vec::new();
         let mut accepted = Vec::new();
         let mut ready = vec![op];
         while let Some(op) = ready.pop() {
             let id = op.id();
-            if self.check_links(op.envelope()).is_ok() {
+            if self.check_deps(op.envelope()).is_ok() {
                 accepted.push(id);
                 changes.extend(self.accept(op));
             }
@@ -464,44 +463,40 @@ impl Guild {
                 let still_missing = self
                     .pending
                     .get(&waiter)
-                    .map(|w| self.missing_predecessors(w.envelope()));
+                    .map(|w| self.missing_deps(w.envelope()));
                 if still_missing.is_some_and(|m| m.is_empty()) {
                     ready.extend(self.pending.remove(&waiter));
                 }
             }
         }
-        Ok(Inserted::Applied { accepted, changes })
+        let gaps = accepted
+            .iter()
+            .filter_map(|id| self.ops.get(id)?.envelope().prev)
+            .filter(|prev| !self.ops.contains_key(prev))
+            .collect();
+        Ok(Inserted::Applied {
+            accepted,
+            changes,
+            gaps,
+        })
     }
 
-    fn missing_predecessors(&self, env: &Envelope) -> Vec<OpId> {
+    /// The deps not held. Only these hold an op back: a missing `prev` leaves a gap in its
+    /// author's log, judged provisionally (`recompute_canonical`), so a replica can hold the
+    /// recent part of a log before, or without, the rest.
+    fn missing_deps(&self, env: &Envelope) -> Vec<OpId> {
         let missing: BTreeSet<OpId> = env
-            .prev
+            .deps
             .iter()
-            .chain(&env.deps)
             .filter(|id| !self.ops.contains_key(id))
             .copied()
             .collect();
         missing.into_iter().collect()
     }
 
-    /// The rules linking an op to its predecessors (all present): the hash chain, deps citing
-    /// guild-state ops, timestamps after the predecessors', deps that never regress.
-    fn check_links(&self, env: &Envelope) -> Result<(), InsertError> {
-        let mut required = Vec::new();
-        if let Some(prev) = &env.prev {
-            let p = self.ops[prev].envelope();
-            if p.author != env.author || p.seq + 1 != env.seq {
-                return Err(InsertError::BrokenChain);
-            }
-            if p.hlc >= env.hlc {
-                return Err(InsertError::CausalityViolation);
-            }
-            required.extend(p.deps.iter().copied());
-            if p.body.is_control() {
-                required.push(*prev);
-            }
-        }
-        let mut past = BitSet::default();
+    /// The rules on an op's deps (all present), which no later op can change: they cite
+    /// guild-state ops, and the op is timestamped after them.
+    fn check_deps(&self, env: &Envelope) -> Result<(), InsertError> {
         for dep in &env.deps {
             let Some(&idx) = self.control_index.get(dep) else {
                 return Err(InsertError::DepNotGuildState);
@@ -509,18 +504,61 @@ impl Guild {
             if self.control[idx].hlc >= env.hlc {
                 return Err(InsertError::CausalityViolation);
             }
-            past.union_with(&self.control[idx].past);
-            past.insert(idx);
-        }
-        if required
-            .iter()
-            .any(|r| !past.contains(self.control_index[r]))
-        {
-            return Err(InsertError::DepsRegressed);
         }
         Ok(())
     }
 
+    /// The causal past of an op with these deps (all guild-state ops held).
+    fn past_of(&self, deps: &[OpId]) -> BitSet {
+        let mut past = BitSet::default();
+        for dep in deps {
+            let idx = self.control_index[dep];
+            past.union_with(&self.control[idx].past);
+            past.insert(idx);
+        }
+        past
+    }
+
+    /// Whether an op extends its `prev`: the author's op at `seq - 1`, timestamped before it,
+    /// with deps the op's own deps cover (and `prev` itself among them if it is a guild-state
+    /// op: an author never cites older heads than before). `None` when `prev` is not held.
+    fn extends_prev(&self, env: &Envelope) -> Option<bool> {
+        let Some(prev) = &env.prev else {
+            return Some(env.seq == 1);
+        };
+        let p = self.ops.get(prev)?.envelope();
+        if p.author != env.author || p.seq + 1 != env.seq || p.hlc >= env.hlc {
+            return Some(false);
+        }
+        let past = self.past_of(&env.deps);
+        let covered = |id: &OpId| past.contains(self.control_index[id]);
+        Some(p.deps.iter().all(covered) && (!p.body.is_control() || covered(prev)))
+    }
+
+    /// Whether the op at `seq` (alone there) of `chain` is chosen, given whether the op below
+    /// it ended the chain: it extends its `prev`, or, across a gap in the log (nothing held at
+    /// `seq - 1`), its `prev` is not held, to be checked when it arrives.
+    fn chosen_at(&self, chain: &Chain, seq: u64, id: &OpId, ended_below: bool) -> bool {
+        if ended_below {
+            return false;
+        }
+        let gap = seq > 1 && !chain.ops.contains_key(&(seq - 1));
+        match self.extends_prev(self.ops[id].envelope()) {
+            Some(extends) => extends,
+            None => gap,
+        }
+    }
+
+    /// Whether `author`'s chain has ended below `seq`: the nearest seq held below is an
+    /// equivocation or its op is not canonical.
+    fn chain_ended_below(&self, chain: &Chain, seq: u64) -> bool {
+        chain.ops.range(..seq).next_back().is_some_and(|(_, ids)| {
+            ids.len() > 1 || !self.canonical.get(&ids[0]).copied().unwrap_or(false)
+        })
+    }
+
+    /// Adds an op to the replica's indexes; true when the verdicts of ops already held may
+    /// change (an equivocation, or a chain whose canonical part moves above this op).
     fn add_op(&mut self, op: VerifiedOp) -> bool {
         let id = op.id();
         let env = op.envelope();
@@ -570,22 +608,43 @@ impl Guild {
         {
             self.dependents.entry(target).or_default().push(id);
         }
-        let on_chain = !equivocated
-            && env
-                .prev
-                .is_none_or(|p| self.canonical.get(&p).copied().unwrap_or(false));
-        self.canonical.insert(id, on_chain);
-        self.order.insert((env.hlc, id));
+        let (author, seq, hlc, prev) = (env.author, env.seq, env.hlc, env.prev);
+        if let Some(prev) = prev.filter(|p| !self.ops.contains_key(p)) {
+            self.awaiting_prev.entry(prev).or_default().push(id);
+        }
+        self.order.insert((hlc, id));
         self.ops.insert(id, Box::new(op));
-        equivocated
+        let chain = &self.chains[&author];
+        let on_chain =
+            !equivocated && self.chosen_at(chain, seq, &id, self.chain_ended_below(chain, seq));
+        self.canonical.insert(id, on_chain);
+        // Ops that named this one as `prev` before it came were judged across a gap; one that
+        // is not the next op of the log is now known not to extend it.
+        let named_by = self.awaiting_prev.remove(&id).unwrap_or_default();
+        if equivocated
+            || named_by
+                .iter()
+                .any(|w| self.ops[w].envelope().seq != seq + 1)
+        {
+            return true;
+        }
+        // An op filling a gap decides the op above it, provisionally chosen until now.
+        chain
+            .ops
+            .range(seq + 1..)
+            .next()
+            .is_some_and(|(&above, ids)| {
+                let now = ids.len() == 1 && self.chosen_at(chain, above, &ids[0], !on_chain);
+                now != self.canonical.get(&ids[0]).copied().unwrap_or(false)
+            })
     }
 
     fn accept(&mut self, op: VerifiedOp) -> Vec<(OpId, Verdict)> {
         let id = op.id();
         let is_control = op.envelope().body.is_control();
         let is_removal = op.envelope().body.removal().is_some();
-        let equivocated = self.add_op(op);
-        if equivocated || is_removal || !self.canonical[&id] {
+        let unsettled = self.add_op(op);
+        if unsettled || is_removal || !self.canonical[&id] {
             return self.resolve_all();
         }
         let verdict = if is_control {
@@ -1070,32 +1129,30 @@ impl Guild {
         changes
     }
 
-    /// Each author's canonical chain: from seq 1, the op extending the chosen predecessor. An
-    /// author who signed two ops at one seq is no longer trusted: their chain ends below it
-    /// (the guild's genesis op still heads its author's chain, and the chain ends there).
+    /// Each author's canonical chain: from the lowest seq held, the op extending the chosen
+    /// one below it; across a gap in the log (a seq not held), the op whose `prev` is not held,
+    /// provisionally. An author who signed two ops at one seq is no longer trusted: their chain
+    /// ends below it (the guild's genesis op still heads its author's chain, and the chain
+    /// ends there).
     fn recompute_canonical(&mut self) {
-        self.canonical.clear();
+        let mut canonical = Map::default();
         for chain in self.chains.values() {
-            let mut prev: Option<OpId> = None;
-            let mut broken = false;
-            for ids in chain.ops.values() {
-                let equivocated = ids.len() > 1;
-                let chosen = if broken {
+            let mut ended = false;
+            for (&seq, ids) in &chain.ops {
+                let chosen = if ended {
                     None
-                } else if equivocated {
+                } else if ids.len() > 1 {
                     ids.iter().find(|id| **id == self.id).copied()
                 } else {
-                    ids.iter()
-                        .find(|id| self.ops[*id].envelope().prev == prev)
-                        .copied()
+                    Some(ids[0]).filter(|id| self.chosen_at(chain, seq, id, false))
                 };
                 for id in ids {
-                    self.canonical.insert(*id, Some(*id) == chosen);
+                    canonical.insert(*id, Some(*id) == chosen);
                 }
-                broken = chosen.is_none() || equivocated;
-                prev = chosen;
+                ended = chosen.is_none() || ids.len() > 1;
             }
         }
+        self.canonical = canonical;
     }
 
     /// Messages of a channel or thread in order, oldest first, strictly between the cursors.

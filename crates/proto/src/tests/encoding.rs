@@ -201,26 +201,148 @@ fn batch_verification_pinpoints_the_bad_op() {
 }
 
 #[test]
-fn broken_chains_and_causality_violations_are_refused_on_insert() {
+fn an_op_that_does_not_extend_its_prev_is_held_but_never_counts() {
+    // Each case in a fresh replica: a wrong `prev` at a seq nobody else holds is not an
+    // equivocation, just a broken link, which ends the author's chain there.
+    // Each breaks the link of an op whose prev is `one`, in a guild whose first channel is
+    // `general`.
+    type BreakLink = fn(&mut Envelope, &Guild, OpId, OpId);
+    let cases: [(&str, BreakLink); 3] = [
+        ("prev at another seq", |env, _, general, _| {
+            env.prev = Some(general)
+        }),
+        ("timestamp not after prev's", |env, guild, _, one| {
+            env.hlc = guild.op(&one).unwrap().envelope().hlc
+        }),
+        ("deps older than prev's", |env, guild, _, _| {
+            env.deps = vec![guild.id()]
+        }),
+    ];
+    for (case, break_link) in cases {
+        let mut r = Replica::new(&key(1));
+        let general = r.text_channel(&key(1), "general");
+        let one = r.say(&key(1), general, "one").0;
+        let mut env = message_envelope(&r, &key(1), "two");
+        break_link(&mut env, &r.guild, general, one);
+        let bad = env.sign(&key(1)).unwrap().verify().unwrap();
+        let bad_id = bad.id();
+        let Inserted::Applied { changes, .. } = r.guild.insert(bad).unwrap() else {
+            panic!("{case}: held");
+        };
+        assert_eq!(changes, vec![(bad_id, Verdict::Forked)], "{case}");
+        let mut env = message_envelope(&r, &key(1), "three");
+        (env.seq, env.prev) = (env.seq + 1, Some(bad_id));
+        let after = env.sign(&key(1)).unwrap().verify().unwrap();
+        let after_id = after.id();
+        r.guild.insert(after).unwrap();
+        let verdict = r.guild.verdict(&after_id);
+        assert_eq!(
+            verdict,
+            Some(&Verdict::Forked),
+            "{case}: builds on a forked op"
+        );
+        assert!(r.guild.message(&after_id).is_none(), "{case}");
+    }
+}
+
+#[test]
+fn a_log_received_in_any_order_with_gaps_is_judged_alike() {
+    // ada's log: ... one (seq 3), a (4), c (5), and b at seq 6 naming a as prev: a broken
+    // link that shows only once a arrives. Every delivery order of a, b and c, each leaving
+    // gaps for a while, must end in the same verdicts and state.
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    r.say(&key(1), general, "one");
+    let base: Vec<VerifiedOp> = r.guild.ops().cloned().collect();
+    let (a, _) = r.say(&key(1), general, "a");
+    let (c, _) = r.say(&key(1), general, "c");
+    let mut env = message_envelope(&r, &key(1), "b");
+    env.prev = Some(a);
+    let b = env.sign(&key(1)).unwrap().verify().unwrap();
+    let b_id = b.id();
+    let tail = [
+        r.guild.op(&a).unwrap().clone(),
+        b,
+        r.guild.op(&c).unwrap().clone(),
+    ];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let judged = |order: &[usize; 3]| {
+        let mut ops = base.clone();
+        ops.sort_by_key(|op| op.envelope().hlc);
+        let mut guild = Guild::new(ops.remove(0)).unwrap();
+        for op in ops
+            .into_iter()
+            .chain(order.iter().map(|&i| tail[i].clone()))
+        {
+            guild.insert(op).unwrap();
+        }
+        let verdicts: Vec<_> = [a, c, b_id].map(|id| guild.verdict(&id).cloned()).into();
+        (verdicts, guild.state_hash())
+    };
+    let expected = judged(&orders[0]);
+    assert_eq!(
+        expected.0,
+        vec![
+            Some(Verdict::Valid),
+            Some(Verdict::Valid),
+            Some(Verdict::Forked)
+        ]
+    );
+    for order in &orders[1..] {
+        assert_eq!(judged(order), expected, "order {order:?}");
+    }
+}
+
+#[test]
+fn an_op_naming_a_later_op_as_prev_is_caught_when_that_op_comes() {
+    // After `one` (seq 3): w at seq 5 names y as prev, y at seq 9 names p (seq 8, never sent).
+    // Held alone, w and y each sit across a gap; together, w's link is broken (y is not at
+    // seq 4), which ends the chain at 5.
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    let (one, _) = r.say(&key(1), general, "one");
+    let base: Vec<VerifiedOp> = r.guild.ops().cloned().collect();
+    let at = |seq: u64, prev: OpId, text: &str| {
+        let mut env = message_envelope(&r, &key(1), text);
+        (env.seq, env.prev) = (seq, Some(prev));
+        env.hlc = Hlc::from_parts(10_000 + seq, 0);
+        env.sign(&key(1)).unwrap().verify().unwrap()
+    };
+    let p = at(8, one, "p");
+    let y = at(9, p.id(), "y");
+    let w = at(5, y.id(), "w");
+    for order in [[&w, &y], [&y, &w]] {
+        let mut ops = base.clone();
+        ops.sort_by_key(|op| op.envelope().hlc);
+        let mut guild = Guild::new(ops.remove(0)).unwrap();
+        for op in ops.into_iter().chain(order.map(|op| op.clone())) {
+            guild.insert(op).unwrap();
+        }
+        for op in [&w, &y] {
+            assert_eq!(guild.verdict(&op.id()), Some(&Verdict::Forked));
+        }
+    }
+}
+
+#[test]
+fn deps_are_checked_on_insert() {
     let mut r = Replica::new(&key(1));
     let general = r.text_channel(&key(1), "general");
     let first = r.say(&key(1), general, "one").0;
 
-    let mut env = message_envelope(&r, &key(1), "two");
-    env.prev = Some(general);
-    env.seq = 2;
-    let op = env.sign(&key(1)).unwrap().verify().unwrap();
-    let err = r.guild.insert(op).unwrap_err();
-    assert_eq!(err, InsertError::BrokenChain);
-    assert_eq!(err.code(), "broken_chain");
-
     let mut env = message_envelope(&r, &key(1), "from the past");
     env.hlc = Hlc::from_parts(1_500, 0);
     let op = env.sign(&key(1)).unwrap().verify().unwrap();
-    assert_eq!(
-        r.guild.insert(op).unwrap_err(),
-        InsertError::CausalityViolation
-    );
+    let err = r.guild.insert(op).unwrap_err();
+    assert_eq!(err, InsertError::CausalityViolation);
+    assert_eq!(err.code(), "causality_violation");
 
     let mut env = message_envelope(&r, &key(1), "deps on a message");
     env.deps = vec![first];
@@ -263,7 +385,10 @@ fn ops_wait_for_missing_predecessors_then_apply() {
     assert_eq!(reader.guild.insert(message).unwrap(), Inserted::Duplicate);
     let channel = later.remove(0);
     let channel_id = channel.id();
-    let Inserted::Applied { accepted, changes } = reader.guild.insert(channel).unwrap() else {
+    let Inserted::Applied {
+        accepted, changes, ..
+    } = reader.guild.insert(channel).unwrap()
+    else {
         panic!("the channel applies");
     };
     assert_eq!(changes.len(), 2, "the channel and the released message");
