@@ -304,8 +304,12 @@ impl Host for Rogue {
         _: &InviteId,
         _: &[u8],
         _: Option<(Hlc, OpId)>,
+        _: Option<usize>,
     ) -> Result<Batch, Refusal> {
         Err(Refusal::new("no", "no"))
+    }
+    fn backfill_ops(&self, _: &GuildId, _: (Hlc, OpId)) -> Option<Batch> {
+        None
     }
     fn signal(&self, _: Signal) -> Applied {
         Applied::Duplicate
@@ -592,4 +596,112 @@ async fn forks_seen_apart_are_reconciled_with_proof_and_one_wins_everywhere() {
             "an equivocating author is no longer trusted: neither fork is shown, anywhere"
         );
     }
+}
+
+/// Every message of a channel as `client` pages back through it, 25 at a time, oldest first.
+async fn whole_history(
+    client: &Client,
+    guild: &str,
+    channel: &str,
+) -> Vec<guildhall_client::Message> {
+    let mut history = Vec::new();
+    let mut before = None;
+    loop {
+        let page = Page {
+            limit: Some(25),
+            before: before.clone(),
+            ..Page::default()
+        };
+        let page = client.messages(guild, channel, &page).await.unwrap();
+        let Some(oldest) = page.first() else {
+            return history;
+        };
+        before = Some(oldest.id.clone());
+        history.splice(0..0, page);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_fetches_recent_history_and_paging_back_fills_in_the_rest() {
+    let home = TestNode::federated(&[]).await;
+    let (alice, _) = home.user("alice").await;
+    let guild = alice.create_guild("Long history").await.unwrap();
+    let general = guild.first_text_channel().unwrap().id.clone();
+    let mut sent = Vec::new();
+    for i in 0..120 {
+        let message = alice
+            .send(&guild.id, &general, &format!("message {i}"))
+            .await;
+        sent.push(message.unwrap().id);
+    }
+    // Old messages changed since: their edit, reaction and deletion are recent ops.
+    alice
+        .edit(&guild.id, &general, &sent[3], "message 3, edited")
+        .await
+        .unwrap();
+    alice
+        .react(&guild.id, &general, &sent[5], "👍")
+        .await
+        .unwrap();
+    alice
+        .delete_message(&guild.id, &general, &sent[7])
+        .await
+        .unwrap();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+
+    let joiner = TestNode::federated_node(&[&home], |c| {
+        c.join_recent = 20;
+        c.backfill_in_background = false;
+    })
+    .await;
+    let (bea, _) = joiner.user("bea").await;
+    let mut bea_gw = Gateway::connect(&bea).await.unwrap();
+    bea.accept_invite(&invite).await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    let held = |n: &TestNode| n.node.guild(&gid).unwrap().lock().unwrap().len();
+    assert!(
+        held(&joiner) < held(&home) / 2,
+        "the join fetched guild state and recent history only ({} of {} ops)",
+        held(&joiner),
+        held(&home)
+    );
+    assert!(joiner.node.backfilling(&gid));
+
+    // Paging back fetches older history as needed: bea sees exactly what alice sees.
+    let expected = whole_history(&alice, &guild.id, &general).await;
+    assert_eq!(expected.len(), 119);
+    assert_eq!(whole_history(&bea, &guild.id, &general).await, expected);
+    assert!(!joiner.node.backfilling(&gid));
+    converged(&[&home, &joiner], &guild.id).await;
+
+    // History is not news: no MESSAGE_CREATE reached bea for what was back-filled.
+    let later = alice.send(&guild.id, &general, "after").await.unwrap();
+    dispatch_where(&mut bea_gw, "MESSAGE_CREATE", "id", &later.id).await;
+    assert!(bea_gw.pending().all(|d| d.name != "MESSAGE_CREATE"
+        || !sent.contains(&d.data["id"].as_str().unwrap().to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_guild_back_fills_on_its_own() {
+    let home = TestNode::federated(&[]).await;
+    let (alice, _) = home.user("alice").await;
+    let guild = alice.create_guild("Backfilled").await.unwrap();
+    let general = guild.first_text_channel().unwrap().id.clone();
+    for i in 0..60 {
+        alice
+            .send(&guild.id, &general, &format!("message {i}"))
+            .await
+            .unwrap();
+    }
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    let joiner = TestNode::federated_node(&[&home], |c| c.join_recent = 10).await;
+    let (bea, _) = joiner.user("bea").await;
+    bea.accept_invite(&invite).await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    eventually("the back-fill finishes", async || {
+        !joiner.node.backfilling(&gid)
+    })
+    .await;
+    converged(&[&home, &joiner], &guild.id).await;
+    assert!(!joiner.node.guild(&gid).unwrap().lock().unwrap().has_gaps());
 }

@@ -48,7 +48,26 @@ impl TestNode {
         peers: &[&TestNode],
         configure: impl FnOnce(&mut NetConfig),
     ) -> TestNode {
-        let node = Self::start().await;
+        Self::start().await.federate(peers, configure).await
+    }
+
+    /// A federated node with its own node settings.
+    pub async fn federated_node(
+        peers: &[&TestNode],
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> TestNode {
+        Self::start_with(configure)
+            .await
+            .federate(peers, |_| {})
+            .await
+    }
+
+    async fn federate(
+        self,
+        peers: &[&TestNode],
+        configure: impl FnOnce(&mut NetConfig),
+    ) -> TestNode {
+        let node = self;
         let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().unwrap());
         config.bootstrap = peers.iter().map(|p| p.p2p_addr()).collect();
         configure(&mut config);

@@ -2,6 +2,8 @@
 //! the replicas, joining guilds held by other nodes, and invite codes that say where to fetch
 //! a guild.
 
+use std::sync::Arc;
+
 use guildhall_net::protocol::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use guildhall_net::{Applied, Batch, Host, Multiaddr, NetError, Refusal};
 use guildhall_proto::body::Body;
@@ -18,7 +20,7 @@ impl Host for Node {
     fn log_positions(&self, guild: &GuildId) -> Option<LogPositions> {
         let guild = self.guild(guild).ok()?;
         let g = guild.lock().expect("guild lock");
-        Some(g.log_positions())
+        Some(g.log_positions(self.backfilling(&g.id())))
     }
 
     fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool {
@@ -43,6 +45,7 @@ impl Host for Node {
         invite: &InviteId,
         secret: &[u8],
         after: Option<(Hlc, OpId)>,
+        recent: Option<usize>,
     ) -> Result<Batch, Refusal> {
         let guild = self
             .guild(guild)
@@ -51,7 +54,20 @@ impl Host for Node {
         g.state()
             .check_invite(invite, secret, Hlc::from_parts(now_ms(), 0))
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
-        Ok(batch(&g, &LogPositions::new(), after))
+        Ok(match recent {
+            Some(recent) => encoded(g.ops_for_join(recent, after, MAX_BATCH_OPS, MAX_BATCH_BYTES)),
+            None => batch(&g, &LogPositions::new(), after),
+        })
+    }
+
+    fn backfill_ops(&self, guild: &GuildId, before: (Hlc, OpId)) -> Option<Batch> {
+        let guild = self.guild(guild).ok()?;
+        let g = guild.lock().expect("guild lock");
+        Some(encoded(g.content_before(
+            before,
+            MAX_BATCH_OPS,
+            MAX_BATCH_BYTES,
+        )))
     }
 
     fn signal(&self, signal: Signal) -> Applied {
@@ -73,7 +89,10 @@ impl Host for Node {
 
 /// The next batch for a peer at `have`, encoded.
 fn batch(g: &Guild, have: &LogPositions, after: Option<(Hlc, OpId)>) -> Batch {
-    let (ops, more) = g.ops_missing_from(have, after, MAX_BATCH_OPS, MAX_BATCH_BYTES);
+    encoded(g.ops_missing_from(have, after, MAX_BATCH_OPS, MAX_BATCH_BYTES))
+}
+
+fn encoded((ops, more): (Vec<&VerifiedOp>, bool)) -> Batch {
     Batch {
         ops: ops.into_iter().map(|op| op.encode()).collect(),
         more,
@@ -155,9 +174,14 @@ fn join_error(e: NetError) -> ApiError {
 
 impl Node {
     /// Replicates a guild held by the node at `addr`, for a user of ours holding an invite:
-    /// fetches every op (in batches), verifies each, and adopts the replica. The user's join
-    /// op is then made like any local op.
-    pub async fn fetch_guild(&self, code: &InviteCode, addr: Multiaddr) -> Result<(), ApiError> {
+    /// fetches its guild-state ops and recent history (in batches), verifies each, and adopts
+    /// the replica; older history follows by back-fill. The user's join op is then made like
+    /// any local op.
+    pub async fn fetch_guild(
+        self: &Arc<Self>,
+        code: &InviteCode,
+        addr: Multiaddr,
+    ) -> Result<(), ApiError> {
         let net = self.net().ok_or_else(|| {
             ApiError::bad_request(
                 "federation_disabled",
@@ -182,6 +206,7 @@ impl Node {
                     code.invite,
                     code.secret.clone(),
                     after,
+                    Some(self.config.join_recent),
                 )
                 .await
                 .map_err(join_error)?;
@@ -210,7 +235,9 @@ impl Node {
         }
         let guild = replica.ok_or_else(|| bad_peer("no ops".into()))?;
         tracing::info!(guild = %code.guild, ops = order.len(), %addr, "fetched a guild from a peer");
-        self.adopt(guild, &order).await?;
+        if self.adopt(guild, &order, Some(addr)).await? {
+            self.spawn_backfill(code.guild);
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! shell that sends every write through the core (`guildhall-proto`) and the store.
 
 pub mod accounts;
+mod backfill;
 pub mod dm;
 pub mod error;
 pub mod federation;

@@ -18,7 +18,7 @@ use guildhall_proto::op::{Envelope, Op, VerifiedOp};
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::signal::{Signal, SignalKind};
 use guildhall_proto::state::GuildState;
-use guildhall_store::{Store, StoreError, TokenRecord, Write};
+use guildhall_store::{BackfillProgress, Store, StoreError, TokenRecord, Write};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -46,6 +46,12 @@ pub struct NodeConfig {
     pub max_clock_skew: Duration,
     /// How long a send nonce is remembered: a retry within it never duplicates.
     pub nonce_retention: Duration,
+    /// Content ops a join by invite fetches from the guild's node: the newest ones. Older
+    /// history is back-filled afterwards, newest first.
+    pub join_recent: usize,
+    /// Whether that back-fill runs on its own until history is complete; otherwise only as
+    /// clients page back into history not yet fetched.
+    pub backfill_in_background: bool,
 }
 
 impl NodeConfig {
@@ -63,6 +69,8 @@ impl NodeConfig {
             max_frame_bytes: 64 * 1024,
             max_clock_skew: Duration::from_secs(60),
             nonce_retention: Duration::from_secs(24 * 60 * 60),
+            join_recent: 1_000,
+            backfill_in_background: true,
         }
     }
 }
@@ -126,6 +134,10 @@ pub struct Node {
     net: OnceLock<NetHandle>,
     /// Serializes adopting guilds fetched from peers.
     adopting: tokio::sync::Mutex<()>,
+    /// Guilds whose older history is still being fetched, and from where.
+    pub(crate) backfills: Mutex<HashMap<GuildId, BackfillProgress>>,
+    /// One back-fill batch at a time, node-wide.
+    pub(crate) backfilling: tokio::sync::Mutex<()>,
     /// Wakes the task that hands DMs to other nodes.
     pub(crate) dm_delivery: Arc<tokio::sync::Notify>,
     /// The SFU and voice states, once voice is started.
@@ -208,6 +220,8 @@ impl Node {
             let guild = Self::load_guild(&store, &id)?;
             guilds.insert(id, Arc::new(Mutex::new(guild)));
         }
+        let backfills = store.backfills().map_err(|e| e.to_string())?;
+        let backfills = backfills.into_iter().collect();
         let (events, _) = broadcast::channel(16 * 1024);
         Ok(Arc::new(Node {
             config,
@@ -226,6 +240,8 @@ impl Node {
             write_failed: std::sync::atomic::AtomicBool::new(false),
             net: OnceLock::new(),
             adopting: tokio::sync::Mutex::new(()),
+            backfills: Mutex::new(backfills),
+            backfilling: tokio::sync::Mutex::new(()),
             dm_delivery: Arc::new(tokio::sync::Notify::new()),
             voice: OnceLock::new(),
         }))
@@ -318,6 +334,7 @@ impl Node {
         }
         let _ = self.net.set(net);
         self.spawn_dm_delivery();
+        self.resume_backfills();
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
@@ -574,6 +591,17 @@ impl Node {
     /// that entered the replica, await the commit, then fan out. Same core, same store, same
     /// events as a local op.
     pub async fn apply_remote(&self, guild_id: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+        self.apply_from_peer(guild_id, ops, false).await
+    }
+
+    /// `apply_remote`; for `history` (back-filled ops, old news), without the events that
+    /// announce new messages and threads.
+    pub(crate) async fn apply_from_peer(
+        &self,
+        guild_id: GuildId,
+        ops: Vec<VerifiedOp>,
+        history: bool,
+    ) -> Vec<Applied> {
         let ignored = |why| vec![Applied::Ignored(why); ops.len()];
         if self.writes_refused() {
             return ignored("storage_failed");
@@ -615,7 +643,10 @@ impl Node {
                     Err(e) => Applied::Refused(e.code()),
                 });
             }
-            let events = views::events_for(&g, &changes);
+            let mut events = views::events_for(&g, &changes);
+            if history {
+                events.retain(|e| !matches!(e.name, "MESSAGE_CREATE" | "THREAD_CREATE"));
+            }
             let stored = writes.len();
             let committed = (stored > 0).then(|| (stored, self.store.enqueue(writes)));
             (results, committed, events)
@@ -636,7 +667,12 @@ impl Node {
 
     /// Takes in a replica fetched from a peer (`order`: its ops in the order they entered),
     /// stores it and serves it. Returns false if the guild was already held.
-    pub async fn adopt(&self, guild: Guild, order: &[OpId]) -> Result<bool, ApiError> {
+    pub async fn adopt(
+        &self,
+        guild: Guild,
+        order: &[OpId],
+        source: Option<Multiaddr>,
+    ) -> Result<bool, ApiError> {
         let _adopting = self.adopting.lock().await;
         let id = guild.id();
         if self
@@ -647,13 +683,33 @@ impl Node {
         {
             return Ok(false);
         }
-        let writes = op_writes(&guild, order.iter().copied());
+        let mut writes = op_writes(&guild, order.iter().copied());
         let stored = writes.len();
+        // Recorded with the ops, so a crash cannot leave history with gaps and no back-fill.
+        let backfill = source
+            .zip(guild.oldest_content())
+            .filter(|_| guild.has_gaps())
+            .map(|(source, (hlc, op))| BackfillProgress {
+                before: (hlc.0, op),
+                source: source.to_vec(),
+            });
+        if let Some(progress) = &backfill {
+            writes.push(Write::Backfill {
+                guild: id,
+                progress: Some(progress.clone()),
+            });
+        }
         self.store.write(writes).await?;
         self.metrics
             .ops_committed
             .fetch_add(stored as u64, Ordering::Relaxed);
         self.hold(guild);
+        if let Some(progress) = backfill {
+            self.backfills
+                .lock()
+                .expect("backfill lock")
+                .insert(id, progress);
+        }
         Ok(true)
     }
 

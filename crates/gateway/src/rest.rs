@@ -1059,6 +1059,9 @@ fn cursor(g: &Guild, text: &Option<String>) -> Result<Option<(Hlc, MessageId)>> 
     Ok(Some((op.envelope().hlc, mid)))
 }
 
+/// How long a history page waits for one batch of older history to be fetched.
+const PAGE_BACKFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn list_messages(
     State(node): State<Arc<Node>>,
     Authed(me): Authed,
@@ -1071,17 +1074,36 @@ pub async fn list_messages(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit is 1 to 100"));
     }
-    node.with_member_guild(&me.user_id, &gid, |g| {
-        viewable(g, &me.user_id, &cid)?;
-        let before = cursor(g, &page.before)?;
-        let after = cursor(g, &page.after)?;
-        let messages: Vec<Value> = g
-            .messages(&cid, before, after, limit)
-            .iter()
-            .map(views::message_json)
-            .collect();
-        Ok(Json(json!(messages)))
-    })
+    let read = || {
+        node.with_member_guild(&me.user_id, &gid, |g| {
+            viewable(g, &me.user_id, &cid)?;
+            let before = cursor(g, &page.before)?;
+            let after = cursor(g, &page.after)?;
+            let messages: Vec<Value> = g
+                .messages(&cid, before, after, limit)
+                .iter()
+                .map(views::message_json)
+                .collect();
+            Ok(messages)
+        })
+    };
+    let mut messages = read()?;
+    // Paging back past what a guild joined with recent history holds: fetch older history
+    // until the page fills or history begins. Paging forward (`after` alone) never needs it.
+    let backward = page.after.is_none() || page.before.is_some();
+    while backward && messages.len() < limit && node.backfilling(&gid) {
+        // A source that is down must not hold the page for a whole request timeout.
+        match tokio::time::timeout(PAGE_BACKFILL_WAIT, node.backfill_once(&gid)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(guild = %gid, error = %e.body(), "back-fill for a page failed");
+                break;
+            }
+            Err(_) => break,
+        }
+        messages = read()?;
+    }
+    Ok(Json(json!(messages)))
 }
 
 #[derive(Deserialize)]

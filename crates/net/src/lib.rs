@@ -128,14 +128,20 @@ pub trait Host: Send + Sync + 'static {
         have: &LogPositions,
         after: Option<(Hlc, OpId)>,
     ) -> Option<Batch>;
-    /// Checks an invite for a peer whose user wants to join, then answers as `missing_ops`.
+    /// Checks an invite for a peer whose user wants to join, then answers with the guild's
+    /// next batch after the cursor: every guild-state op and the newest `recent` content ops
+    /// (`Guild::ops_for_join`), or everything when `recent` is `None`.
     fn join_ops(
         &self,
         guild: &GuildId,
         invite: &InviteId,
         secret: &[u8],
         after: Option<(Hlc, OpId)>,
+        recent: Option<usize>,
     ) -> Result<Batch, Refusal>;
+    /// The batch of content ops before `before`, newest first (`Guild::content_before`), or
+    /// `None` if the guild is not served here.
+    fn backfill_ops(&self, guild: &GuildId, before: (Hlc, OpId)) -> Option<Batch>;
     /// Shows a peer's signal (signature checked, guild matching its topic) to local clients.
     fn signal(&self, signal: Signal) -> Applied;
     /// Validates, stores and fans out ops of one guild from a peer, in order.
@@ -245,13 +251,35 @@ impl NetHandle {
         invite: InviteId,
         secret: Vec<u8>,
         after: Option<(Hlc, OpId)>,
+        recent: Option<usize>,
     ) -> Result<Batch, NetError> {
         let request = protocol::Request::Join {
             guild,
             invite,
             secret,
             after: protocol::cursor_to_wire(after),
+            recent: recent.map(|n| n.min(u32::MAX as usize) as u32),
         };
+        self.ask_for_ops(addr, request).await
+    }
+
+    /// Asks the node at `addr` for the guild's content ops before `before`, newest first.
+    pub async fn backfill(
+        &self,
+        addr: Multiaddr,
+        guild: GuildId,
+        before: (Hlc, OpId),
+    ) -> Result<Batch, NetError> {
+        let before = (before.0.0, before.1);
+        self.ask_for_ops(addr, protocol::Request::Backfill { guild, before })
+            .await
+    }
+
+    async fn ask_for_ops(
+        &self,
+        addr: Multiaddr,
+        request: protocol::Request,
+    ) -> Result<Batch, NetError> {
         match self.ask_at(addr, request).await? {
             protocol::Response::Ops { ops, more } => Ok(Batch {
                 ops: ops.into_iter().map(|b| b.into_vec()).collect(),

@@ -78,15 +78,22 @@ pub enum Request {
         have: Vec<Position>,
         after: Option<Cursor>,
     },
-    /// "A user of mine holds this invite; let me replicate the guild." Answered like a
-    /// catch-up; the joiner repeats it, moving `after`, until `more` is false.
+    /// "A user of mine holds this invite; let me replicate the guild." Answered with every
+    /// guild-state op and the newest `recent` content ops (all of history when `recent` is
+    /// absent), in (hlc, id) order; the joiner repeats it, moving `after`, until `more` is
+    /// false.
     Join {
         guild: GuildId,
         invite: InviteId,
         #[serde(with = "serde_bytes")]
         secret: Vec<u8>,
         after: Option<Cursor>,
+        #[serde(default)]
+        recent: Option<u32>,
     },
+    /// "Send the guild's content ops before this one, newest first": history a node that
+    /// joined with recent ops only fills in, moving `before` to the last op of each batch.
+    Backfill { guild: GuildId, before: Cursor },
     /// "What DM key records do you hold for this user?"
     DmKeys { user: UserId },
     /// "Here are DMs for members whose home you are": signed envelopes (`spec/dm.md`).

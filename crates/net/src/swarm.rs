@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::GuildId;
 use guildhall_proto::op::Op;
 use guildhall_proto::signal::Signal;
@@ -935,10 +936,22 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
             invite,
             secret,
             after,
+            recent,
         } => {
             blocking(move || {
                 let after = protocol::cursor_from_wire(after);
-                let batch = host.join_ops(&guild, &invite, &secret, after);
+                let recent = recent.map(|n| n as usize);
+                let batch = host.join_ops(&guild, &invite, &secret, after, recent);
+                (ops_response(batch), None)
+            })
+            .await
+        }
+        Request::Backfill { guild, before } => {
+            blocking(move || {
+                let before = (Hlc(before.0), before.1);
+                let batch = host.backfill_ops(&guild, before).ok_or_else(|| {
+                    Refusal::new("unknown_guild", "this node does not serve that guild")
+                });
                 (ops_response(batch), None)
             })
             .await

@@ -322,13 +322,121 @@ impl Guild {
         sha256(&parts)
     }
 
-    /// Where this replica is in every author's log: the highest seq held and the digest up to
-    /// it. What a catch-up request states.
-    pub fn log_positions(&self) -> LogPositions {
-        self.version_vector()
-            .into_iter()
-            .map(|(author, seq)| (author, (seq, Some(self.log_digest(&author, seq)))))
+    /// Where this replica is in every author's log: the top of the run of seqs it holds
+    /// without a gap from seq 1, and the digest up to it. What a catch-up request states, so
+    /// that catch-up fills every gap. A replica `backfilling` its older history (it joined
+    /// with recent history only) counts the run from the lowest seq it holds instead, with no
+    /// digest: the bottom of each log is the back-fill's to fetch, newest first.
+    pub fn log_positions(&self, backfilling: bool) -> LogPositions {
+        self.chains
+            .iter()
+            .filter_map(|(author, chain)| {
+                let lowest = *chain.ops.keys().next()?;
+                let start = if backfilling { lowest } else { 1 };
+                let mut top = start - 1;
+                for &seq in chain.ops.keys().skip_while(|s| **s < start) {
+                    if seq != top + 1 {
+                        break;
+                    }
+                    top = seq;
+                }
+                let digest = (start == 1).then(|| self.log_digest(author, top));
+                (top > 0).then_some((*author, (top, digest)))
+            })
             .collect()
+    }
+
+    /// Whether some seq below the author's highest is not held here.
+    fn has_gap(&self, author: &UserId) -> bool {
+        self.chains
+            .get(author)
+            .and_then(|c| {
+                c.ops
+                    .keys()
+                    .next_back()
+                    .map(|top| c.ops.len() as u64 != *top)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Whether any author's log is held with gaps: history still to back-fill.
+    pub fn has_gaps(&self) -> bool {
+        self.chains.keys().any(|author| self.has_gap(author))
+    }
+
+    /// What a joining replica needs: every guild-state op, and the newest `recent` content ops
+    /// (with everything newer than the oldest of them). In (hlc, id) order after the cursor,
+    /// cut like `ops_missing_from`.
+    pub fn ops_for_join(
+        &self,
+        recent: usize,
+        after: Option<(Hlc, OpId)>,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> (Vec<&VerifiedOp>, bool) {
+        let is_content = |id: &OpId| !self.ops[id].envelope().body.is_control();
+        let floor = self
+            .order
+            .iter()
+            .rev()
+            .filter(|(_, id)| is_content(id))
+            .take(recent)
+            .last()
+            .copied();
+        let wanted = |key: &(Hlc, OpId)| !is_content(&key.1) || floor.is_some_and(|f| *key >= f);
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let keys = self
+            .order
+            .range((start, Bound::Unbounded))
+            .filter(|k| wanted(k));
+        self.cut_batch(keys, max_ops, max_bytes)
+    }
+
+    /// The content ops before `before` in (hlc, id) order, newest first: history a replica
+    /// that joined with recent ops only back-fills, batch by batch, moving `before` to the last
+    /// op received. Cut like `ops_missing_from`.
+    pub fn content_before(
+        &self,
+        before: (Hlc, OpId),
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> (Vec<&VerifiedOp>, bool) {
+        let keys = self
+            .order
+            .range(..before)
+            .rev()
+            .filter(|(_, id)| !self.ops[id].envelope().body.is_control());
+        self.cut_batch(keys, max_ops, max_bytes)
+    }
+
+    /// The oldest content op held: where a back-fill starts.
+    pub fn oldest_content(&self) -> Option<(Hlc, OpId)> {
+        self.order
+            .iter()
+            .find(|(_, id)| !self.ops[id].envelope().body.is_control())
+            .copied()
+    }
+
+    /// The ops named by `keys`, up to `max_ops` or `max_bytes` of encoded ops (at least one),
+    /// and whether more remain.
+    fn cut_batch<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a (Hlc, OpId)>,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> (Vec<&VerifiedOp>, bool) {
+        let mut ops = Vec::new();
+        let mut bytes = 0;
+        for (_, id) in keys {
+            let op = &*self.ops[id];
+            bytes += op.op().encoded_len();
+            // At least one op per batch, whatever the limits, so a transfer always progresses.
+            if !ops.is_empty() && (ops.len() >= max_ops || bytes > max_bytes) {
+                return (ops, true);
+            }
+            ops.push(op);
+        }
+        (ops, false)
     }
 
     /// The ops a replica at `have` lacks: for each author, those above its seq, and every op at
@@ -354,7 +462,9 @@ impl Guild {
                     // Digests compare only over the same range: when the asker is ahead, it is
                     // the one to pull.
                     Some((seq, Some(digest)))
-                        if ours >= *seq && self.log_digest(&author, *seq) != *digest =>
+                        if ours >= *seq
+                            && !self.has_gap(&author)
+                            && self.log_digest(&author, *seq) != *digest =>
                     {
                         1
                     }
@@ -364,22 +474,14 @@ impl Guild {
             })
             .collect();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut ops = Vec::new();
-        let mut bytes = 0;
-        for (_, id) in self.order.range((start, Bound::Unbounded)) {
-            let op = &*self.ops[id];
-            let env = op.envelope();
-            if from.get(&env.author).is_none_or(|from| env.seq < *from) {
-                continue;
-            }
-            bytes += op.op().encoded_len();
-            // At least one op per batch, whatever the limits, so a catch-up always progresses.
-            if !ops.is_empty() && (ops.len() >= max_ops || bytes > max_bytes) {
-                return (ops, true);
-            }
-            ops.push(op);
-        }
-        (ops, false)
+        let keys = self
+            .order
+            .range((start, Bound::Unbounded))
+            .filter(|(_, id)| {
+                let env = self.ops[id].envelope();
+                from.get(&env.author).is_some_and(|from| env.seq >= *from)
+            });
+        self.cut_batch(keys, max_ops, max_bytes)
     }
 
     /// Whether a replica at `have` holds ops this one lacks: a higher seq, an author unknown
@@ -390,7 +492,10 @@ impl Guild {
             .any(|(author, (seq, digest))| match ours.get(author) {
                 None => true,
                 Some(held) if held < seq => true,
-                Some(_) => digest.is_some_and(|d| d != self.log_digest(author, *seq)),
+                Some(_) => {
+                    !self.has_gap(author)
+                        && digest.is_some_and(|d| d != self.log_digest(author, *seq))
+                }
             })
     }
 

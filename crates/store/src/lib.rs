@@ -22,6 +22,9 @@ const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ops");
 /// guild id ‖ u64 BE arrival number → op id: each guild's ops in the order they were accepted,
 /// which is an order the core accepts them in again on restart.
 const GUILD_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guild_log");
+/// guild id → u64 BE hlc ‖ op id ‖ node address: a guild joined with recent history only,
+/// whose older history is still being fetched, content ops before that op, from that node.
+const BACKFILLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("backfills");
 /// guild id → ops stored so far.
 const GUILD_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("guild_counts");
 /// username → account record (JSON).
@@ -132,6 +135,11 @@ pub enum Write {
     ExpireNonces {
         before_ms: u64,
     },
+    /// Where a guild's back-fill stands (`None`: done, or never needed).
+    Backfill {
+        guild: GuildId,
+        progress: Option<BackfillProgress>,
+    },
     ReadState {
         user: UserId,
         channel: OpId,
@@ -172,6 +180,14 @@ pub struct InboxEntry {
 }
 
 /// A DM pending delivery to another node.
+/// A back-fill to resume: content ops before `before` (hlc, op id), asked of `source` (a
+/// libp2p multiaddr, as bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillProgress {
+    pub before: (u64, OpId),
+    pub source: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDm {
     pub id: [u8; 32],
@@ -253,6 +269,7 @@ impl Store {
             txn.open_table(TOKENS).map_err(db_err)?;
             txn.open_table(NONCES).map_err(db_err)?;
             txn.open_table(NONCE_AGES).map_err(db_err)?;
+            txn.open_table(BACKFILLS).map_err(db_err)?;
             txn.open_table(READ_STATES).map_err(db_err)?;
             txn.open_table(DM_KEYS).map_err(db_err)?;
             txn.open_table(DMS).map_err(db_err)?;
@@ -400,6 +417,28 @@ impl Store {
 }
 
 impl Store {
+    /// Back-fills still under way, by guild.
+    pub fn backfills(&self) -> Result<Vec<(GuildId, BackfillProgress)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(BACKFILLS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let v = v.value();
+            if v.len() < 40 {
+                return Err(db_err("short back-fill record"));
+            }
+            let hlc = u64::from_be_bytes(v[..8].try_into().map_err(db_err)?);
+            let op = OpId(v[8..40].try_into().map_err(db_err)?);
+            let progress = BackfillProgress {
+                before: (hlc, op),
+                source: v[40..].to_vec(),
+            };
+            out.push((OpId(k.value().try_into().map_err(db_err)?), progress));
+        }
+        Ok(out)
+    }
+
     /// When the oldest send nonce still remembered was stored.
     pub fn oldest_nonce_ms(&self) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -603,6 +642,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             tokens: txn.open_table(TOKENS).map_err(db_err)?,
             nonces: txn.open_table(NONCES).map_err(db_err)?,
             nonce_ages: txn.open_table(NONCE_AGES).map_err(db_err)?,
+            backfills: txn.open_table(BACKFILLS).map_err(db_err)?,
             read_states: txn.open_table(READ_STATES).map_err(db_err)?,
             dm_keys: txn.open_table(DM_KEYS).map_err(db_err)?,
             dms: txn.open_table(DMS).map_err(db_err)?,
@@ -635,6 +675,7 @@ struct Tables<'t> {
     tokens: redb::Table<'t, &'static [u8], &'static str>,
     nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
     nonce_ages: redb::Table<'t, &'static [u8], ()>,
+    backfills: redb::Table<'t, &'static [u8], &'static [u8]>,
     read_states: redb::Table<'t, &'static [u8], &'static [u8]>,
     dm_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     dms: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -743,6 +784,17 @@ impl Tables<'_> {
                 let age = [&at_ms.to_be_bytes()[..], &key].concat();
                 self.nonce_ages.insert(age.as_slice(), ()).map_err(db_err)?;
             }
+            Write::Backfill { guild, progress } => match progress {
+                Some(p) => {
+                    let value = [&p.before.0.to_be_bytes()[..], &p.before.1.0, &p.source].concat();
+                    self.backfills
+                        .insert(guild.0.as_slice(), value.as_slice())
+                        .map_err(db_err)?;
+                }
+                None => {
+                    self.backfills.remove(guild.0.as_slice()).map_err(db_err)?;
+                }
+            },
             Write::ExpireNonces { before_ms } => {
                 let cutoff = before_ms.to_be_bytes();
                 let mut expired = Vec::new();

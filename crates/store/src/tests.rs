@@ -194,6 +194,26 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
     assert!(err.to_string().contains("newer guildhall"));
 }
 
+#[tokio::test]
+async fn backfill_progress_is_kept_until_done() {
+    let (_dir, store) = temp_store();
+    let progress = BackfillProgress {
+        before: (77, OpId([5; 32])),
+        source: b"/ip4/127.0.0.1/tcp/1".to_vec(),
+    };
+    let set = |progress| Write::Backfill {
+        guild: OpId([1; 32]),
+        progress,
+    };
+    store
+        .write(vec![set(Some(progress.clone()))])
+        .await
+        .unwrap();
+    assert_eq!(store.backfills().unwrap(), vec![(OpId([1; 32]), progress)]);
+    store.write(vec![set(None)]).await.unwrap();
+    assert!(store.backfills().unwrap().is_empty());
+}
+
 fn nonce(n: u8, at_ms: u64) -> Write {
     Write::Nonce {
         user: UserId([1; 32]),

@@ -392,7 +392,7 @@ fn shuffled<T>(mut items: Vec<T>, mut seed: u64) -> Vec<T> {
 /// A catch-up as nodes run it: `to` states its log positions once and `from` answers in
 /// batches of `max_ops`, each after the cursor the previous one reached.
 fn catch_up(to: &mut Guild, from: &Guild, max_ops: usize) {
-    let have = to.log_positions();
+    let have = to.log_positions(false);
     let mut after = None;
     loop {
         let (batch, more) = from.ops_missing_from(&have, after, max_ops, usize::MAX);
@@ -406,6 +406,41 @@ fn catch_up(to: &mut Guild, from: &Guild, max_ops: usize) {
             return;
         }
     }
+}
+
+/// A join as nodes run it (guild state and recent history, in batches), then a back-fill of
+/// older history in batches, newest first.
+fn join_then_backfill(source: &Guild, recent: usize, max_ops: usize) -> Guild {
+    let mut joined: Option<Guild> = None;
+    let mut after = None;
+    loop {
+        let (batch, more) = source.ops_for_join(recent, after, max_ops, usize::MAX);
+        for op in batch {
+            after = Some((op.envelope().hlc, op.id()));
+            match &mut joined {
+                None => joined = Some(Guild::new(op.clone()).unwrap()),
+                Some(g) => {
+                    g.insert(op.clone()).unwrap();
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    let mut joined = joined.expect("the genesis op comes first");
+    let mut before = joined.oldest_content();
+    while let Some(cursor) = before {
+        let (batch, more) = source.content_before(cursor, max_ops, usize::MAX);
+        before = batch
+            .last()
+            .filter(|_| more)
+            .map(|op| (op.envelope().hlc, op.id()));
+        for op in batch {
+            joined.insert(op.clone()).unwrap();
+        }
+    }
+    joined
 }
 
 fn fresh_replica_from(ops: Vec<VerifiedOp>) -> Guild {
@@ -430,6 +465,7 @@ proptest! {
         seeds in prop::collection::vec(any::<u64>(), 2),
         duplicate_every in 2usize..6,
         batch in 1usize..5,
+        recent in 1usize..12,
     ) {
         let mut world = World::new();
         for action in &actions {
@@ -470,7 +506,7 @@ proptest! {
             let before = held(&caught_up);
             for i in 0..REPLICAS {
                 for j in i + 1..REPLICAS {
-                    let asker = caught_up[i].log_positions();
+                    let asker = caught_up[i].log_positions(false);
                     let source = caught_up[j].clone();
                     catch_up(&mut caught_up[i], &source, batch);
                     if caught_up[j].lacks_from(&asker) {
@@ -488,8 +524,14 @@ proptest! {
         for guild in &caught_up {
             prop_assert_eq!(guild.state_hash(), expected);
             prop_assert_eq!(guild.pending_len(), 0);
-            prop_assert!(!caught_up[0].lacks_from(&guild.log_positions()));
+            prop_assert!(!caught_up[0].lacks_from(&guild.log_positions(false)));
         }
+
+        // A replica joining with the newest `recent` content ops only, then back-filling the
+        // rest newest first, batch by batch, ends the same.
+        let joined = join_then_backfill(&caught_up[0], recent, batch);
+        prop_assert_eq!(joined.state_hash(), expected);
+        prop_assert!(!joined.has_gaps());
 
         let mut replayed = world.replicas[1].guild.clone();
         for op in &all {
