@@ -687,7 +687,7 @@ impl Node {
         let stored = writes.len();
         // Recorded with the ops, so a crash cannot leave history with gaps and no back-fill.
         let backfill = source
-            .zip(guild.oldest_content())
+            .zip(guild.backfill_start())
             .filter(|_| guild.has_gaps())
             .map(|(source, (hlc, op))| BackfillProgress {
                 before: (hlc.0, op),

@@ -5,7 +5,7 @@
 //! path; whenever an op can change the verdict of ops already held (a removal, an equivocation)
 //! the guild re-resolves from scratch with the reference algorithm of `spec/auth.md`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 use std::ops::Bound;
@@ -364,9 +364,10 @@ impl Guild {
         self.chains.keys().any(|author| self.has_gap(author))
     }
 
-    /// What a joining replica needs: every guild-state op, and the newest `recent` content ops
-    /// (with everything newer than the oldest of them). In (hlc, id) order after the cursor,
-    /// cut like `ops_missing_from`.
+    /// What a joining replica needs: every guild-state op, every author's latest op (so that
+    /// it knows where each log ends, and signs no seq twice for a user of its own), and the
+    /// newest `recent` content ops (with everything newer than the oldest of them). In (hlc,
+    /// id) order after the cursor, cut like `ops_missing_from`.
     pub fn ops_for_join(
         &self,
         recent: usize,
@@ -383,7 +384,15 @@ impl Guild {
             .take(recent)
             .last()
             .copied();
-        let wanted = |key: &(Hlc, OpId)| !is_content(&key.1) || floor.is_some_and(|f| *key >= f);
+        let heads: HashSet<&OpId> = self
+            .chains
+            .values()
+            .filter_map(|c| c.ops.values().next_back())
+            .flatten()
+            .collect();
+        let wanted = |key: &(Hlc, OpId)| {
+            !is_content(&key.1) || floor.is_some_and(|f| *key >= f) || heads.contains(&key.1)
+        };
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let keys = self
             .order
@@ -409,11 +418,25 @@ impl Guild {
         self.cut_batch(keys, max_ops, max_bytes)
     }
 
-    /// The oldest content op held: where a back-fill starts.
-    pub fn oldest_content(&self) -> Option<(Hlc, OpId)> {
-        self.order
-            .iter()
-            .find(|(_, id)| !self.ops[id].envelope().body.is_control())
+    /// Where the back-fill of a replica made by a join starts: the oldest content op held
+    /// that is not its author's latest (those come with a join whatever their age), or else
+    /// the newest content op held. Every content op below it is to be fetched, some perhaps
+    /// again.
+    pub fn backfill_start(&self) -> Option<(Hlc, OpId)> {
+        let is_content = |id: &OpId| !self.ops[id].envelope().body.is_control();
+        let is_latest = |id: &OpId| {
+            let env = self.ops[id].envelope();
+            self.chains[&env.author]
+                .ops
+                .keys()
+                .next_back()
+                .is_some_and(|top| *top == env.seq)
+        };
+        let mut content = self.order.iter().filter(|(_, id)| is_content(id));
+        content
+            .clone()
+            .find(|(_, id)| !is_latest(id))
+            .or_else(|| content.next_back())
             .copied()
     }
 

@@ -429,7 +429,12 @@ fn join_then_backfill(source: &Guild, recent: usize, max_ops: usize) -> Guild {
         }
     }
     let mut joined = joined.expect("the genesis op comes first");
-    let mut before = joined.oldest_content();
+    assert_eq!(
+        joined.version_vector(),
+        source.version_vector(),
+        "a join knows where every log ends"
+    );
+    let mut before = joined.backfill_start();
     while let Some(cursor) = before {
         let (batch, more) = source.content_before(cursor, max_ops, usize::MAX);
         before = batch
