@@ -20,7 +20,8 @@ impl Host for Node {
     fn log_positions(&self, guild: &GuildId) -> Option<LogPositions> {
         let guild = self.guild(guild).ok()?;
         let g = guild.lock().expect("guild lock");
-        Some(g.log_positions(self.backfilling(&g.id())))
+        let incomplete = self.backfilling(&g.id()) || self.loading_history(&g.id());
+        Some(g.log_positions(incomplete))
     }
 
     fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool {

@@ -6,6 +6,7 @@ mod backfill;
 pub mod dm;
 pub mod error;
 pub mod federation;
+mod history;
 pub mod node;
 pub mod rest;
 mod views;

@@ -14,7 +14,7 @@ use guildhall_proto::error::AuthError;
 use guildhall_proto::guild::{Guild, InsertError, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
-use guildhall_proto::op::{Envelope, Op, VerifiedOp};
+use guildhall_proto::op::{Envelope, VerifiedOp};
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::signal::{Signal, SignalKind};
 use guildhall_proto::state::GuildState;
@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub max_clock_skew: Duration,
     /// How long a send nonce is remembered: a retry within it never duplicates.
     pub nonce_retention: Duration,
+    /// Ops a restart loads before serving, besides guild-state ops and the end of every
+    /// author's log: the newest. Older history loads in the background.
+    pub restart_recent: u64,
     /// Content ops a join by invite fetches from the guild's node: the newest ones. Older
     /// history is back-filled afterwards, newest first.
     pub join_recent: usize,
@@ -69,6 +72,7 @@ impl NodeConfig {
             max_frame_bytes: 64 * 1024,
             max_clock_skew: Duration::from_secs(60),
             nonce_retention: Duration::from_secs(24 * 60 * 60),
+            restart_recent: 2_000,
             join_recent: 1_000,
             backfill_in_background: true,
         }
@@ -138,6 +142,10 @@ pub struct Node {
     pub(crate) backfills: Mutex<HashMap<GuildId, BackfillProgress>>,
     /// One back-fill batch at a time, node-wide.
     pub(crate) backfilling: tokio::sync::Mutex<()>,
+    /// Guilds whose older stored history a restart has not loaded yet (`history.rs`).
+    pub(crate) loading: Mutex<HashMap<GuildId, crate::history::Older>>,
+    /// Told whenever more of that history is loaded.
+    pub(crate) loaded: tokio::sync::Notify,
     /// Wakes the task that hands DMs to other nodes.
     pub(crate) dm_delivery: Arc<tokio::sync::Notify>,
     /// The SFU and voice states, once voice is started.
@@ -188,13 +196,7 @@ fn visible((status, sessions): (Status, usize)) -> Status {
 /// Store writes for a replica's ops, in the order given (the order they entered it).
 fn op_writes(guild: &Guild, ids: impl IntoIterator<Item = OpId>) -> Vec<Write> {
     ids.into_iter()
-        .filter_map(|id| {
-            guild.op(&id).map(|op| Write::Op {
-                guild: guild.id(),
-                id,
-                bytes: op.encode(),
-            })
-        })
+        .filter_map(|id| guild.op(&id).map(|op| Write::op(guild.id(), op)))
         .collect()
 }
 
@@ -216,14 +218,18 @@ impl Node {
             accounts::load_or_create_storage_key(&config.data_dir.join("storage.key"))
                 .map_err(|e| format!("storage key: {e}"))?;
         let mut guilds = HashMap::new();
+        let mut loading = HashMap::new();
         for id in store.guilds().map_err(|e| e.to_string())? {
-            let guild = Self::load_guild(&store, &id)?;
+            let (guild, older) = crate::history::load_recent(&store, &id, config.restart_recent)?;
             guilds.insert(id, Arc::new(Mutex::new(guild)));
+            if let Some(older) = older {
+                loading.insert(id, older);
+            }
         }
         let backfills = store.backfills().map_err(|e| e.to_string())?;
         let backfills = backfills.into_iter().collect();
         let (events, _) = broadcast::channel(16 * 1024);
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             config,
             store,
             storage_key,
@@ -241,60 +247,14 @@ impl Node {
             net: OnceLock::new(),
             adopting: tokio::sync::Mutex::new(()),
             backfills: Mutex::new(backfills),
+            loading: Mutex::new(loading),
+            loaded: tokio::sync::Notify::new(),
             backfilling: tokio::sync::Mutex::new(()),
             dm_delivery: Arc::new(tokio::sync::Notify::new()),
             voice: OnceLock::new(),
-        }))
-    }
-
-    /// Rebuilds a guild from its stored ops. One thread reads and decodes (hashing each op's
-    /// bytes against its id) while this one inserts, in batches, so the two overlap.
-    fn load_guild(store: &Store, id: &GuildId) -> Result<Guild, String> {
-        const BATCH: usize = 1024;
-        let started = Instant::now();
-        std::thread::scope(|scope| {
-            // Inside the scope, so an early return drops the receiver and unblocks the reader.
-            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<VerifiedOp>>(8);
-            let reader = scope.spawn(move || {
-                type Failure = Box<dyn std::error::Error + Send + Sync>;
-                let mut batch = Vec::with_capacity(BATCH);
-                store.visit_guild_ops(id, |op_id, bytes| {
-                    batch.push(Op::decode_stored(bytes, &op_id)?);
-                    if batch.len() == BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                        // A closed channel means the inserting side failed; it reports why.
-                        batches.send(full).map_err(|_| "stopped")?;
-                    }
-                    Ok::<(), Failure>(())
-                })?;
-                let _ = batches.send(batch);
-                Ok::<(), Failure>(())
-            });
-            let mut guild: Option<Guild> = None;
-            let mut count = 0usize;
-            for op in received.iter().flatten() {
-                count += 1;
-                match &mut guild {
-                    None => guild = Some(Guild::new(op).map_err(|e| format!("guild {id}: {e}"))?),
-                    Some(g) => {
-                        g.insert(op)
-                            .map_err(|e| format!("guild {id}: stored op refused: {e}"))?;
-                    }
-                }
-            }
-            reader
-                .join()
-                .map_err(|_| format!("guild {id}: the reading thread panicked"))?
-                .map_err(|e| format!("guild {id}: {e}"))?;
-            let guild = guild.ok_or_else(|| format!("guild {id} has no ops"))?;
-            tracing::info!(
-                guild = %id,
-                ops = count,
-                ms = started.elapsed().as_millis() as u64,
-                "guild loaded"
-            );
-            Ok(guild)
-        })
+        });
+        node.spawn_history_loader();
+        Ok(node)
     }
 
     /// Forgets send nonces older than `nonce_retention`, now and then every minute (or every
@@ -456,15 +416,9 @@ impl Node {
         };
         let genesis = envelope.sign_verified(&key)?;
         let id = genesis.id();
-        let bytes = genesis.encode();
+        let write = Write::op(id, &genesis);
         let guild = Guild::new(genesis)?;
-        self.store
-            .write(vec![Write::Op {
-                guild: id,
-                id,
-                bytes,
-            }])
-            .await?;
+        self.store.write(vec![write]).await?;
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
         self.hold(guild);
         for (position, (kind, channel)) in [
@@ -540,6 +494,7 @@ impl Node {
             let op = envelope.sign_verified(&key)?;
             let id = op.id();
             let bytes = op.encode();
+            let write = Write::op(*guild_id, &op);
             let outcome = match g.insert(op)? {
                 Inserted::Applied { changes, .. } if g.verdict(&id) == Some(&Verdict::Valid) => {
                     Ok(views::events_for(&g, &changes))
@@ -550,11 +505,7 @@ impl Node {
             };
             // Whatever entered the replica is stored, valid or not, so memory and disk agree;
             // queueing under the guild lock keeps each guild's ops in replica order on disk.
-            let mut writes = vec![Write::Op {
-                guild: *guild_id,
-                id,
-                bytes: bytes.clone(),
-            }];
+            let mut writes = vec![write];
             if let (Some(nonce), Ok(_)) = (nonce, &outcome) {
                 let mut recent = self.nonces.lock().expect("nonce lock");
                 if recent.len() >= MAX_RECENT_NONCES {
@@ -762,6 +713,11 @@ impl Node {
     /// Whether writes are refused after a failed commit.
     pub fn writes_refused(&self) -> bool {
         self.write_failed.load(Ordering::Relaxed)
+    }
+
+    /// From now until a restart, refuse writes: memory and disk may disagree.
+    pub(crate) fn refuse_writes(&self) {
+        self.write_failed.store(true, Ordering::Relaxed);
     }
 
     /// Takes one token from `key`'s bucket, or says how long until one is available.

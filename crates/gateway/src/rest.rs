@@ -1059,8 +1059,8 @@ fn cursor(g: &Guild, text: &Option<String>) -> Result<Option<(Hlc, MessageId)>> 
     Ok(Some((op.envelope().hlc, mid)))
 }
 
-/// How long a history page waits for one batch of older history to be fetched.
-const PAGE_BACKFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a history page waits for one batch of older history to be loaded or fetched.
+const PAGE_HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn list_messages(
     State(node): State<Arc<Node>>,
@@ -1088,18 +1088,34 @@ pub async fn list_messages(
         })
     };
     let mut messages = read()?;
-    // Paging back past what a guild joined with recent history holds: fetch older history
-    // until the page fills or history begins. Paging forward (`after` alone) never needs it.
+    // Paging back past the history held: wait for what a restart is still loading, fetch what
+    // a guild joined with recent history lacks, until the page fills or history begins.
+    // Paging forward (`after` alone) never needs either.
     let backward = page.after.is_none() || page.before.is_some();
-    while backward && messages.len() < limit && node.backfilling(&gid) {
-        // A source that is down must not hold the page for a whole request timeout.
-        match tokio::time::timeout(PAGE_BACKFILL_WAIT, node.backfill_once(&gid)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(guild = %gid, error = %e.body(), "back-fill for a page failed");
+    while backward && messages.len() < limit {
+        if node.loading_history(&gid) {
+            let loaded = node.loaded.notified();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            if node.loading_history(&gid)
+                && tokio::time::timeout(PAGE_HISTORY_WAIT, loaded)
+                    .await
+                    .is_err()
+            {
                 break;
             }
-            Err(_) => break,
+        } else if node.backfilling(&gid) {
+            // A source that is down must not hold the page for a whole request timeout.
+            match tokio::time::timeout(PAGE_HISTORY_WAIT, node.backfill_once(&gid)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(guild = %gid, error = %e.body(), "back-fill for a page failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        } else {
+            break;
         }
         messages = read()?;
     }

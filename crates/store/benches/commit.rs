@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use guildhall_proto::id::OpId;
+use guildhall_proto::id::{OpId, UserId};
 use guildhall_store::{Store, Write};
 
 /// About the size of a signed chat message op.
@@ -17,6 +17,9 @@ fn op(guild: OpId, counter: &AtomicU64) -> Write {
         guild,
         id: OpId(id),
         bytes: vec![7; OP_BYTES],
+        author: UserId([1; 32]),
+        seq: counter.load(Ordering::Relaxed),
+        control: false,
     }
 }
 

@@ -2,19 +2,20 @@
 //! file, written through a group-commit thread so that many concurrent writers share one fsync
 //! and each is answered only after its data is durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
 use guildhall_proto::id::{GuildId, OpId, UserId};
+use guildhall_proto::op::{Op, VerifiedOp};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
 /// Bumped on every incompatible change to the tables below.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// op id → the op's wire bytes.
@@ -25,6 +26,12 @@ const GUILD_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guild_log
 /// guild id → u64 BE hlc ‖ op id ‖ node address: a guild joined with recent history only,
 /// whose older history is still being fetched, content ops before that op, from that node.
 const BACKFILLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("backfills");
+/// guild id ‖ u64 BE arrival number → (): the guild's guild-state ops, which a restart loads
+/// first.
+const GUILD_CONTROL: TableDefinition<&[u8], ()> = TableDefinition::new("guild_control");
+/// guild id ‖ author id → u64 BE seq ‖ u64 BE arrival number of the author's op with the
+/// highest seq: where each author's log ends, which a restart loads first too.
+const GUILD_HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guild_heads");
 /// guild id → ops stored so far.
 const GUILD_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("guild_counts");
 /// username → account record (JSON).
@@ -105,10 +112,14 @@ pub struct TokenRecord {
 /// One durable change. A job is a list of these, committed together or not at all.
 #[derive(Debug, Clone)]
 pub enum Write {
+    /// A signed op of a guild (see `Write::op`); `author`, `seq` and `control` index it.
     Op {
         guild: GuildId,
         id: OpId,
         bytes: Vec<u8>,
+        author: UserId,
+        seq: u64,
+        control: bool,
     },
     /// Fails the job with `UsernameTaken` if the name exists.
     CreateAccount(AccountRecord),
@@ -180,6 +191,21 @@ pub struct InboxEntry {
 }
 
 /// A DM pending delivery to another node.
+impl Write {
+    /// Stores a guild's op.
+    pub fn op(guild: GuildId, op: &VerifiedOp) -> Write {
+        let env = op.envelope();
+        Write::Op {
+            guild,
+            id: op.id(),
+            bytes: op.encode(),
+            author: env.author,
+            seq: env.seq,
+            control: env.body.is_control(),
+        }
+    }
+}
+
 /// A back-fill to resume: content ops before `before` (hlc, op id), asked of `source` (a
 /// libp2p multiaddr, as bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,8 +276,11 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                Some(1) => {
-                    date_schema_1_nonces(&txn, now_ms())?;
+                Some(found) if found < SCHEMA_VERSION => {
+                    if found < 2 {
+                        date_schema_1_nonces(&txn, now_ms())?;
+                    }
+                    index_schema_2_logs(&txn)?;
                     meta.insert("schema_version", SCHEMA_VERSION)
                         .map_err(db_err)?;
                 }
@@ -270,6 +299,8 @@ impl Store {
             txn.open_table(NONCES).map_err(db_err)?;
             txn.open_table(NONCE_AGES).map_err(db_err)?;
             txn.open_table(BACKFILLS).map_err(db_err)?;
+            txn.open_table(GUILD_CONTROL).map_err(db_err)?;
+            txn.open_table(GUILD_HEADS).map_err(db_err)?;
             txn.open_table(READ_STATES).map_err(db_err)?;
             txn.open_table(DM_KEYS).map_err(db_err)?;
             txn.open_table(DMS).map_err(db_err)?;
@@ -330,29 +361,103 @@ impl Store {
         Ok(out)
     }
 
-    /// Calls `visit` with each of a guild's ops (id and wire bytes) in the order they were
-    /// stored, stopping at the first error. Streams: a million ops are never all in memory.
-    pub fn visit_guild_ops<E: From<StoreError>>(
+    /// How many ops of the guild are stored: its log's arrival numbers are `0..len`.
+    pub fn guild_log_len(&self, guild: &GuildId) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let counts = txn.open_table(GUILD_COUNTS).map_err(db_err)?;
+        Ok(counts
+            .get(guild.0.as_slice())
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// The arrival numbers of the guild's guild-state ops and of each author's latest op: what
+    /// a restart loads before recent history.
+    pub fn guild_log_anchors(&self, guild: &GuildId) -> Result<BTreeSet<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let control = txn.open_table(GUILD_CONTROL).map_err(db_err)?;
+        let heads = txn.open_table(GUILD_HEADS).map_err(db_err)?;
+        let mut anchors = BTreeSet::new();
+        let (start, end) = (log_key(guild, 0), log_key(guild, u64::MAX));
+        for entry in control
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+        {
+            let (key, _) = entry.map_err(db_err)?;
+            anchors.insert(position_of(key.value())?);
+        }
+        let (start, end) = (
+            [&guild.0[..], &[0; 32]].concat(),
+            [&guild.0[..], &[0xff; 32]].concat(),
+        );
+        for entry in heads
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+        {
+            let (_, value) = entry.map_err(db_err)?;
+            anchors.insert(position_of(value.value())?);
+        }
+        Ok(anchors)
+    }
+
+    /// Calls `visit` with each of the guild's ops (arrival number, id, wire bytes) whose
+    /// arrival number is in `positions`, oldest first or `newest_first`, stopping at the first
+    /// error. Streams: a million ops are never all in memory.
+    pub fn visit_guild_log<E: From<StoreError>>(
         &self,
         guild: &GuildId,
-        mut visit: impl FnMut(OpId, &[u8]) -> Result<(), E>,
+        positions: std::ops::Range<u64>,
+        newest_first: bool,
+        mut visit: impl FnMut(u64, OpId, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(GUILD_LOG).map_err(db_err)?;
         let ops = txn.open_table(OPS).map_err(db_err)?;
-        let start = log_key(guild, 0);
-        let end = log_key(guild, u64::MAX);
-        for entry in log
-            .range(start.as_slice()..=end.as_slice())
-            .map_err(db_err)?
-        {
-            let (_, id) = entry.map_err(db_err)?;
+        let (start, end) = (
+            log_key(guild, positions.start),
+            log_key(guild, positions.end),
+        );
+        let range = log
+            .range(start.as_slice()..end.as_slice())
+            .map_err(db_err)?;
+        let entries: Box<dyn Iterator<Item = _>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for entry in entries {
+            let (key, id) = entry.map_err(db_err)?;
             let bytes = ops
                 .get(id.value())
                 .map_err(db_err)?
                 .ok_or_else(|| db_err("guild log names a missing op"))?;
             let id = OpId(id.value().try_into().map_err(db_err)?);
-            visit(id, bytes.value())?;
+            visit(position_of(key.value())?, id, bytes.value())?;
+        }
+        Ok(())
+    }
+
+    /// `visit_guild_log` for the given arrival numbers only, in the order given.
+    pub fn visit_guild_positions<E: From<StoreError>>(
+        &self,
+        guild: &GuildId,
+        positions: impl IntoIterator<Item = u64>,
+        mut visit: impl FnMut(u64, OpId, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let log = txn.open_table(GUILD_LOG).map_err(db_err)?;
+        let ops = txn.open_table(OPS).map_err(db_err)?;
+        for position in positions {
+            let id = log
+                .get(log_key(guild, position).as_slice())
+                .map_err(db_err)?
+                .ok_or_else(|| db_err("no op at that arrival number"))?;
+            let bytes = ops
+                .get(id.value())
+                .map_err(db_err)?
+                .ok_or_else(|| db_err("guild log names a missing op"))?;
+            let id = OpId(id.value().try_into().map_err(db_err)?);
+            visit(position, id, bytes.value())?;
         }
         Ok(())
     }
@@ -566,6 +671,17 @@ fn log_key(guild: &GuildId, n: u64) -> Vec<u8> {
     [&guild.0[..], &n.to_be_bytes()].concat()
 }
 
+/// The arrival number at the end of a log key or a head record.
+fn position_of(bytes: &[u8]) -> Result<u64, StoreError> {
+    let tail = bytes
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| db_err("short log key"))?;
+    Ok(u64::from_be_bytes(
+        bytes[tail..].try_into().map_err(db_err)?,
+    ))
+}
+
 fn nonce_key(user: &UserId, nonce: &str) -> Vec<u8> {
     [&user.0[..], nonce.as_bytes()].concat()
 }
@@ -574,6 +690,62 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Schemas before 3 had no index of guild-state ops and log heads: build them from the logs.
+fn index_schema_2_logs(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let log = txn.open_table(GUILD_LOG).map_err(db_err)?;
+    let ops = txn.open_table(OPS).map_err(db_err)?;
+    let mut control = txn.open_table(GUILD_CONTROL).map_err(db_err)?;
+    let mut heads = txn.open_table(GUILD_HEADS).map_err(db_err)?;
+    for entry in log.iter().map_err(db_err)? {
+        let (key, id) = entry.map_err(db_err)?;
+        let bytes = ops
+            .get(id.value())
+            .map_err(db_err)?
+            .ok_or_else(|| db_err("guild log names a missing op"))?;
+        let op = Op::decode(bytes.value()).map_err(db_err)?;
+        let env = op.envelope();
+        let (guild, position) = key.value().split_at(32);
+        let position = u64::from_be_bytes(position.try_into().map_err(db_err)?);
+        index_op(
+            &mut control,
+            &mut heads,
+            guild,
+            position,
+            (&env.author, env.seq, env.body.is_control()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Records a stored op in the indexes a restart loads first.
+fn index_op(
+    control: &mut redb::Table<&'static [u8], ()>,
+    heads: &mut redb::Table<&'static [u8], &'static [u8]>,
+    guild: &[u8],
+    position: u64,
+    (author, seq, is_control): (&UserId, u64, bool),
+) -> Result<(), StoreError> {
+    if is_control {
+        let key = [guild, &position.to_be_bytes()].concat();
+        control.insert(key.as_slice(), ()).map_err(db_err)?;
+    }
+    let key = [guild, &author.0[..]].concat();
+    let higher = match heads.get(key.as_slice()).map_err(db_err)? {
+        Some(v) => v
+            .value()
+            .get(..8)
+            .is_some_and(|s| s < &seq.to_be_bytes()[..]),
+        None => true,
+    };
+    if higher {
+        let value = [seq.to_be_bytes(), position.to_be_bytes()].concat();
+        heads
+            .insert(key.as_slice(), value.as_slice())
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Schema 1 kept nonces forever with no date: date each one `now`, so it expires one
@@ -643,6 +815,8 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             nonces: txn.open_table(NONCES).map_err(db_err)?,
             nonce_ages: txn.open_table(NONCE_AGES).map_err(db_err)?,
             backfills: txn.open_table(BACKFILLS).map_err(db_err)?,
+            control: txn.open_table(GUILD_CONTROL).map_err(db_err)?,
+            heads: txn.open_table(GUILD_HEADS).map_err(db_err)?,
             read_states: txn.open_table(READ_STATES).map_err(db_err)?,
             dm_keys: txn.open_table(DM_KEYS).map_err(db_err)?,
             dms: txn.open_table(DMS).map_err(db_err)?,
@@ -676,6 +850,8 @@ struct Tables<'t> {
     nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
     nonce_ages: redb::Table<'t, &'static [u8], ()>,
     backfills: redb::Table<'t, &'static [u8], &'static [u8]>,
+    control: redb::Table<'t, &'static [u8], ()>,
+    heads: redb::Table<'t, &'static [u8], &'static [u8]>,
     read_states: redb::Table<'t, &'static [u8], &'static [u8]>,
     dm_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     dms: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -719,7 +895,14 @@ impl Tables<'_> {
 
     fn apply(&mut self, write: &Write) -> Result<(), StoreError> {
         match write {
-            Write::Op { guild, id, bytes } => {
+            Write::Op {
+                guild,
+                id,
+                bytes,
+                author,
+                seq,
+                control,
+            } => {
                 if self.ops.get(id.0.as_slice()).map_err(db_err)?.is_some() {
                     return Ok(());
                 }
@@ -737,6 +920,13 @@ impl Tables<'_> {
                 self.log
                     .insert(log_key(guild, n).as_slice(), id.0.as_slice())
                     .map_err(db_err)?;
+                index_op(
+                    &mut self.control,
+                    &mut self.heads,
+                    &guild.0,
+                    n,
+                    (author, *seq, *control),
+                )?;
                 self.new_counts.insert(*guild, n + 1);
             }
             Write::CreateAccount(a) | Write::UpdateAccount(a) => {

@@ -21,6 +21,9 @@ fn op(guild: u8, n: u8) -> Write {
         guild: OpId([guild; 32]),
         id: OpId([n; 32]),
         bytes: vec![n; 10],
+        author: UserId([n % 3; 32]),
+        seq: u64::from(n),
+        control: n.is_multiple_of(5),
     }
 }
 
@@ -54,7 +57,7 @@ async fn concurrent_writers_share_commits_and_every_ack_is_durable() {
 fn guild_ops(store: &Store, n: u8) -> Vec<(OpId, Vec<u8>)> {
     let mut ops = Vec::new();
     store
-        .visit_guild_ops(&OpId([n; 32]), |id, bytes| {
+        .visit_guild_log(&OpId([n; 32]), 0..u64::MAX, false, |_, id, bytes| {
             ops.push((id, bytes.to_vec()));
             Ok::<(), StoreError>(())
         })
@@ -356,4 +359,98 @@ async fn dm_key_versions_keep_their_first_record() {
         .unwrap();
     assert_eq!(store.dm_keys(&ada).unwrap(), vec![vec![1; 4], vec![2; 4]]);
     assert!(store.dm_keys(&UserId([2; 32])).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_finds_guild_state_ops_and_log_heads_without_a_scan() {
+    let (_dir, store) = temp_store();
+    // op(1, n): author n % 3, seq n, a guild-state op when n % 5 == 0; arrival number n.
+    store
+        .write((0..20).map(|n| op(1, n)).collect())
+        .await
+        .unwrap();
+    let guild = OpId([1; 32]);
+    assert_eq!(store.guild_log_len(&guild).unwrap(), 20);
+    let anchors: Vec<u64> = store
+        .guild_log_anchors(&guild)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(anchors, vec![0, 5, 10, 15, 17, 18, 19]);
+    let mut newest_first = Vec::new();
+    store
+        .visit_guild_log(&guild, 15..18, true, |position, id, _| {
+            newest_first.push((position, id.0[0]));
+            Ok::<(), StoreError>(())
+        })
+        .unwrap();
+    assert_eq!(newest_first, vec![(17, 17), (16, 16), (15, 15)]);
+}
+
+#[tokio::test]
+async fn a_schema_2_database_gets_its_logs_indexed_at_upgrade() {
+    use guildhall_proto::body::Body;
+    use guildhall_proto::hlc::Hlc;
+    use guildhall_proto::id::Keypair;
+    use guildhall_proto::op::Envelope;
+
+    let key = Keypair::from_secret([9; 32]);
+    let genesis = Envelope {
+        guild: OpId([0; 32]),
+        author: key.user_id(),
+        seq: 1,
+        prev: None,
+        hlc: Hlc::from_parts(1_000, 0),
+        deps: vec![],
+        body: Body::Genesis { name: "old".into() },
+    }
+    .sign_verified(&key)
+    .unwrap();
+    let guild = genesis.id();
+    let message = Envelope {
+        guild,
+        author: key.user_id(),
+        seq: 2,
+        prev: Some(guild),
+        hlc: Hlc::from_parts(2_000, 0),
+        deps: vec![guild],
+        body: Body::MessageCreate {
+            channel: guild,
+            content: "hi".into(),
+            reply_to: None,
+        },
+    }
+    .sign_verified(&key)
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guildhall.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        let writes = vec![Write::op(guild, &genesis), Write::op(guild, &message)];
+        store.write(writes).await.unwrap();
+    }
+    // What a schema-2 node left: the same logs without the restart indexes.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 2)
+            .unwrap();
+        txn.delete_table(GUILD_CONTROL).unwrap();
+        txn.delete_table(GUILD_HEADS).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let anchors: Vec<u64> = store
+        .guild_log_anchors(&guild)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        anchors,
+        vec![0, 1],
+        "genesis (guild state) and the author's latest op"
+    );
 }
