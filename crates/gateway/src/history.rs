@@ -14,6 +14,8 @@ use crate::node::Node;
 
 /// Stored ops inserted per hold of a guild's lock while loading in the background.
 const LOAD_BATCH: u64 = 1_024;
+/// The pause between two such holds, in which requests waiting for the lock take it.
+const LOCK_BREATHER: std::time::Duration = std::time::Duration::from_micros(200);
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,7 +52,8 @@ pub(crate) fn load_recent(
             Ok::<(), Failure>(())
         })
         .map_err(fail)?;
-    let guild = guild.ok_or_else(|| format!("guild {id} has no ops"))?;
+    let mut guild = guild.ok_or_else(|| format!("guild {id} has no ops"))?;
+    guild.reserve(len.saturating_sub(guild.len() as u64) as usize);
     let older = (anchors.range(..below).count() as u64) < below;
     tracing::info!(guild = %id, ops = guild.len(), stored = len, "guild loaded, newest first");
     let older = older.then(|| Older {
@@ -157,6 +160,9 @@ impl Node {
                 }
                 drop(loading);
                 self.loaded.notify_waiters();
+                // The guild's lock is not fair: re-taken at once, it would starve every
+                // request waiting for it until the whole history is loaded.
+                std::thread::sleep(LOCK_BREATHER);
             }
             Ok(())
         })

@@ -196,6 +196,14 @@ impl Guild {
         self.id
     }
 
+    /// Makes room for `additional` more ops at once, so that loading many does not rehash the
+    /// indexes over and over (each rehash a pause for whoever waits on this replica).
+    pub fn reserve(&mut self, additional: usize) {
+        self.ops.reserve(additional);
+        self.verdicts.reserve(additional);
+        self.canonical.reserve(additional);
+    }
+
     /// The current guild state: every valid guild-state op folded in (hlc, op id) order.
     pub fn state(&self) -> &GuildState {
         &self.current
