@@ -621,19 +621,29 @@ async fn whole_history(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_fetches_recent_history_and_paging_back_fills_in_the_rest() {
-    let home = TestNode::federated(&[]).await;
+/// Alice's guild on `home` with `count` messages in its first channel: (alice, guild,
+/// channel, message ids).
+async fn guild_with_history(
+    home: &TestNode,
+    count: usize,
+) -> (Client, guildhall_client::Guild, String, Vec<String>) {
     let (alice, _) = home.user("alice").await;
     let guild = alice.create_guild("Long history").await.unwrap();
     let general = guild.first_text_channel().unwrap().id.clone();
     let mut sent = Vec::new();
-    for i in 0..120 {
+    for i in 0..count {
         let message = alice
             .send(&guild.id, &general, &format!("message {i}"))
             .await;
         sent.push(message.unwrap().id);
     }
+    (alice, guild, general, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_fetches_recent_history_and_paging_back_fills_in_the_rest() {
+    let home = TestNode::federated(&[]).await;
+    let (alice, guild, general, sent) = guild_with_history(&home, 120).await;
     // Old messages changed since: their edit, reaction and deletion are recent ops.
     alice
         .edit(&guild.id, &general, &sent[3], "message 3, edited")
@@ -684,15 +694,7 @@ async fn a_join_fetches_recent_history_and_paging_back_fills_in_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_guild_back_fills_on_its_own() {
     let home = TestNode::federated(&[]).await;
-    let (alice, _) = home.user("alice").await;
-    let guild = alice.create_guild("Backfilled").await.unwrap();
-    let general = guild.first_text_channel().unwrap().id.clone();
-    for i in 0..60 {
-        alice
-            .send(&guild.id, &general, &format!("message {i}"))
-            .await
-            .unwrap();
-    }
+    let (alice, guild, _, _) = guild_with_history(&home, 60).await;
     let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
     let joiner = TestNode::federated_node(&[&home], |c| c.join_recent = 10).await;
     let (bea, _) = joiner.user("bea").await;
