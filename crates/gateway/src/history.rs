@@ -72,6 +72,23 @@ impl Node {
             .contains_key(guild)
     }
 
+    /// Waits until all of the guild's stored history is loaded, or `within` passes; says
+    /// whether it is.
+    pub async fn history_loaded(&self, guild: &GuildId, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let loaded = self.loaded.notified();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            if !self.loading_history(guild) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Loads the older history of every guild a restart left partly loaded, newest first, in
     /// batches, on a thread of its own; history pages waiting for it are told after each.
     pub(crate) fn spawn_history_loader(self: &Arc<Self>) {
@@ -243,10 +260,9 @@ mod tests {
         drop(node);
         let node = Node::open(config).unwrap();
         let again = say(&node, &bea, "after the restart").await;
-        while node.loading_history(&guild) {
-            let wait = std::time::Duration::from_millis(50);
-            let _ = tokio::time::timeout(wait, node.loaded.notified()).await;
-        }
+        let within = std::time::Duration::from_secs(10);
+        assert!(node.history_loaded(&guild, within).await);
+        assert!(!node.loading_history(&guild));
         let g = node.guild(&guild).unwrap();
         let g = g.lock().unwrap();
         assert!(g.equivocations().is_empty());

@@ -1059,6 +1059,9 @@ fn cursor(g: &Guild, text: &Option<String>) -> Result<Option<(Hlc, MessageId)>> 
     Ok(Some((op.envelope().hlc, mid)))
 }
 
+/// How long a search waits for the history a restart is still loading.
+const SEARCH_HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a history page waits for one batch of older history to be loaded or fetched.
 const PAGE_HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -1441,6 +1444,8 @@ pub async fn search(
         ));
     }
     let limit = req.limit.unwrap_or(25).clamp(1, 100);
+    // Right after a restart, older history may still be loading: search all of it.
+    node.history_loaded(&gid, SEARCH_HISTORY_WAIT).await;
     node.with_member_guild(&me.user_id, &gid, |g| {
         let mut hits = Vec::new();
         for cid in g.state().channels.keys() {
