@@ -63,6 +63,9 @@ impl Node {
                 Err(code) => tracing::warn!(%guild, code, "a back-filled op does not verify"),
             }
         }
+        if ops.is_empty() && batch.more {
+            return Err(unreachable("a batch with no op that verifies".into()));
+        }
         let next = ops
             .last()
             .filter(|_| batch.more)

@@ -18,10 +18,14 @@ use crate::node::{Node, now_ms};
 
 impl Host for Node {
     fn log_positions(&self, guild: &GuildId) -> Option<LogPositions> {
+        // With older history still to come (back-fill after a join, or loading after a
+        // restart), a catch-up would pull it all in oldest first, as news: none until then.
+        if self.backfilling(guild) || self.loading_history(guild) {
+            return None;
+        }
         let guild = self.guild(guild).ok()?;
         let g = guild.lock().expect("guild lock");
-        let incomplete = self.backfilling(&g.id()) || self.loading_history(&g.id());
-        Some(g.log_positions(incomplete))
+        Some(g.log_positions())
     }
 
     fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool {

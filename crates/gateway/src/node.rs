@@ -654,13 +654,14 @@ impl Node {
         self.metrics
             .ops_committed
             .fetch_add(stored as u64, Ordering::Relaxed);
-        self.hold(guild);
+        // Before the guild is served, so that no catch-up starts as if its history were whole.
         if let Some(progress) = backfill {
             self.backfills
                 .lock()
                 .expect("backfill lock")
                 .insert(id, progress);
         }
+        self.hold(guild);
         Ok(true)
     }
 

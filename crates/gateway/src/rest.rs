@@ -1062,7 +1062,7 @@ fn cursor(g: &Guild, text: &Option<String>) -> Result<Option<(Hlc, MessageId)>> 
 /// How long a search waits for the history a restart is still loading.
 const SEARCH_HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a history page waits for one batch of older history to be loaded or fetched.
+/// How long, at most, a history page waits for older history to be loaded or fetched.
 const PAGE_HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn list_messages(
@@ -1095,21 +1095,20 @@ pub async fn list_messages(
     // a guild joined with recent history lacks, until the page fills or history begins.
     // Paging forward (`after` alone) never needs either.
     let backward = page.after.is_none() || page.before.is_some();
+    let deadline = tokio::time::Instant::now() + PAGE_HISTORY_WAIT;
     while backward && messages.len() < limit {
         if node.loading_history(&gid) {
             let loaded = node.loaded.notified();
             tokio::pin!(loaded);
             loaded.as_mut().enable();
             if node.loading_history(&gid)
-                && tokio::time::timeout(PAGE_HISTORY_WAIT, loaded)
-                    .await
-                    .is_err()
+                && tokio::time::timeout_at(deadline, loaded).await.is_err()
             {
                 break;
             }
         } else if node.backfilling(&gid) {
             // A source that is down must not hold the page for a whole request timeout.
-            match tokio::time::timeout(PAGE_HISTORY_WAIT, node.backfill_once(&gid)).await {
+            match tokio::time::timeout_at(deadline, node.backfill_once(&gid)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(guild = %gid, error = %e.body(), "back-fill for a page failed");

@@ -332,24 +332,19 @@ impl Guild {
 
     /// Where this replica is in every author's log: the top of the run of seqs it holds
     /// without a gap from seq 1, and the digest up to it. What a catch-up request states, so
-    /// that catch-up fills every gap. A replica `backfilling` its older history (it joined
-    /// with recent history only) counts the run from the lowest seq it holds instead, with no
-    /// digest: the bottom of each log is the back-fill's to fetch, newest first.
-    pub fn log_positions(&self, backfilling: bool) -> LogPositions {
+    /// that catch-up fills every gap.
+    pub fn log_positions(&self) -> LogPositions {
         self.chains
             .iter()
             .filter_map(|(author, chain)| {
-                let lowest = *chain.ops.keys().next()?;
-                let start = if backfilling { lowest } else { 1 };
-                let mut top = start - 1;
-                for &seq in chain.ops.keys().skip_while(|s| **s < start) {
+                let mut top = 0;
+                for &seq in chain.ops.keys() {
                     if seq != top + 1 {
                         break;
                     }
                     top = seq;
                 }
-                let digest = (start == 1).then(|| self.log_digest(author, top));
-                (top > 0).then_some((*author, (top, digest)))
+                (top > 0).then(|| (*author, (top, Some(self.log_digest(author, top)))))
             })
             .collect()
     }
@@ -755,13 +750,14 @@ impl Guild {
             !equivocated && self.chosen_at(chain, seq, &id, self.chain_ended_below(chain, seq));
         self.canonical.insert(id, on_chain);
         // Ops that named this one as `prev` before it came were judged across a gap; one that
-        // is not the next op of the log is now known not to extend it.
+        // is not the next op of this log (another author's, or at another seq) is now known
+        // not to extend it.
         let named_by = self.awaiting_prev.remove(&id).unwrap_or_default();
-        if equivocated
-            || named_by
-                .iter()
-                .any(|w| self.ops[w].envelope().seq != seq + 1)
-        {
+        let extends_here = |w: &OpId| {
+            let env = self.ops[w].envelope();
+            env.author == author && env.seq == seq + 1
+        };
+        if equivocated || !named_by.iter().all(extends_here) {
             return true;
         }
         // An op filling a gap decides the op above it, provisionally chosen until now.

@@ -392,7 +392,7 @@ fn shuffled<T>(mut items: Vec<T>, mut seed: u64) -> Vec<T> {
 /// A catch-up as nodes run it: `to` states its log positions once and `from` answers in
 /// batches of `max_ops`, each after the cursor the previous one reached.
 fn catch_up(to: &mut Guild, from: &Guild, max_ops: usize) {
-    let have = to.log_positions(false);
+    let have = to.log_positions();
     let mut after = None;
     loop {
         let (batch, more) = from.ops_missing_from(&have, after, max_ops, usize::MAX);
@@ -511,7 +511,7 @@ proptest! {
             let before = held(&caught_up);
             for i in 0..REPLICAS {
                 for j in i + 1..REPLICAS {
-                    let asker = caught_up[i].log_positions(false);
+                    let asker = caught_up[i].log_positions();
                     let source = caught_up[j].clone();
                     catch_up(&mut caught_up[i], &source, batch);
                     if caught_up[j].lacks_from(&asker) {
@@ -529,7 +529,7 @@ proptest! {
         for guild in &caught_up {
             prop_assert_eq!(guild.state_hash(), expected);
             prop_assert_eq!(guild.pending_len(), 0);
-            prop_assert!(!caught_up[0].lacks_from(&guild.log_positions(false)));
+            prop_assert!(!caught_up[0].lacks_from(&guild.log_positions()));
         }
 
         // A replica joining with the newest `recent` content ops only, then back-filling the

@@ -332,6 +332,41 @@ fn an_op_naming_a_later_op_as_prev_is_caught_when_that_op_comes() {
 }
 
 #[test]
+fn an_op_naming_another_authors_op_as_prev_is_forked_in_either_order() {
+    // bea's op at seq 5, then ada's at seq 6 naming it as prev: the seq fits, the author does
+    // not. Ada holds nothing at 4 or 5, so on its own her op sits across a gap.
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    let invite = r.invite(&key(1));
+    r.join(&key(2), invite);
+    let base: Vec<VerifiedOp> = r.guild.ops().cloned().collect();
+    let beas: Vec<VerifiedOp> = (0..4)
+        .map(|i| {
+            let (id, _) = r.say(&key(2), general, &format!("bea {i}"));
+            r.guild.op(&id).unwrap().clone()
+        })
+        .collect();
+    let last = beas.last().unwrap();
+    let mut env = message_envelope(&r, &key(1), "ada's");
+    (env.seq, env.prev) = (last.envelope().seq + 1, Some(last.id()));
+    assert!(env.seq > r.guild.chain_head(&key(1).user_id()).unwrap().0 + 1);
+    let adas = env.sign(&key(1)).unwrap().verify().unwrap();
+    let judged = |tail: Vec<VerifiedOp>| {
+        let mut ops = base.clone();
+        ops.sort_by_key(|op| op.envelope().hlc);
+        let mut guild = Guild::new(ops.remove(0)).unwrap();
+        for op in ops.into_iter().chain(tail) {
+            guild.insert(op).unwrap();
+        }
+        (guild.verdict(&adas.id()).cloned(), guild.state_hash())
+    };
+    let adas_last = judged(beas.iter().cloned().chain([adas.clone()]).collect());
+    let adas_first = judged([adas.clone()].into_iter().chain(beas.clone()).collect());
+    assert_eq!(adas_last.0, Some(Verdict::Forked));
+    assert_eq!(adas_first, adas_last);
+}
+
+#[test]
 fn deps_are_checked_on_insert() {
     let mut r = Replica::new(&key(1));
     let general = r.text_channel(&key(1), "general");
