@@ -257,7 +257,7 @@ impl NetHandle {
             guild,
             invite,
             secret,
-            after: protocol::cursor_to_wire(after),
+            after: after.map(protocol::cursor_to_wire),
             recent: recent.map(|n| n.min(u32::MAX as usize) as u32),
         };
         self.ask_for_ops(addr, request).await
@@ -270,7 +270,7 @@ impl NetHandle {
         guild: GuildId,
         before: (Hlc, OpId),
     ) -> Result<Batch, NetError> {
-        let before = (before.0.0, before.1);
+        let before = protocol::cursor_to_wire(before);
         self.ask_for_ops(addr, protocol::Request::Backfill { guild, before })
             .await
     }

@@ -59,12 +59,12 @@ pub fn positions_from_wire(positions: &[Position]) -> LogPositions {
         .collect()
 }
 
-pub fn cursor_from_wire(cursor: Option<Cursor>) -> Option<(Hlc, OpId)> {
-    cursor.map(|(hlc, id)| (Hlc(hlc), id))
+pub fn cursor_from_wire((hlc, id): Cursor) -> (Hlc, OpId) {
+    (Hlc(hlc), id)
 }
 
-pub fn cursor_to_wire(cursor: Option<(Hlc, OpId)>) -> Option<Cursor> {
-    cursor.map(|(hlc, id)| (hlc.0, id))
+pub fn cursor_to_wire((hlc, id): (Hlc, OpId)) -> Cursor {
+    (hlc.0, id)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::GuildId;
 use guildhall_proto::op::Op;
 use guildhall_proto::signal::Signal;
@@ -939,7 +938,7 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
             recent,
         } => {
             blocking(move || {
-                let after = protocol::cursor_from_wire(after);
+                let after = after.map(protocol::cursor_from_wire);
                 let recent = recent.map(|n| n as usize);
                 let batch = host.join_ops(&guild, &invite, &secret, after, recent);
                 (ops_response(batch), None)
@@ -948,7 +947,7 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
         }
         Request::Backfill { guild, before } => {
             blocking(move || {
-                let before = (Hlc(before.0), before.1);
+                let before = protocol::cursor_from_wire(before);
                 let batch = host.backfill_ops(&guild, before).ok_or_else(|| {
                     Refusal::new("unknown_guild", "this node does not serve that guild")
                 });
@@ -989,7 +988,7 @@ fn answer_catchup<H: Host>(
     let have = protocol::positions_from_wire(have);
     let pull_back = host.lacks_from(&guild, &have).then_some(guild);
     let batch = host
-        .missing_ops(&guild, &have, protocol::cursor_from_wire(after))
+        .missing_ops(&guild, &have, after.map(protocol::cursor_from_wire))
         .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild"));
     (ops_response(batch), pull_back)
 }
