@@ -190,7 +190,6 @@ pub struct InboxEntry {
     pub envelope: Vec<u8>,
 }
 
-/// A DM pending delivery to another node.
 impl Write {
     /// Stores a guild's op.
     pub fn op(guild: GuildId, op: &VerifiedOp) -> Write {
@@ -214,6 +213,7 @@ pub struct BackfillProgress {
     pub source: Vec<u8>,
 }
 
+/// A DM pending delivery to another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDm {
     pub id: [u8; 32],
@@ -427,11 +427,7 @@ impl Store {
         };
         for entry in entries {
             let (key, id) = entry.map_err(db_err)?;
-            let bytes = ops
-                .get(id.value())
-                .map_err(db_err)?
-                .ok_or_else(|| db_err("guild log names a missing op"))?;
-            let id = OpId(id.value().try_into().map_err(db_err)?);
+            let (id, bytes) = logged_op(&ops, id.value())?;
             visit(position_of(key.value())?, id, bytes.value())?;
         }
         Ok(())
@@ -452,11 +448,7 @@ impl Store {
                 .get(log_key(guild, position).as_slice())
                 .map_err(db_err)?
                 .ok_or_else(|| db_err("no op at that arrival number"))?;
-            let bytes = ops
-                .get(id.value())
-                .map_err(db_err)?
-                .ok_or_else(|| db_err("guild log names a missing op"))?;
-            let id = OpId(id.value().try_into().map_err(db_err)?);
+            let (id, bytes) = logged_op(&ops, id.value())?;
             visit(position, id, bytes.value())?;
         }
         Ok(())
@@ -671,6 +663,18 @@ fn log_key(guild: &GuildId, n: u64) -> Vec<u8> {
     [&guild.0[..], &n.to_be_bytes()].concat()
 }
 
+/// The op a guild log entry names: its id and its stored bytes.
+fn logged_op<'t>(
+    ops: &'t impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &[u8],
+) -> Result<(OpId, redb::AccessGuard<'t, &'static [u8]>), StoreError> {
+    let bytes = ops
+        .get(id)
+        .map_err(db_err)?
+        .ok_or_else(|| db_err("guild log names a missing op"))?;
+    Ok((OpId(id.try_into().map_err(db_err)?), bytes))
+}
+
 /// The arrival number at the end of a log key or a head record.
 fn position_of(bytes: &[u8]) -> Result<u64, StoreError> {
     let tail = bytes
@@ -700,10 +704,7 @@ fn index_schema_2_logs(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut heads = txn.open_table(GUILD_HEADS).map_err(db_err)?;
     for entry in log.iter().map_err(db_err)? {
         let (key, id) = entry.map_err(db_err)?;
-        let bytes = ops
-            .get(id.value())
-            .map_err(db_err)?
-            .ok_or_else(|| db_err("guild log names a missing op"))?;
+        let (_, bytes) = logged_op(&ops, id.value())?;
         let op = Op::decode(bytes.value()).map_err(db_err)?;
         let env = op.envelope();
         let (guild, position) = key.value().split_at(32);
@@ -761,13 +762,24 @@ fn date_schema_1_nonces(txn: &redb::WriteTransaction, now: u64) -> Result<(), St
         }
     }
     for (key, op) in undated {
-        let value = [&op[..], &now.to_be_bytes()].concat();
-        nonces
-            .insert(key.as_slice(), value.as_slice())
-            .map_err(db_err)?;
-        let age = [&now.to_be_bytes()[..], &key].concat();
-        ages.insert(age.as_slice(), ()).map_err(db_err)?;
+        record_nonce(&mut nonces, &mut ages, &key, &op, now)?;
     }
+    Ok(())
+}
+
+/// Records that the send nonce `key` (user id ‖ nonce) produced `op` at `at_ms`, and files it
+/// by age for expiry.
+fn record_nonce(
+    nonces: &mut redb::Table<&'static [u8], &'static [u8]>,
+    ages: &mut redb::Table<&'static [u8], ()>,
+    key: &[u8],
+    op: &[u8],
+    at_ms: u64,
+) -> Result<(), StoreError> {
+    let value = [op, &at_ms.to_be_bytes()].concat();
+    nonces.insert(key, value.as_slice()).map_err(db_err)?;
+    let age = [&at_ms.to_be_bytes()[..], key].concat();
+    ages.insert(age.as_slice(), ()).map_err(db_err)?;
     Ok(())
 }
 
@@ -967,12 +979,7 @@ impl Tables<'_> {
                 at_ms,
             } => {
                 let key = nonce_key(user, nonce);
-                let value = [&op.0[..], &at_ms.to_be_bytes()].concat();
-                self.nonces
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(db_err)?;
-                let age = [&at_ms.to_be_bytes()[..], &key].concat();
-                self.nonce_ages.insert(age.as_slice(), ()).map_err(db_err)?;
+                record_nonce(&mut self.nonces, &mut self.nonce_ages, &key, &op.0, *at_ms)?;
             }
             Write::Backfill { guild, progress } => match progress {
                 Some(p) => {
