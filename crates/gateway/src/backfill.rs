@@ -39,7 +39,7 @@ impl Node {
         let Some(progress) = progress else {
             return Ok(false);
         };
-        let unreachable = |why: String| {
+        let peer_error = |why: String| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "peer_unreachable",
@@ -48,14 +48,14 @@ impl Node {
         };
         let net = self
             .net()
-            .ok_or_else(|| unreachable("federation is off".into()))?;
+            .ok_or_else(|| peer_error("federation is off".into()))?;
         let source = Multiaddr::try_from(progress.source.clone())
             .map_err(|e| ApiError::internal(format!("stored back-fill source: {e}")))?;
         let before = (Hlc(progress.before.0), progress.before.1);
         let batch = net
             .backfill(source, *guild, before)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| peer_error(e.to_string()))?;
         let mut ops = Vec::with_capacity(batch.ops.len());
         for op in guildhall_net::verify_ops(*guild, batch.ops).await {
             match op {
@@ -64,7 +64,7 @@ impl Node {
             }
         }
         if ops.is_empty() && batch.more {
-            return Err(unreachable("a batch with no op that verifies".into()));
+            return Err(peer_error("a batch with no op that verifies".into()));
         }
         let next = ops
             .last()

@@ -72,21 +72,30 @@ impl Node {
             .contains_key(guild)
     }
 
+    /// Waits until more of the guild's stored history is loaded (or all of it is), or until
+    /// `deadline`; false if the deadline came first.
+    pub(crate) async fn loaded_more(
+        &self,
+        guild: &GuildId,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let loaded = self.loaded.notified();
+        tokio::pin!(loaded);
+        // Registered before the check, so a batch loaded in between still wakes us.
+        loaded.as_mut().enable();
+        !self.loading_history(guild) || tokio::time::timeout_at(deadline, loaded).await.is_ok()
+    }
+
     /// Waits until all of the guild's stored history is loaded, or `within` passes; says
     /// whether it is.
     pub async fn history_loaded(&self, guild: &GuildId, within: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let loaded = self.loaded.notified();
-            tokio::pin!(loaded);
-            loaded.as_mut().enable();
-            if !self.loading_history(guild) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+        while self.loading_history(guild) {
+            if !self.loaded_more(guild, deadline).await {
                 return false;
             }
         }
+        true
     }
 
     /// Loads the older history of every guild a restart left partly loaded, newest first, in

@@ -156,24 +156,6 @@ pub struct Node {
 const NONCE_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// Rate-limit buckets kept before idle ones are dropped.
 const MAX_BUCKETS: usize = 100_000;
-/// Whether `user` may read and write the guild, with the one answer every endpoint gives: a
-/// banned user is told so, anyone else outside it finds no such guild (its existence is not
-/// revealed), and a member of a deleted guild learns it is gone.
-fn member_gate(state: &GuildState, user: &UserId) -> Result<(), ApiError> {
-    if state.bans.contains_key(user) {
-        Err(AuthError::Banned.into())
-    } else if !state.is_member(user) {
-        Err(ApiError::not_found(
-            "unknown_guild",
-            "no such guild, or you are not a member",
-        ))
-    } else if state.deleted {
-        Err(AuthError::GuildDeleted.into())
-    } else {
-        Ok(())
-    }
-}
-
 /// Recent nonces kept in memory; older ones are still found in the store.
 const MAX_RECENT_NONCES: usize = 100_000;
 /// How long a typing indicator holds.
@@ -190,6 +172,24 @@ fn visible((status, sessions): (Status, usize)) -> Status {
         Status::Offline
     } else {
         status
+    }
+}
+
+/// Whether `user` may read and write the guild, with the one answer every endpoint gives: a
+/// banned user is told so, anyone else outside it finds no such guild (its existence is not
+/// revealed), and a member of a deleted guild learns it is gone.
+fn member_gate(state: &GuildState, user: &UserId) -> Result<(), ApiError> {
+    if state.bans.contains_key(user) {
+        Err(AuthError::Banned.into())
+    } else if !state.is_member(user) {
+        Err(ApiError::not_found(
+            "unknown_guild",
+            "no such guild, or you are not a member",
+        ))
+    } else if state.deleted {
+        Err(AuthError::GuildDeleted.into())
+    } else {
+        Ok(())
     }
 }
 

@@ -1098,12 +1098,7 @@ pub async fn list_messages(
     let deadline = tokio::time::Instant::now() + PAGE_HISTORY_WAIT;
     while backward && messages.len() < limit {
         if node.loading_history(&gid) {
-            let loaded = node.loaded.notified();
-            tokio::pin!(loaded);
-            loaded.as_mut().enable();
-            if node.loading_history(&gid)
-                && tokio::time::timeout_at(deadline, loaded).await.is_err()
-            {
+            if !node.loaded_more(&gid, deadline).await {
                 break;
             }
         } else if node.backfilling(&gid) {
