@@ -221,6 +221,19 @@ export async function fingerprint(key) {
   return text.match(/.{4}/g).join('-');
 }
 
+/// `unsigned` with the seed's signature over `domain ‖ unsigned` appended: the signed form of
+/// key records and envelopes (the reference's `Keypair::sign_appended`).
+async function signAppended(domain, unsigned, identitySeed) {
+  return concat(unsigned, await ed25519Sign(identitySeed, concat(domain, unsigned)));
+}
+
+/// Throws `bad_signature` unless `signature` is `author`'s over `domain ‖ signed`.
+async function requireSignature(author, domain, signed, signature, message) {
+  if (!(await ed25519Verify(author, concat(domain, signed), signature))) {
+    throw new DmError('bad_signature', message);
+  }
+}
+
 // ---- key records (§2) ----
 
 function recordUnsigned(r) {
@@ -235,9 +248,8 @@ function recordUnsigned(r) {
 }
 
 /// A key record `{ user, key, version, createdMs, home }` signed by the identity seed.
-export async function signKeyRecord(record, identitySeed) {
-  const unsigned = recordUnsigned(record);
-  return concat(unsigned, await ed25519Sign(identitySeed, concat(KEY_RECORD_DOMAIN, unsigned)));
+export function signKeyRecord(record, identitySeed) {
+  return signAppended(KEY_RECORD_DOMAIN, recordUnsigned(record), identitySeed);
 }
 
 /// Decodes a record, checks its user signed it and that its key is usable.
@@ -255,9 +267,8 @@ export async function verifyKeyRecord(bytes) {
   const signedLen = r.at;
   const signature = r.array(64, 'signature');
   r.finish();
-  if (!(await ed25519Verify(record.user, concat(KEY_RECORD_DOMAIN, bytes.subarray(0, signedLen)), signature))) {
-    throw new DmError('bad_signature', 'the key record’s signature does not verify');
-  }
+  const signed = bytes.subarray(0, signedLen);
+  await requireSignature(record.user, KEY_RECORD_DOMAIN, signed, signature, 'the key record’s signature does not verify');
   if (await isLowOrder(record.key)) throw new DmError('dm_bad_key', 'a DM key is not a usable X25519 key');
   return record;
 }
@@ -306,9 +317,8 @@ function unsignedBytes(env) {
 }
 
 /// The envelope's wire form, signed by the sender's identity seed.
-export async function signEnvelope(env, identitySeed) {
-  const unsigned = unsignedBytes(env);
-  return concat(unsigned, await ed25519Sign(identitySeed, concat(ENVELOPE_DOMAIN, unsigned)));
+export function signEnvelope(env, identitySeed) {
+  return signAppended(ENVELOPE_DOMAIN, unsignedBytes(env), identitySeed);
 }
 
 function membersAreValid(sender, wraps) {
@@ -349,9 +359,7 @@ export async function verifyEnvelope(bytes) {
   if (!membersAreValid(env.sender, env.wraps)) throw new DmError('dm_bad_members', 'bad members');
   if (env.body.length < 16) throw new DmError('dm_truncated', 'the DM is cut short: body');
   const signed = bytes.subarray(0, signedLen);
-  if (!(await ed25519Verify(env.sender, concat(ENVELOPE_DOMAIN, signed), signature))) {
-    throw new DmError('bad_signature', 'the signature does not verify for the DM’s sender');
-  }
+  await requireSignature(env.sender, ENVELOPE_DOMAIN, signed, signature, 'the signature does not verify for the DM’s sender');
   return { envelope: env, id: hex(await sha256(signed)) };
 }
 
