@@ -27,6 +27,16 @@ pub(crate) struct Older {
     anchors: Arc<BTreeSet<u64>>,
 }
 
+/// Inserts a stored op on load. One this build refuses to hold (kept by an older build that
+/// held what it could not judge, such as a stranger's op) is left out rather than failing the
+/// load: it was never valid, so nothing shown depended on it.
+fn insert_stored(guild: &mut Guild, op: VerifiedOp) {
+    let id = op.id();
+    if let Err(e) = guild.insert(op) {
+        tracing::warn!(guild = %guild.id(), op = %id, code = e.code(), "stored op left out");
+    }
+}
+
 /// A guild's replica from its guild-state ops, the end of every author's log and its newest
 /// `recent` ops, with what remains to load (`None` when nothing does).
 pub(crate) fn load_recent(
@@ -45,9 +55,7 @@ pub(crate) fn load_recent(
             let op = Op::decode_stored(bytes, &op_id)?;
             match &mut guild {
                 None => guild = Some(Guild::new(op)?),
-                Some(g) => {
-                    g.insert(op)?;
-                }
+                Some(g) => insert_stored(g, op),
             }
             Ok::<(), Failure>(())
         })
@@ -170,7 +178,7 @@ impl Node {
                     let replica = self.guild(guild).map_err(|e| e.body().to_string())?;
                     let mut replica = replica.lock().expect("guild lock");
                     for op in ops {
-                        replica.insert(op)?;
+                        insert_stored(&mut replica, op);
                     }
                 }
                 let mut loading = self.loading.lock().expect("loading lock");

@@ -154,6 +154,10 @@ pub struct Node {
 
 /// How often, at most, send nonces past their retention are looked for.
 const NONCE_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Ops from peers still waiting for their deps this long after their timestamp are dropped
+/// (`Guild::expire_pending`), checked this often.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+const PENDING_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// Rate-limit buckets kept before idle ones are dropped.
 const MAX_BUCKETS: usize = 100_000;
 /// Recent nonces kept in memory; older ones are still found in the store.
@@ -286,6 +290,34 @@ impl Node {
         });
     }
 
+    /// Drops what peers left pending past `PENDING_TTL`, every minute, for as long as the node
+    /// lives.
+    fn spawn_pending_expiry(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PENDING_EXPIRY_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                let before_ms = now_ms().saturating_sub(PENDING_TTL.as_millis() as u64);
+                let guilds: Vec<_> = node
+                    .guilds
+                    .read()
+                    .expect("guild map lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                for guild in guilds {
+                    let mut g = guild.lock().expect("guild lock");
+                    let dropped = g.expire_pending(before_ms);
+                    if dropped > 0 {
+                        tracing::info!(guild = %g.id(), dropped, "expired pending ops");
+                    }
+                }
+            }
+        });
+    }
+
     /// Connects the node to the federation swarm, serves every guild held through it, and
     /// keeps re-announcing the statuses of its connected users to other nodes.
     pub fn attach_net(self: &Arc<Self>, net: NetHandle) {
@@ -293,6 +325,7 @@ impl Node {
             net.serve(*id);
         }
         let _ = self.net.set(net);
+        self.spawn_pending_expiry();
         self.spawn_dm_delivery();
         self.resume_backfills();
         let node = Arc::downgrade(self);

@@ -59,6 +59,10 @@ pub enum AuthError {
     InvalidDependency(OpId),
     #[error("the author signed two ops at one seq in this guild and is no longer trusted there")]
     Equivocated,
+    #[error(
+        "the author's latest op in this guild is not canonical, so nothing more they sign there counts"
+    )]
+    ForkedChain,
     #[error("the guild was deleted")]
     GuildDeleted,
     #[error("only the guild's owner may do this")]
@@ -96,6 +100,7 @@ impl AuthError {
             AuthError::BadMetaChange(_) => "bad_meta_change",
             AuthError::InvalidDependency(_) => "invalid_dependency",
             AuthError::Equivocated => "equivocated",
+            AuthError::ForkedChain => "forked_chain",
         }
     }
 }

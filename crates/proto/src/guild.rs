@@ -5,6 +5,7 @@
 //! path; whenever an op can change the verdict of ops already held (a removal, an equivocation)
 //! the guild re-resolves from scratch with the reference algorithm of `spec/auth.md`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use foldhash::fast::RandomState;
@@ -19,7 +20,7 @@ use crate::body::{Body, ChannelKind};
 use crate::error::AuthError;
 use crate::history::{History, MessageView};
 use crate::hlc::Hlc;
-use crate::id::{ChannelId, GuildId, MessageId, OpId, UserId, sha256};
+use crate::id::{ChannelId, GuildId, InviteId, MessageId, OpId, UserId, sha256};
 use crate::limits;
 use crate::meta::{self, MetaDoc, MetaValue};
 use crate::op::{Envelope, Op, VerifiedOp};
@@ -38,6 +39,10 @@ pub enum InsertError {
     CausalityViolation,
     #[error("too many ops are waiting for missing guild-state deps")]
     PendingFull,
+    #[error("the author is not a member in the op's causal past, and only a join makes one")]
+    AuthorNotMember,
+    #[error("the join names no invite in its causal past that its secret opens at its time")]
+    InviteUnusable,
 }
 
 impl InsertError {
@@ -47,6 +52,8 @@ impl InsertError {
             InsertError::DepNotGuildState => "dep_not_guild_state",
             InsertError::CausalityViolation => "causality_violation",
             InsertError::PendingFull => "pending_full",
+            InsertError::AuthorNotMember => "author_not_member",
+            InsertError::InviteUnusable => "invite_unusable",
         }
     }
 }
@@ -116,8 +123,11 @@ pub type LogPositions = BTreeMap<UserId, (u64, Option<[u8; 32]>)>;
 
 const LOG_DIGEST_DOMAIN: &[u8] = b"guildhall/log-digest/v1\0";
 
-/// The cap on ops held waiting for predecessors.
-pub const MAX_PENDING: usize = 100_000;
+/// The caps on ops held waiting for missing guild-state deps, in count and in encoded bytes.
+/// Honest traffic rarely waits (gossip reorders a little; catch-up and joins send deps first),
+/// so these only bound what a peer can park here.
+pub const MAX_PENDING: usize = 10_000;
+pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
 /// The cap on re-judging rounds while the set of honored removals settles.
 const MAX_REMOVAL_ROUNDS: usize = 8;
@@ -138,6 +148,12 @@ pub struct Guild {
     control: Vec<ControlNode>,
     control_index: Map<OpId, usize>,
     control_order: BTreeMap<(Hlc, OpId), usize>,
+    /// Valid guild-state ops in no valid guild-state op's causal past: what new ops cite.
+    valid_heads: BTreeMap<(Hlc, OpId), usize>,
+    /// Each author's joins: an op of anyone but the owner is held only with one in its past.
+    joins: Map<UserId, Vec<usize>>,
+    /// Per Automerge change, the guild-state op carrying it first in (hlc, id) order: the one
+    /// that may apply it, whatever the order carriers arrive in.
     meta_changes: Map<automerge::ChangeHash, usize>,
     meta: MetaDoc,
     current: GuildState,
@@ -148,6 +164,7 @@ pub struct Guild {
     /// Every op held, in (hlc, id) order: the order catch-up sends them in.
     order: BTreeSet<(Hlc, OpId)>,
     pending: Map<OpId, VerifiedOp>,
+    pending_bytes: usize,
     waiting_on: Map<OpId, Vec<OpId>>,
     /// Held ops whose `prev` is not held, by that `prev`: judged across a gap until it comes.
     awaiting_prev: Map<OpId, Vec<OpId>>,
@@ -174,6 +191,8 @@ impl Guild {
             control: Vec::new(),
             control_index: Map::default(),
             control_order: BTreeMap::new(),
+            valid_heads: BTreeMap::new(),
+            joins: Map::default(),
             meta_changes: Map::default(),
             meta: MetaDoc::new(),
             current,
@@ -182,6 +201,7 @@ impl Guild {
             dependents: Map::default(),
             order: BTreeSet::new(),
             pending: Map::default(),
+            pending_bytes: 0,
             waiting_on: Map::default(),
             awaiting_prev: Map::default(),
             equivocations: Vec::new(),
@@ -189,6 +209,7 @@ impl Guild {
         };
         guild.add_op(genesis);
         guild.verdicts.insert(id, Verdict::Valid);
+        guild.add_valid_head(0);
         Ok(guild)
     }
 
@@ -242,6 +263,37 @@ impl Guild {
         self.pending.len()
     }
 
+    /// The encoded bytes of the ops pending.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Drops the pending ops stamped before `before_ms`, whose deps have not come: a peer
+    /// that sends an op sends its deps first, so these are what nobody will complete. Any
+    /// that are real come again with a catch-up. Returns how many were dropped.
+    pub fn expire_pending(&mut self, before_ms: u64) -> usize {
+        let expired: Vec<OpId> = self
+            .pending
+            .iter()
+            .filter(|(_, op)| op.envelope().hlc.ms() < before_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.take_pending(id);
+        }
+        self.waiting_on.retain(|_, waiters| {
+            waiters.retain(|w| self.pending.contains_key(w));
+            !waiters.is_empty()
+        });
+        expired.len()
+    }
+
+    fn take_pending(&mut self, id: &OpId) -> Option<VerifiedOp> {
+        let op = self.pending.remove(id)?;
+        self.pending_bytes -= op.op().encoded_len();
+        Some(op)
+    }
+
     /// Highest seq held per author (a version vector for catch-up).
     pub fn version_vector(&self) -> BTreeMap<UserId, u64> {
         self.chains
@@ -260,34 +312,79 @@ impl Guild {
         })
     }
 
-    /// Guild-state ops nothing else cites yet, newest 16 first by (hlc, id), sorted by id:
-    /// what a new op should put in `deps`.
-    pub fn heads(&self) -> Vec<OpId> {
-        let mut heads: Vec<&ControlNode> =
-            self.control.iter().filter(|n| !n.has_children).collect();
-        heads.sort_by_key(|n| std::cmp::Reverse((n.hlc, n.id)));
-        heads.truncate(limits::MAX_DEPS);
-        let mut ids: Vec<OpId> = heads.into_iter().map(|n| n.id).collect();
+    /// The author's op at their highest seq held, canonical or not: what their next op
+    /// follows, so that a node never signs one seq twice.
+    fn last_op(&self, author: &UserId) -> Option<OpId> {
+        self.chains
+            .get(author)?
+            .ops
+            .values()
+            .next_back()
+            .map(|ids| ids[0])
+    }
+
+    /// The deps of an op following `prev`: first what covers `prev` (itself if it is a
+    /// guild-state op, else its deps), then the other valid heads, newest first, up to
+    /// `MAX_DEPS`, sorted by id. Only valid heads, so that ops nobody may make cannot steer
+    /// honest ones; `prev` always covered, so the op extends it however many heads are
+    /// concurrent.
+    fn deps_after(&self, prev: Option<&OpId>) -> Vec<OpId> {
+        let required: Vec<usize> = match prev.map(|p| (p, self.ops[p].envelope())) {
+            None => Vec::new(),
+            Some((p, env)) if env.body.is_control() => vec![self.control_index[p]],
+            Some((_, env)) => env.deps.iter().map(|d| self.control_index[d]).collect(),
+        };
+        let newest_first: Vec<usize> = self.valid_heads.values().rev().copied().collect();
+        let mut chosen = Vec::new();
+        let mut covered = BitSet::default();
+        let choose = |idx: usize, chosen: &mut Vec<usize>, covered: &mut BitSet| {
+            covered.union_with(&self.control[idx].past);
+            covered.insert(idx);
+            chosen.push(idx);
+        };
+        for r in required {
+            if covered.contains(r) {
+                continue;
+            }
+            // A required op that is not valid is in no valid head's past: cite it itself.
+            let head = newest_first
+                .iter()
+                .copied()
+                .find(|&h| h == r || self.control[h].past.contains(r))
+                .unwrap_or(r);
+            choose(head, &mut chosen, &mut covered);
+        }
+        for head in newest_first {
+            if chosen.len() >= limits::MAX_DEPS {
+                break;
+            }
+            if !covered.contains(head) {
+                choose(head, &mut chosen, &mut covered);
+            }
+        }
+        let mut ids: Vec<OpId> = chosen.into_iter().map(|i| self.control[i].id).collect();
         ids.sort();
         ids
     }
 
-    /// The envelope of `author`'s next op in this guild: next seq, prev, current heads and a
-    /// timestamp after all of them (and at `now_ms` if the clock is ahead).
+    /// The envelope of `author`'s next op in this guild: next seq after their latest op,
+    /// deps from `deps_after`, and a timestamp after all of them (and at `now_ms` if the clock
+    /// is ahead).
     pub fn next_envelope(&self, author: UserId, now_ms: u64, body: Body) -> Envelope {
-        let head = self.chain_head(&author);
-        let deps = self.heads();
+        let prev = self.last_op(&author);
+        let deps = self.deps_after(prev.as_ref());
+        let prev_env = prev.map(|p| self.ops[&p].envelope());
         let seen = deps
             .iter()
             .map(|d| self.ops[d].envelope().hlc)
-            .chain(head.map(|h| h.2))
+            .chain(prev_env.map(|p| p.hlc))
             .max()
             .unwrap_or_default();
         Envelope {
             guild: self.id,
             author,
-            seq: head.map_or(1, |h| h.0 + 1),
-            prev: head.map(|h| h.1),
+            seq: prev_env.map_or(1, |p| p.seq + 1),
+            prev,
             hlc: Hlc::next(seen, now_ms),
             deps,
             body,
@@ -525,28 +622,37 @@ impl Guild {
             })
     }
 
-    /// Whether an op authored here, on top of everything this replica holds (as
-    /// `next_envelope` builds it), would be valid: the check a node makes before signing for a
-    /// client, so that refused requests never enter the log. Exact for such ops, since their
-    /// causal past is every guild-state op held and nothing is concurrent with them yet.
+    /// Whether an op authored here as `next_envelope` builds it would be canonical and valid:
+    /// the check a node makes before signing for a client, so that refused requests never
+    /// enter the log. Exact for such ops: nothing held is concurrent with them but the valid
+    /// heads their deps leave out, and their removals are applied as insertion would.
     pub fn precheck(&self, env: &Envelope) -> Result<(), AuthError> {
         // Whatever such an author signs now lands above their fork, where nothing is canonical.
         if self.equivocations.iter().any(|p| p.author == env.author) {
             return Err(AuthError::Equivocated);
         }
+        let last = self.last_op(&env.author);
+        let canonical = match &env.prev {
+            None => env.seq == 1 && last.is_none(),
+            Some(prev) => {
+                last.as_ref() == Some(prev)
+                    && self.canonical.get(prev).copied().unwrap_or(false)
+                    && self.extends_prev(env) == Some(true)
+            }
+        };
+        if !canonical {
+            return Err(AuthError::ForkedChain);
+        }
+        let past = self.past_of(&env.deps);
+        let state = self.state_for_new(env, &past);
         if env.body.is_control() {
-            self.current.authorize(&env.author, &env.body, env.hlc)?;
+            state.authorize(&env.author, &env.body, env.hlc)?;
             if let Body::MetaChange { change } = &env.body {
-                let (_, deps) = meta::change_deps(change)?;
-                if let Some(dep) = deps.iter().find(|d| !self.meta_changes.contains_key(d)) {
-                    return Err(AuthError::BadMetaChange(format!(
-                        "depends on the unknown change {dep}"
-                    )));
-                }
+                self.check_meta_deps(change, &past, &self.invalid_control())?;
             }
             return Ok(());
         }
-        match self.authorize_content(&self.current, env) {
+        match self.authorize_content(&state, env) {
             Ok(()) => Ok(()),
             Err(ContentError::Auth(e)) => Err(e),
             Err(ContentError::Waiting(target)) => match &env.body {
@@ -560,6 +666,51 @@ impl Guild {
         }
     }
 
+    /// The state a new op with causal past `past` is judged in: the current state when its
+    /// past holds every valid op (the usual case), else its valid past folded, with the
+    /// honored removals of its author that it does not see applied.
+    fn state_for_new(&self, env: &Envelope, past: &BitSet) -> Cow<'_, GuildState> {
+        if self.valid_heads.values().all(|h| past.contains(*h)) {
+            return Cow::Borrowed(&self.current);
+        }
+        let mut state = self.fold(past, &self.invalid_control());
+        let exempt = env.body.removal().map(|(target, _)| target);
+        let removals =
+            self.concurrent_removals(&env.author, env.seq, past, &self.effective_removals, exempt);
+        self.apply_removals(&mut state, removals);
+        Cow::Owned(state)
+    }
+
+    fn apply_removals(&self, state: &mut GuildState, removals: Vec<usize>) {
+        for r in removals {
+            let rop = &self.ops[&self.control[r].id];
+            let renv = rop.envelope();
+            state.apply(rop.id(), &renv.author, &renv.body, renv.hlc);
+        }
+    }
+
+    /// A metadata change depends only on changes of valid ops in its causal past.
+    fn check_meta_deps(
+        &self,
+        change: &[u8],
+        past: &BitSet,
+        invalid: &BitSet,
+    ) -> Result<(), AuthError> {
+        let (_, deps) = meta::change_deps(change)?;
+        for dep in deps {
+            match self.meta_changes.get(&dep) {
+                Some(&d) if past.contains(d) && !invalid.contains(d) => {}
+                Some(&d) => return Err(AuthError::InvalidDependency(self.control[d].id)),
+                None => {
+                    return Err(AuthError::BadMetaChange(format!(
+                        "depends on the unknown change {dep}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Adds an op (whose signature was verified) to the guild.
     pub fn insert(&mut self, op: VerifiedOp) -> Result<Inserted, InsertError> {
         if op.guild() != self.id {
@@ -571,22 +722,24 @@ impl Guild {
         }
         let missing = self.missing_deps(op.envelope());
         if !missing.is_empty() {
-            if self.pending.len() >= MAX_PENDING {
+            let bytes = op.op().encoded_len();
+            if self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > MAX_PENDING_BYTES {
                 return Err(InsertError::PendingFull);
             }
+            self.pending_bytes += bytes;
             for m in &missing {
                 self.waiting_on.entry(*m).or_default().push(id);
             }
             self.pending.insert(id, op);
             return Ok(Inserted::Pending { missing });
         }
-        self.check_deps(op.envelope())?;
+        self.admissible(op.envelope())?;
         let mut changes = Vec::new();
         let mut accepted = Vec::new();
         let mut ready = vec![op];
         while let Some(op) = ready.pop() {
             let id = op.id();
-            if self.check_deps(op.envelope()).is_ok() {
+            if self.admissible(op.envelope()).is_ok() {
                 accepted.push(id);
                 changes.extend(self.accept(op));
             }
@@ -596,7 +749,7 @@ impl Guild {
                     .get(&waiter)
                     .map(|w| self.missing_deps(w.envelope()));
                 if still_missing.is_some_and(|m| m.is_empty()) {
-                    ready.extend(self.pending.remove(&waiter));
+                    ready.extend(self.take_pending(&waiter));
                 }
             }
         }
@@ -637,6 +790,54 @@ impl Guild {
             }
         }
         Ok(())
+    }
+
+    /// What an op must pass to be held at all (its deps all held): the rules on its deps, and
+    /// an author who is the owner or has joined in its causal past, or else a join whose
+    /// invite is in its past and opens with its secret at its time. These depend on the deps
+    /// alone, so every replica decides them alike whenever the op arrives; an op failing them
+    /// could never be valid, and holding it would let strangers fill the replica.
+    fn admissible(&self, env: &Envelope) -> Result<(), InsertError> {
+        self.check_deps(env)?;
+        let past = self.past_of(&env.deps);
+        match &env.body {
+            Body::Join { invite, secret } => self.check_join(invite, secret, env.hlc, &past),
+            _ if env.author == self.ops[&self.id].envelope().author => Ok(()),
+            _ => self
+                .joins
+                .get(&env.author)
+                .is_some_and(|joins| joins.iter().any(|j| past.contains(*j)))
+                .then_some(())
+                .ok_or(InsertError::AuthorNotMember),
+        }
+    }
+
+    /// The lasting part of an invite check: the invite's own op, not the state, so that no
+    /// later op can change the answer (a revocation or the use count decide the verdict).
+    fn check_join(
+        &self,
+        invite: &InviteId,
+        secret: &[u8],
+        at: Hlc,
+        past: &BitSet,
+    ) -> Result<(), InsertError> {
+        let usable = self
+            .control_index
+            .get(invite)
+            .filter(|&&idx| past.contains(idx))
+            .map(|_| &self.ops[invite].envelope().body)
+            .is_some_and(|body| match body {
+                Body::InviteCreate {
+                    secret_hash,
+                    expires_at_ms,
+                    ..
+                } => {
+                    sha256(&[secret]) == *secret_hash
+                        && (*expires_at_ms == 0 || at.ms() < *expires_at_ms)
+                }
+                _ => false,
+            });
+        usable.then_some(()).ok_or(InsertError::InviteUnusable)
     }
 
     /// The causal past of an op with these deps (all guild-state ops held).
@@ -702,6 +903,7 @@ impl Guild {
             .or_default();
         seq_ops.push(id);
         let equivocated = seq_ops.len() > 1;
+        let mut shares_change = false;
         if equivocated {
             self.equivocations.push(EquivocationProof {
                 author: env.author,
@@ -727,10 +929,22 @@ impl Guild {
             });
             self.control_index.insert(id, idx);
             self.control_order.insert((env.hlc, id), idx);
+            if let Body::Join { .. } = &env.body {
+                self.joins.entry(env.author).or_default().push(idx);
+            }
             if let Body::MetaChange { change } = &env.body
                 && let Ok((hash, _)) = meta::change_deps(change)
             {
-                self.meta_changes.entry(hash).or_insert(idx);
+                let first = self.meta_changes.entry(hash).or_insert(idx);
+                if *first != idx {
+                    // Another op carries the same change: the first in (hlc, id) order may
+                    // apply it, which may take the change from one that already did.
+                    shares_change = true;
+                    let key = |i: usize| (self.control[i].hlc, self.control[i].id);
+                    if key(idx) < key(*first) {
+                        *first = idx;
+                    }
+                }
             }
         }
         // Messages name their channel; only a thread (a content op) needs the back-reference.
@@ -757,7 +971,7 @@ impl Guild {
             let env = self.ops[w].envelope();
             env.author == author && env.seq == seq + 1
         };
-        if equivocated || !named_by.iter().all(extends_here) {
+        if equivocated || shares_change || !named_by.iter().all(extends_here) {
             return true;
         }
         // An op filling a gap decides the op above it, provisionally chosen until now.
@@ -788,6 +1002,7 @@ impl Guild {
             };
             if verdict.is_valid() {
                 self.refold_current();
+                self.add_valid_head(idx);
             }
             verdict
         } else {
@@ -802,6 +1017,30 @@ impl Guild {
         // their causal past) were waiting for it.
         changes.extend(self.rejudge_dependents(id));
         changes
+    }
+
+    /// Makes valid guild-state op `idx` a head, replacing the heads in its past.
+    fn add_valid_head(&mut self, idx: usize) {
+        let node = &self.control[idx];
+        self.valid_heads
+            .retain(|_, head| !node.past.contains(*head));
+        self.valid_heads.insert((node.hlc, node.id), idx);
+    }
+
+    /// The valid guild-state ops in no valid op's past, after verdicts changed wholesale.
+    fn recompute_valid_heads(&mut self) {
+        let valid: Vec<usize> = (0..self.control.len())
+            .filter(|&i| self.verdicts[&self.control[i].id].is_valid())
+            .collect();
+        let mut covered = BitSet::default();
+        for &i in &valid {
+            covered.union_with(&self.control[i].past);
+        }
+        self.valid_heads = valid
+            .into_iter()
+            .filter(|&i| !covered.contains(i))
+            .map(|i| ((self.control[i].hlc, self.control[i].id), i))
+            .collect();
     }
 
     /// Applies op `id` to the metadata document if it is a metadata change.
@@ -914,25 +1153,12 @@ impl Guild {
         // Mutual removal: a removal is not undone by a concurrent removal of its author by its
         // own target; both apply.
         let exempt = env.body.removal().map(|(target, _)| target);
-        for r in self.concurrent_removals(&env.author, env.seq, &node.past, effective, exempt) {
-            let rop = &self.ops[&self.control[r].id];
-            let renv = rop.envelope();
-            state.apply(rop.id(), &renv.author, &renv.body, renv.hlc);
-        }
+        let removals =
+            self.concurrent_removals(&env.author, env.seq, &node.past, effective, exempt);
+        self.apply_removals(&mut state, removals);
         state.authorize(&env.author, &env.body, env.hlc)?;
         if let Body::MetaChange { change } = &env.body {
-            let (_, deps) = meta::change_deps(change)?;
-            for dep in deps {
-                match self.meta_changes.get(&dep) {
-                    Some(&d) if node.past.contains(d) && !invalid.contains(d) => {}
-                    Some(&d) => return Err(AuthError::InvalidDependency(self.control[d].id)),
-                    None => {
-                        return Err(AuthError::BadMetaChange(format!(
-                            "depends on the unknown change {dep}"
-                        )));
-                    }
-                }
-            }
+            self.check_meta_deps(change, &node.past, invalid)?;
         }
         Ok(())
     }
@@ -969,11 +1195,7 @@ impl Guild {
             base
         } else {
             owned = base.clone();
-            for r in removals {
-                let rop = &self.ops[&self.control[r].id];
-                let renv = rop.envelope();
-                owned.apply(rop.id(), &renv.author, &renv.body, renv.hlc);
-            }
+            self.apply_removals(&mut owned, removals);
             &owned
         };
         match self.authorize_content(state, env) {
@@ -1229,6 +1451,7 @@ impl Guild {
             self.verdicts.insert(id, verdict);
         }
         self.refold_current();
+        self.recompute_valid_heads();
 
         self.history = History::default();
         let mut content: Vec<(Hlc, OpId)> = self

@@ -46,9 +46,14 @@ fn invalid(e: AuthError) -> Verdict {
 fn members_send_and_strangers_cannot() {
     let (mut r, general, _) = guild_with_members();
     assert_eq!(r.say(&key(2), general, "hi").1, Verdict::Valid);
+    let stranger = Body::MessageCreate {
+        channel: general,
+        content: "hi".into(),
+        reply_to: None,
+    };
     assert_eq!(
-        r.say(&key(9), general, "hi").1,
-        invalid(AuthError::NotMember)
+        r.refused(&key(9), stranger),
+        (AuthError::NotMember, InsertError::AuthorNotMember)
     );
     let msgs = r.guild.messages(&general, None, None, 50);
     assert_eq!(msgs.len(), 1);
@@ -58,14 +63,14 @@ fn members_send_and_strangers_cannot() {
 #[test]
 fn invites_check_secret_expiry_uses_and_revocation() {
     let mut r = Replica::new(&key(1));
-    let bad = r.act(
+    let bad = r.refused(
         &key(2),
         Body::Join {
             invite: r.guild.id(),
             secret: SECRET.to_vec(),
         },
     );
-    assert_eq!(bad.1, invalid(AuthError::UnknownInvite));
+    assert_eq!(bad, (AuthError::UnknownInvite, InsertError::InviteUnusable));
 
     let invite = r.ok(
         &key(1),
@@ -75,14 +80,17 @@ fn invites_check_secret_expiry_uses_and_revocation() {
             expires_at_ms: 5_000,
         },
     );
-    let wrong = r.act(
+    let wrong = r.refused(
         &key(2),
         Body::Join {
             invite,
             secret: b"guess".to_vec(),
         },
     );
-    assert_eq!(wrong.1, invalid(AuthError::InviteSecretMismatch));
+    assert_eq!(
+        wrong,
+        (AuthError::InviteSecretMismatch, InsertError::InviteUnusable)
+    );
     r.join(&key(2), invite);
     let join = Body::Join {
         invite,
@@ -110,7 +118,10 @@ fn invites_check_secret_expiry_uses_and_revocation() {
         invite: timed,
         secret: SECRET.to_vec(),
     };
-    assert_eq!(r.act(&key(3), late).1, invalid(AuthError::InviteExpired));
+    assert_eq!(
+        r.refused(&key(3), late),
+        (AuthError::InviteExpired, InsertError::InviteUnusable)
+    );
 
     let open = r.invite(&key(1));
     assert_eq!(

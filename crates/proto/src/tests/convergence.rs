@@ -189,7 +189,7 @@ impl World {
             None => return,
         };
         // Invalid ops are part of the history too: they must be judged alike everywhere.
-        let _ = self.replicas[at].act(&key(actor), body);
+        let _ = self.replicas[at].attempt(&key(actor), body);
     }
 
     fn body_for(&self, action: &Action) -> Option<(u8, usize, Body)> {

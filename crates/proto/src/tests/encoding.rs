@@ -499,3 +499,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pending_ops_are_bounded_in_bytes_and_expire() {
+    let mut author = Replica::new(&key(1));
+    let general = author.text_channel(&key(1), "general");
+    let big = "😀".repeat(crate::limits::MAX_CONTENT_CHARS);
+    let count = crate::guild::MAX_PENDING_BYTES / big.len() + 10;
+    let messages: Vec<VerifiedOp> = (0..count)
+        .map(|_| {
+            let (id, _) = author.say(&key(1), general, &big);
+            author.guild.op(&id).unwrap().clone()
+        })
+        .collect();
+    let channel = author.guild.op(&general).unwrap().clone();
+
+    // Without the channel, every message waits, until the bytes they take reach the cap.
+    let mut reader = Replica::new(&key(1));
+    let mut refused = 0;
+    for op in &messages {
+        match reader.guild.insert(op.clone()) {
+            Ok(Inserted::Pending { .. }) => {}
+            Err(InsertError::PendingFull) => refused += 1,
+            other => panic!("expected pending or full, got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "the cap was reached");
+    assert!(reader.guild.pending_bytes() <= crate::guild::MAX_PENDING_BYTES);
+    assert_eq!(reader.guild.pending_len(), count - refused);
+
+    // Past their time they are dropped; they come again later, and then apply.
+    let newest = messages.last().unwrap().envelope().hlc.ms();
+    assert_eq!(reader.guild.expire_pending(newest + 1), count - refused);
+    assert_eq!(
+        (reader.guild.pending_len(), reader.guild.pending_bytes()),
+        (0, 0)
+    );
+    let Inserted::Applied { accepted, .. } = reader.guild.insert(channel).unwrap() else {
+        panic!("the channel applies");
+    };
+    assert_eq!(accepted.len(), 1, "nothing expired is released");
+    for op in messages {
+        reader.guild.insert(op).unwrap();
+    }
+    assert_eq!(reader.guild.state_hash(), author.guild.state_hash());
+}

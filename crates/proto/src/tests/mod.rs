@@ -3,11 +3,12 @@
 mod auth;
 mod convergence;
 mod encoding;
+mod heads;
 mod vectors;
 
 use crate::body::{Body, ChannelKind};
 use crate::error::AuthError;
-use crate::guild::{Guild, Inserted, Verdict};
+use crate::guild::{Guild, InsertError, Inserted, Verdict};
 use crate::hlc::Hlc;
 use crate::id::{ChannelId, Keypair, OpId, UserId, sha256};
 use crate::op::{Envelope, VerifiedOp};
@@ -63,24 +64,55 @@ impl Replica {
             .unwrap()
     }
 
-    /// Authors an op on this replica and returns its id and verdict.
-    pub fn act(&mut self, who: &Keypair, body: Body) -> (OpId, Verdict) {
+    /// Authors an op on this replica and returns its id and verdict, or why the replica refused
+    /// to hold it (which precheck then refuses too, so no node signs it).
+    pub fn attempt(&mut self, who: &Keypair, body: Body) -> Result<(OpId, Verdict), InsertError> {
         let op = self.make(who, body);
         let id = op.id();
         let precheck = self.guild.precheck(op.envelope());
-        match self.guild.insert(op).unwrap() {
-            Inserted::Applied { .. } => {}
-            other => panic!("own op not applied: {other:?}"),
+        match self.guild.insert(op) {
+            Ok(Inserted::Applied { .. }) => {}
+            Ok(other) => panic!("own op not applied: {other:?}"),
+            Err(e) => {
+                assert!(
+                    precheck.is_err(),
+                    "precheck passed an op refused with {e:?}"
+                );
+                return Err(e);
+            }
         }
         let verdict = self.guild.verdict(&id).unwrap().clone();
         match (&precheck, &verdict) {
             (Ok(()), Verdict::Valid)
             | (Err(_), Verdict::Waiting(_))
-            | (Err(AuthError::Equivocated), Verdict::Forked) => {}
+            | (Err(AuthError::Equivocated | AuthError::ForkedChain), Verdict::Forked) => {}
             (Err(e), Verdict::Invalid(f)) => assert_eq!(e, f, "precheck and verdict agree"),
             _ => panic!("precheck {precheck:?} but verdict {verdict:?}"),
         }
-        (id, verdict)
+        Ok((id, verdict))
+    }
+
+    /// Authors an op the replica must hold, and returns its id and verdict.
+    pub fn act(&mut self, who: &Keypair, body: Body) -> (OpId, Verdict) {
+        self.attempt(who, body).expect("the op is held")
+    }
+
+    /// Authors an op the replica refuses to hold: what precheck says, and the insert error.
+    pub fn refused(&mut self, who: &Keypair, body: Body) -> (AuthError, InsertError) {
+        let op = self.make(who, body);
+        let precheck = self
+            .guild
+            .precheck(op.envelope())
+            .expect_err("precheck refuses");
+        let refused = self
+            .guild
+            .insert(op.clone())
+            .expect_err("insertion refuses");
+        assert!(
+            self.guild.op(&op.id()).is_none(),
+            "a refused op is not held"
+        );
+        (precheck, refused)
     }
 
     /// Like `act`, but the op must be valid.
