@@ -4,6 +4,7 @@ mod auth;
 mod convergence;
 mod encoding;
 mod heads;
+mod simulation;
 mod vectors;
 
 use crate::body::{Body, ChannelKind};
