@@ -5,14 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestNode, WAIT, dispatch_where};
+use common::attacker::rogue_peer;
+use common::{TestNode, WAIT, dispatch_where, eventually};
 use guildhall_client::{Client, Gateway, Page, User};
-use guildhall_net::{Applied, Batch, Host, NetConfig, Refusal};
-use guildhall_proto::guild::LogPositions;
-use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{GuildId, InviteId, OpId};
-use guildhall_proto::op::VerifiedOp;
-use guildhall_proto::signal::Signal;
+use guildhall_proto::id::GuildId;
 
 /// Waits until every node holds the guild with the same state hash (state and history).
 async fn converged(nodes: &[&TestNode], guild: &str) -> [u8; 32] {
@@ -70,15 +66,6 @@ async fn shared_guild(home: &TestNode, name: &str, joiners: &[(&str, &TestNode)]
         guild,
         channel,
         members,
-    }
-}
-
-/// Polls `check` until it holds or the wait runs out.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -281,69 +268,6 @@ async fn presence_and_typing_cross_nodes_signed_by_the_user() {
     drop(bob_gw);
     let offline = dispatch_where(&mut alice_gw, "PRESENCE_UPDATE", "user_id", &bob_user.id).await;
     assert_eq!(offline.data["status"], "offline");
-}
-
-/// A peer that serves one guild and relays whatever the test gives it.
-struct Rogue {
-    guild: GuildId,
-}
-
-impl Host for Rogue {
-    fn log_positions(&self, guild: &GuildId) -> Option<LogPositions> {
-        (*guild == self.guild).then(LogPositions::new)
-    }
-    fn lacks_from(&self, _: &GuildId, _: &LogPositions) -> bool {
-        false
-    }
-    fn missing_ops(&self, _: &GuildId, _: &LogPositions, _: Option<(Hlc, OpId)>) -> Option<Batch> {
-        None
-    }
-    fn join_ops(
-        &self,
-        _: &GuildId,
-        _: &InviteId,
-        _: &[u8],
-        _: Option<(Hlc, OpId)>,
-        _: Option<usize>,
-    ) -> Result<Batch, Refusal> {
-        Err(Refusal::new("no", "no"))
-    }
-    fn backfill_ops(&self, _: &GuildId, _: (Hlc, OpId)) -> Option<Batch> {
-        None
-    }
-    fn signal(&self, _: Signal) -> Applied {
-        Applied::Duplicate
-    }
-    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
-        vec![Applied::Duplicate; ops.len()]
-    }
-    fn dm_keys(&self, _: &guildhall_proto::id::UserId) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
-        Err(Refusal::new("no", "no"))
-    }
-}
-
-/// A rogue peer connected to `target`, in `guild`'s topic.
-async fn rogue_peer(target: &TestNode, guild: GuildId) -> guildhall_net::NetHandle {
-    let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().unwrap());
-    config.bootstrap = vec![target.p2p_addr()];
-    let rogue = guildhall_net::start(
-        config,
-        guildhall_net::NodeKey::generate_ed25519(),
-        std::sync::Arc::new(Rogue { guild }),
-    )
-    .await
-    .unwrap();
-    rogue.serve(guild);
-    // Until the rogue has seen the target's subscription, what it publishes goes nowhere.
-    let target_id = target.net().peer_id();
-    eventually("the rogue sees the target serving the guild", async || {
-        rogue.peers_serving(guild).await.contains(&target_id)
-    })
-    .await;
-    rogue
 }
 
 /// Forged, malformed, oversized, replayed and misdirected ops from a peer.

@@ -2,8 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod attacker;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guildhall_client::{Client, Dispatch, Gateway, Guild, User};
 use guildhall_gateway::{Node, NodeConfig};
@@ -125,5 +127,14 @@ pub async fn dispatch_where(gw: &mut Gateway, name: &str, field: &str, value: &s
         if d.data[field] == value {
             return d;
         }
+    }
+}
+
+/// Polls `check` until it holds or the wait runs out.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

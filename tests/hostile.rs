@@ -1,0 +1,211 @@
+//! A stranger's node attacks a guild it knows the id of, over real libp2p on loopback: every
+//! attack is refused with a stable code, the attacker is blocked or bounded, nothing it sent is
+//! stored or forwarded, and honest members keep chatting across nodes.
+
+mod common;
+
+use common::attacker::{op_on_top, rogue_peer, throwaway_key};
+use common::{TestNode, dispatch_where, eventually};
+use guildhall_client::{Client, Gateway, Page};
+use guildhall_net::NetHandle;
+use guildhall_proto::body::Body;
+use guildhall_proto::guild::MAX_PENDING_BYTES;
+use guildhall_proto::id::{GuildId, OpId};
+
+struct Guild {
+    gid: GuildId,
+    id: String,
+    channel: String,
+    alice: Client,
+    bob: Client,
+}
+
+/// Alice's guild on `a`, which Bob on `b` joined.
+async fn guild_on_two(a: &TestNode, b: &TestNode) -> Guild {
+    let (alice, _) = a.user("alice").await;
+    let guild = alice.create_guild("Under attack").await.unwrap();
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    let (bob, _) = b.user("bob").await;
+    bob.accept_invite(&invite).await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    eventually("both nodes hold the guild alike", async || {
+        let hash = |n: &TestNode| {
+            n.node
+                .guild(&gid)
+                .ok()
+                .map(|g| g.lock().unwrap().state_hash())
+        };
+        hash(a).is_some() && hash(a) == hash(b)
+    })
+    .await;
+    Guild {
+        gid,
+        id: guild.id,
+        channel,
+        alice,
+        bob,
+    }
+}
+
+fn held(node: &TestNode, gid: &GuildId) -> usize {
+    node.node.guild(gid).unwrap().lock().unwrap().len()
+}
+
+/// Publishes what `craft` makes for round 0, 1, … until `target` blocks the rogue.
+async fn until_blocked(
+    target: &TestNode,
+    rogue: &NetHandle,
+    gid: GuildId,
+    craft: impl Fn(u64) -> Vec<u8>,
+) {
+    let rogue_id = rogue.peer_id();
+    let mut round = 0;
+    eventually("the target blocks the rogue", async || {
+        round += 1;
+        rogue.publish(gid, craft(round));
+        !target.net().peers().await.contains(&rogue_id)
+    })
+    .await;
+}
+
+/// Alice's message reaches Bob on the other node, and a guild-state op of hers is valid on
+/// both: nobody was forked by what the attacker sent.
+async fn honest_members_still_chat(a: &TestNode, b: &TestNode, g: &Guild) {
+    let mut bob_gw = Gateway::connect(&g.bob).await.unwrap();
+    let sent = g.alice.send(&g.id, &g.channel, "still here").await.unwrap();
+    dispatch_where(&mut bob_gw, "MESSAGE_CREATE", "id", &sent.id).await;
+    let room = g
+        .alice
+        .create_channel(&g.id, "after the attack", "text")
+        .await
+        .unwrap();
+    let room_id: OpId = room.id.parse().unwrap();
+    eventually("the new channel is valid on both nodes", async || {
+        [a, b].iter().all(|n| {
+            let g = n.node.guild(&g.gid).unwrap();
+            let g = g.lock().unwrap();
+            g.verdict(&room_id).is_some_and(|v| v.is_valid())
+        })
+    })
+    .await;
+    let reply = g.bob.send(&g.id, &g.channel, "me too").await.unwrap();
+    eventually("Bob's reply reaches Alice's node", async || {
+        let page = g
+            .alice
+            .messages(&g.id, &g.channel, &Page::default())
+            .await
+            .unwrap();
+        page.iter().any(|m| m.id == reply.id)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_ops_are_refused_unstored_and_their_sender_blocked() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let g = guild_on_two(&a, &b).await;
+    let (on_a, on_b) = (held(&a, &g.gid), held(&b, &g.gid));
+    let invite = {
+        let guild = a.node.guild(&g.gid).unwrap();
+        let guild = guild.lock().unwrap();
+        *guild.state().invites.keys().next().unwrap()
+    };
+
+    // Leaves signed by throwaway keys, on top of the newest heads: once, sixteen of these
+    // steered every member's next op into a fork.
+    let rogue = rogue_peer(&a, g.gid).await;
+    until_blocked(&a, &rogue, g.gid, |n| {
+        op_on_top(&a, g.gid, &throwaway_key(n), Body::Leave)
+    })
+    .await;
+    // Bans of the owner by strangers, and joins with a guessed secret.
+    let rogue = rogue_peer(&a, g.gid).await;
+    let owner = a.node.guild(&g.gid).unwrap().lock().unwrap().state().owner;
+    until_blocked(&a, &rogue, g.gid, |n| {
+        let key = throwaway_key(1_000 + n);
+        let body = if n % 2 == 0 {
+            Body::Ban {
+                member: owner,
+                cutoff: 0,
+                reason: String::new(),
+            }
+        } else {
+            Body::Join {
+                invite,
+                secret: b"guess".to_vec(),
+            }
+        };
+        op_on_top(&a, g.gid, &key, body)
+    })
+    .await;
+
+    let faults = a.net().faults().await;
+    assert!(
+        faults.get("author_not_member").is_some_and(|n| *n >= 3),
+        "{faults:?}"
+    );
+    assert!(faults.contains_key("invite_unusable"), "{faults:?}");
+    assert_eq!(
+        (held(&a, &g.gid), held(&b, &g.gid)),
+        (on_a, on_b),
+        "nothing the rogues sent was stored here or forwarded there"
+    );
+    honest_members_still_chat(&a, &b, &g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let g = guild_on_two(&a, &b).await;
+    let rogue = rogue_peer(&a, g.gid).await;
+
+    // Big messages citing a guild-state op nobody has: they can only wait for it. More of
+    // them than the cap holds.
+    let content = "😀".repeat(guildhall_proto::limits::MAX_CONTENT_CHARS);
+    let parked = |n: u64| {
+        let key = throwaway_key(n);
+        let mut env = {
+            let guild = a.node.guild(&g.gid).unwrap();
+            let guild = guild.lock().unwrap();
+            guild.next_envelope(
+                key.user_id(),
+                guildhall_gateway::node::now_ms(),
+                Body::MessageCreate {
+                    channel: g.channel.parse().unwrap(),
+                    content: content.clone(),
+                    reply_to: None,
+                },
+            )
+        };
+        env.deps = vec![OpId(guildhall_proto::id::sha256(&[&n.to_le_bytes()]))];
+        env.sign(&key).unwrap().encode()
+    };
+    let count = (MAX_PENDING_BYTES / content.len() + 50) as u64;
+    for n in 0..count {
+        rogue.publish(g.gid, parked(n));
+    }
+    // Gossip from one peer is applied in order: once a refused op behind them is counted,
+    // every parked op before it has been judged.
+    let marker = op_on_top(&a, g.gid, &throwaway_key(u64::MAX), Body::Leave);
+    rogue.publish(g.gid, marker);
+    eventually("the marker behind the flood is refused", async || {
+        a.net().faults().await.contains_key("author_not_member")
+    })
+    .await;
+    let (pending, bytes) = {
+        let guild = a.node.guild(&g.gid).unwrap();
+        let guild = guild.lock().unwrap();
+        (guild.pending_len(), guild.pending_bytes())
+    };
+    assert!(bytes <= MAX_PENDING_BYTES, "{bytes} bytes pending");
+    let forwarded = b.node.guild(&g.gid).unwrap().lock().unwrap().pending_len();
+    assert_eq!(forwarded, 0, "what waits is not forwarded");
+    assert!(
+        pending < count as usize && bytes > MAX_PENDING_BYTES / 2,
+        "the cap, not the flood, ended it: {pending} of {count} pending, {bytes} bytes"
+    );
+    honest_members_still_chat(&a, &b, &g).await;
+}
