@@ -3,6 +3,7 @@
 
 pub mod bitset;
 pub mod body;
+pub mod change_scan;
 pub mod dm;
 pub mod error;
 pub mod guild;

@@ -16,5 +16,9 @@ pub const MAX_REASON_BYTES: usize = 2_048;
 pub const MAX_EMOJI_BYTES: usize = 64;
 pub const MAX_INVITE_SECRET_BYTES: usize = 64;
 pub const MAX_META_CHANGE_BYTES: usize = 32 * 1024;
+/// Rows in any one column of a metadata change, which bounds its ops and its predecessors
+/// (`change_scan`). More ops of distinct schema keys than fit in `MAX_META_CHANGE_BYTES`: every
+/// key but the four `guild.*` ones is at least 74 bytes, stored once per op.
+pub const MAX_META_CHANGE_OPS: u64 = 512;
 /// Values written into the metadata document (topics, descriptions, icon URLs).
 pub const MAX_META_VALUE_CHARS: usize = 1_024;

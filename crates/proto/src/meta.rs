@@ -6,12 +6,13 @@
 //! `spec/auth.md`). Keys are flat (`channel.<id>.topic`) so that two members editing at once
 //! never create rival nested objects, and every key maps to exactly one permission check.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
 use serde::Serialize;
 
+use crate::change_scan;
 use crate::error::AuthError;
 use crate::id::{OpId, UserId};
 use crate::limits;
@@ -85,11 +86,18 @@ pub fn actor_for(user: &UserId) -> ActorId {
     ActorId::from(&user.0[..])
 }
 
+/// Parses a change with Automerge, which expands every run of its columns, so only after the
+/// op count is known to be bounded. Decoded ops have passed this scan already (`validate`); it
+/// is repeated here, for O(bytes), so that no caller can hand Automerge a change that has not.
+fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    change_scan::claimed_ops(bytes, limits::MAX_META_CHANGE_OPS).map_err(|e| e.to_string())?;
+    Change::from_bytes(bytes.to_vec()).map_err(|e| format!("not an Automerge change: {e}"))
+}
+
 /// Decodes a metadata change and checks its shape: authored by `author`'s actor, root-level
 /// scalar puts and deletes of known keys only.
 fn decode_change(author: &UserId, bytes: &[u8]) -> Result<(Change, Vec<(String, Scope)>), String> {
-    let change =
-        Change::from_bytes(bytes.to_vec()).map_err(|e| format!("not an Automerge change: {e}"))?;
+    let change = parse_change(bytes)?;
     if change.actor_id() != &actor_for(author) {
         return Err("the change's actor is not the op's author".into());
     }
@@ -175,8 +183,7 @@ fn require(have: Permissions, needed: Permissions) -> Result<(), AuthError> {
 
 /// The Automerge hashes a change depends on, or an error if the bytes are not a change.
 pub fn change_deps(bytes: &[u8]) -> Result<(ChangeHash, Vec<ChangeHash>), AuthError> {
-    let change = Change::from_bytes(bytes.to_vec())
-        .map_err(|e| AuthError::BadMetaChange(format!("not an Automerge change: {e}")))?;
+    let change = parse_change(bytes).map_err(AuthError::BadMetaChange)?;
     Ok((change.hash(), change.deps().to_vec()))
 }
 
@@ -185,6 +192,8 @@ pub fn change_deps(bytes: &[u8]) -> Result<(ChangeHash, Vec<ChangeHash>), AuthEr
 pub struct MetaDoc {
     doc: AutoCommit,
     applied: HashMap<ChangeHash, OpId>,
+    /// The actors of the changes applied: the only ones Automerge knows.
+    actors: HashSet<ActorId>,
 }
 
 impl MetaDoc {
@@ -195,8 +204,7 @@ impl MetaDoc {
     /// Applies a change whose op is authorized. Fails (and changes nothing) if an Automerge
     /// dependency is missing, i.e. its op was invalid, or Automerge refuses the change.
     pub fn apply(&mut self, op: OpId, bytes: &[u8]) -> Result<(), AuthError> {
-        let change = Change::from_bytes(bytes.to_vec())
-            .map_err(|e| AuthError::BadMetaChange(e.to_string()))?;
+        let change = parse_change(bytes).map_err(AuthError::BadMetaChange)?;
         if let Some(missing) = change.deps().iter().find(|d| !self.applied.contains_key(d)) {
             return Err(AuthError::BadMetaChange(format!(
                 "depends on the unknown or invalid change {missing}"
@@ -206,10 +214,28 @@ impl MetaDoc {
         if self.applied.contains_key(&hash) {
             return Err(AuthError::BadMetaChange("duplicate change".into()));
         }
+        // Automerge panics applying a change that names an actor it does not know, and it
+        // learns a new actor only from that actor's change at seq 1. An honest change names only
+        // actors of changes it depends on (its predecessors', its own previous change's), so
+        // they are known. A change without ops is never valid (`decode_change`): refused before
+        // its actor is recorded.
+        if change.is_empty() {
+            return Err(AuthError::BadMetaChange("the change writes nothing".into()));
+        }
+        let new_actor = |a: &ActorId| !self.actors.contains(a);
+        if change.other_actor_ids().iter().any(new_actor)
+            || (change.seq() != 1 && new_actor(change.actor_id()))
+        {
+            return Err(AuthError::BadMetaChange(
+                "names an actor of no applied change".into(),
+            ));
+        }
+        let actor = change.actor_id().clone();
         self.doc
             .apply_changes([change])
             .map_err(|e| AuthError::BadMetaChange(e.to_string()))?;
         self.applied.insert(hash, op);
+        self.actors.insert(actor);
         Ok(())
     }
 
@@ -266,7 +292,8 @@ impl MetaDoc {
         }
         // Edits that change nothing make no change (and no op).
         fork.commit()?;
-        fork.get_last_local_change()
-            .map(|mut c| c.bytes().into_owned())
+        // Uncompressed, so that every node can count its ops without inflating it
+        // (`Change::bytes` would DEFLATE a change over 256 bytes).
+        fork.get_last_local_change().map(|c| c.raw_bytes().to_vec())
     }
 }

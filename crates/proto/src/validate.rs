@@ -1,6 +1,7 @@
 //! Field rules for op bodies that hold on every node, whatever the guild state.
 
 use crate::body::Body;
+use crate::change_scan::{self, ScanError};
 use crate::limits;
 
 fn check_name(name: &str) -> Result<(), &'static str> {
@@ -44,6 +45,12 @@ pub fn check_body(body: &Body) -> Result<(), &'static str> {
         | Body::ChannelCreate { name, .. }
         | Body::ThreadCreate { name, .. } => check_name(name),
         Body::MetaChange { change } if change.is_empty() => Err("empty metadata change"),
+        // Automerge expands every run of a change, so the op count is bounded before it parses.
+        Body::MetaChange { change } => {
+            change_scan::claimed_ops(change, limits::MAX_META_CHANGE_OPS)
+                .map(drop)
+                .map_err(ScanError::reason)
+        }
         Body::Join { secret, .. } if secret.is_empty() => Err("an invite secret is required"),
         Body::MessageCreate { content, .. } | Body::MessageEdit { content, .. } => {
             check_content(content)

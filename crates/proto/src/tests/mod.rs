@@ -1,6 +1,7 @@
 //! Unit and property tests of the core, with a small kit for building guild histories.
 
 mod auth;
+mod change_scan;
 mod convergence;
 mod encoding;
 mod heads;
