@@ -63,6 +63,8 @@ pub enum AuthError {
         "the author's latest op in this guild is not canonical, so nothing more they sign there counts"
     )]
     ForkedChain,
+    #[error("the creator or the guild holds as many usable invites as it may")]
+    TooManyInvites,
     #[error("the guild was deleted")]
     GuildDeleted,
     #[error("only the guild's owner may do this")]
@@ -101,6 +103,7 @@ impl AuthError {
             AuthError::InvalidDependency(_) => "invalid_dependency",
             AuthError::Equivocated => "equivocated",
             AuthError::ForkedChain => "forked_chain",
+            AuthError::TooManyInvites => "too_many_invites",
         }
     }
 }

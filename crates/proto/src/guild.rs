@@ -129,6 +129,11 @@ const LOG_DIGEST_DOMAIN: &[u8] = b"guildhall/log-digest/v1\0";
 pub const MAX_PENDING: usize = 10_000;
 pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
+/// The cap on states kept by deps set (`Guild::state_at`). Content ops mostly cite the few
+/// newest sets; without a cap, members citing ever new ones made every replica keep a whole
+/// guild state per set.
+const MAX_CACHED_STATES: usize = 64;
+
 /// The cap on re-judging rounds while the set of honored removals settles.
 const MAX_REMOVAL_ROUNDS: usize = 8;
 
@@ -1176,6 +1181,9 @@ impl Guild {
         }
         let state = self.fold(&past, &self.invalid_control());
         let entry = Arc::new((past, state));
+        if self.states_at.len() >= MAX_CACHED_STATES {
+            self.states_at.clear();
+        }
         self.states_at.insert(key, entry.clone());
         entry
     }

@@ -20,5 +20,9 @@ pub const MAX_META_CHANGE_BYTES: usize = 32 * 1024;
 /// (`change_scan`). More ops of distinct schema keys than fit in `MAX_META_CHANGE_BYTES`: every
 /// key but the four `guild.*` ones is at least 74 bytes, stored once per op.
 pub const MAX_META_CHANGE_OPS: u64 = 512;
+/// Invites that may still admit someone, per creator and per guild: what a member with
+/// CREATE_INSTANT_INVITE (which @everyone has) can make every replica hold.
+pub const MAX_INVITES_PER_MEMBER: usize = 100;
+pub const MAX_INVITES_PER_GUILD: usize = 1_000;
 /// Values written into the metadata document (topics, descriptions, icon URLs).
 pub const MAX_META_VALUE_CHARS: usize = 1_024;

@@ -8,6 +8,7 @@ use crate::body::{Body, ChannelKind, OverwriteTarget};
 use crate::error::AuthError;
 use crate::hlc::Hlc;
 use crate::id::{ChannelId, GuildId, InviteId, OpId, RoleId, UserId, sha256};
+use crate::limits;
 use crate::perm::{Permissions, base_permissions, channel_permissions};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,6 +57,21 @@ pub struct Invite {
     pub max_uses: u32,
     pub expires_at_ms: u64,
     pub uses: u32,
+}
+
+impl Invite {
+    fn expired_at(&self, at: Hlc) -> bool {
+        self.expires_at_ms != 0 && at.ms() >= self.expires_at_ms
+    }
+
+    fn exhausted(&self) -> bool {
+        self.max_uses != 0 && self.uses >= self.max_uses
+    }
+
+    /// Whether it may still admit someone at `at`.
+    fn usable_at(&self, at: Hlc) -> bool {
+        !self.expired_at(at) && !self.exhausted()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -331,9 +347,18 @@ impl GuildState {
                 }
                 Self::grantable(have, existing.allow | existing.deny)
             }
-            Body::InviteCreate { .. } => self
-                .require(author, Permissions::CREATE_INSTANT_INVITE)
-                .map(|_| ()),
+            Body::InviteCreate { .. } => {
+                self.require(author, Permissions::CREATE_INSTANT_INVITE)?;
+                let usable: Vec<&Invite> =
+                    self.invites.values().filter(|i| i.usable_at(hlc)).collect();
+                let theirs = usable.iter().filter(|i| i.creator == *author).count();
+                if theirs >= limits::MAX_INVITES_PER_MEMBER
+                    || usable.len() >= limits::MAX_INVITES_PER_GUILD
+                {
+                    return Err(AuthError::TooManyInvites);
+                }
+                Ok(())
+            }
             Body::InviteRevoke { invite } => {
                 let inv = self.invites.get(invite).ok_or(AuthError::UnknownInvite)?;
                 if inv.creator == *author {
@@ -391,10 +416,10 @@ impl GuildState {
         if sha256(&[secret]) != inv.secret_hash {
             return Err(AuthError::InviteSecretMismatch);
         }
-        if inv.expires_at_ms != 0 && at.ms() >= inv.expires_at_ms {
+        if inv.expired_at(at) {
             return Err(AuthError::InviteExpired);
         }
-        if inv.max_uses != 0 && inv.uses >= inv.max_uses {
+        if inv.exhausted() {
             return Err(AuthError::InviteExhausted);
         }
         Ok(())
@@ -500,6 +525,9 @@ impl GuildState {
                 max_uses,
                 expires_at_ms,
             } => {
+                // Invites that can admit nobody any more leave the state as new ones come, so
+                // it holds at most the capped number of usable ones and those spent since.
+                self.invites.retain(|_, invite| invite.usable_at(hlc));
                 self.invites.insert(
                     id,
                     Invite {

@@ -973,3 +973,38 @@ fn only_the_owner_deletes_a_guild_and_nothing_follows_it() {
         invalid(AuthError::GuildDeleted)
     );
 }
+
+#[test]
+fn usable_invites_are_capped_and_spent_ones_leave_the_state() {
+    let (mut r, _, _) = guild_with_members();
+    let one_use = |r: &mut Replica, who: u8| {
+        r.act(
+            &key(who),
+            Body::InviteCreate {
+                secret_hash: sha256(&[SECRET]),
+                max_uses: 1,
+                expires_at_ms: 0,
+            },
+        )
+    };
+    // A plain member (@everyone may create invites) up to the cap, then no more.
+    let mut made = Vec::new();
+    for _ in 0..crate::limits::MAX_INVITES_PER_MEMBER {
+        let (id, verdict) = one_use(&mut r, 2);
+        assert_eq!(verdict, Verdict::Valid);
+        made.push(id);
+    }
+    assert_eq!(one_use(&mut r, 2).1, invalid(AuthError::TooManyInvites));
+    // Another member is not held to Bea's count.
+    assert_eq!(one_use(&mut r, 3).1, Verdict::Valid);
+    // Once one is spent, Bea may make another, and the spent one leaves the state with it.
+    r.join(&key(4), made[0]);
+    let (fresh, verdict) = one_use(&mut r, 2);
+    assert_eq!(verdict, Verdict::Valid);
+    let invites = &r.guild.state().invites;
+    assert!(!invites.contains_key(&made[0]) && invites.contains_key(&fresh));
+    assert_eq!(
+        invites.values().filter(|i| i.creator == user(2)).count(),
+        crate::limits::MAX_INVITES_PER_MEMBER
+    );
+}
