@@ -10,18 +10,24 @@ use guildhall_proto::id::GuildId;
 
 use crate::{open_node, record, report, serve, write_messages};
 
-struct FedNode {
-    node: Arc<Node>,
-    base: String,
-    addr: Multiaddr,
+pub struct FedNode {
+    pub node: Arc<Node>,
+    pub base: String,
+    pub addr: Multiaddr,
     _dir: tempfile::TempDir,
 }
 
-async fn fed_node(peers: &[&FedNode]) -> FedNode {
+pub async fn fed_node(peers: &[&FedNode]) -> FedNode {
+    let addrs: Vec<Multiaddr> = peers.iter().map(|p| p.addr.clone()).collect();
+    fed_node_dialing(&addrs).await
+}
+
+/// An in-process node with a temp data dir, federating with the nodes at `peers`.
+pub async fn fed_node_dialing(peers: &[Multiaddr]) -> FedNode {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = open_node(&dir);
     let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"));
-    config.bootstrap = peers.iter().map(|p| p.addr.clone()).collect();
+    config.bootstrap = peers.to_vec();
     // The scenarios push far more than a chat's worth of gossip through one peer.
     config.peer_rate = 1e9;
     config.peer_burst = 1e9;
@@ -43,7 +49,7 @@ async fn fed_node(peers: &[&FedNode]) -> FedNode {
     }
 }
 
-async fn user(node: &FedNode, name: &str) -> Client {
+pub async fn user(node: &FedNode, name: &str) -> Client {
     Client::register(&node.base, name, "load generator")
         .await
         .expect("register")

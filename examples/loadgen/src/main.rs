@@ -12,6 +12,7 @@ use guildhall_gateway::{Node, NodeConfig};
 use guildhall_proto::id::{GuildId, UserId};
 use tokio::sync::mpsc;
 
+mod attack;
 mod federation;
 mod procfs;
 mod voice;
@@ -40,6 +41,10 @@ enum Scenario {
     /// Two federated nodes apart while A takes `count` messages; time and bytes for B to catch
     /// up once they reconnect, then the time for a third node to join the guild.
     Catchup,
+    /// A stranger's node floods a guild on the node (in-process, or `--server` with
+    /// `--node-pid` and `--peer`) with `count` ops per attack: what it refused or held, its
+    /// memory before and after, and an honest message across nodes after each.
+    Attack,
 }
 
 #[derive(Parser)]
@@ -67,6 +72,9 @@ struct Args {
     /// history can be reopened again, e.g. by `guildhall --data-dir`.
     #[arg(long)]
     keep_data: Option<PathBuf>,
+    /// Attack with `--server`: the node's libp2p address (`/ip4/…/tcp/…/p2p/…`).
+    #[arg(long, requires_all = ["server", "node_pid"])]
+    peer: Option<guildhall_net::Multiaddr>,
 }
 
 struct Setup {
@@ -225,6 +233,14 @@ async fn run(args: &Args, watched: Option<&procfs::Watched>) {
         Scenario::Members => members(args.count, args.clients).await,
         Scenario::Remote => federation::remote(args.count).await,
         Scenario::Catchup => federation::catchup(args.count, args.clients).await,
+        Scenario::Attack => {
+            let victim = args.peer.clone().map(|addr| attack::Victim {
+                base: args.server.clone().expect("--peer requires --server"),
+                addr,
+                pid: args.node_pid.expect("--peer requires --node-pid"),
+            });
+            attack::attack(victim, args.count).await
+        }
         Scenario::Voice => voice::voice(args.clients, args.count).await,
         Scenario::Latency | Scenario::Throughput | Scenario::Fanout | Scenario::Idle => {
             let s = setup(args.server.clone()).await;

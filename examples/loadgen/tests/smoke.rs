@@ -95,3 +95,13 @@ fn voice() {
     assert!(out.contains("voice: 4 participants in rooms of 4"), "{out}");
     assert!(out.contains("voice frame, peer → SFU → peer"), "{out}");
 }
+
+#[test]
+fn attack() {
+    let out = run(&["attack", "--count", "20"]);
+    assert!(
+        out.contains("flood of 20 leaves and bans signed by strangers: attacker blocked"),
+        "{out}"
+    );
+    assert!(out.contains("after the parked ops"), "{out}");
+}
