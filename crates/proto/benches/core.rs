@@ -377,6 +377,23 @@ fn bench_ban(c: &mut Criterion) {
         g.insert(op.clone()).unwrap();
         assert_eq!(g.verdict(&op.id()), Some(&Verdict::Valid));
     }
+    // A member who may not ban bans the owner: refused where it stands.
+    let refused_ban = b.make(
+        &keys[2],
+        Body::Ban {
+            member: owner.user_id(),
+            cutoff: 0,
+            reason: "flood".into(),
+        },
+    );
+    {
+        let mut g = b.guild.clone();
+        g.insert(refused_ban.clone()).unwrap();
+        assert!(matches!(
+            g.verdict(&refused_ban.id()),
+            Some(Verdict::Invalid(_))
+        ));
+    }
 
     let mut g = c.benchmark_group("insert_into_big_guild");
     g.sample_size(10);
@@ -384,6 +401,16 @@ fn bench_ban(c: &mut Criterion) {
     g.bench_function("ban_full_resolve", |bn| {
         bn.iter_batched(
             || (b.guild.clone(), ban.clone()),
+            |(mut guild, op)| {
+                guild.insert(op).unwrap();
+                guild
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("refused_ban_incremental", |bn| {
+        bn.iter_batched(
+            || (b.guild.clone(), refused_ban.clone()),
             |(mut guild, op)| {
                 guild.insert(op).unwrap();
                 guild

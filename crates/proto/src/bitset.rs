@@ -43,6 +43,14 @@ impl BitSet {
         &self.words[..end]
     }
 
+    pub fn len(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
     /// Set equality regardless of trailing empty words.
     pub fn same_as(&self, other: &BitSet) -> bool {
         self.trimmed() == other.trimmed()

@@ -176,6 +176,8 @@ pub struct Guild {
     equivocations: Vec<EquivocationProof>,
     /// The removals honored against concurrent ops: the fixed point found by `resolve_all`.
     effective_removals: BitSet,
+    /// The rounds the last `resolve_all` took to find it.
+    removal_rounds: usize,
 }
 
 impl Guild {
@@ -211,6 +213,7 @@ impl Guild {
             awaiting_prev: Map::default(),
             equivocations: Vec::new(),
             effective_removals: BitSet::default(),
+            removal_rounds: 1,
         };
         guild.add_op(genesis);
         guild.verdicts.insert(id, Verdict::Valid);
@@ -995,13 +998,17 @@ impl Guild {
         let is_control = op.envelope().body.is_control();
         let is_removal = op.envelope().body.removal().is_some();
         let unsettled = self.add_op(op);
-        if unsettled || is_removal || !self.canonical[&id] {
+        if unsettled || !self.canonical[&id] {
             return self.resolve_all();
         }
         let verdict = if is_control {
             let idx = self.control_index[&id];
             let invalid = self.invalid_control();
-            let verdict = match self.judge_control(idx, &invalid, &self.effective_removals, None) {
+            let judged = self.judge_control(idx, &invalid, &self.effective_removals, None);
+            if is_removal && (judged.is_ok() || !self.inert_if_refused(idx)) {
+                return self.resolve_all();
+            }
+            let verdict = match judged {
                 Ok(()) => self.apply_meta_of(id),
                 Err(e) => Verdict::Invalid(e),
             };
@@ -1022,6 +1029,17 @@ impl Guild {
         // their causal past) were waiting for it.
         changes.extend(self.rejudge_dependents(id));
         changes
+    }
+
+    /// Whether removal `idx`, judged invalid, changes no other verdict, so that it needs no
+    /// re-resolution (`spec/auth.md` §6.4): every other guild-state op held is in its causal
+    /// past, so it is concurrent with none, and cuts nothing whichever round of the reference
+    /// algorithm honors it; it can only delay that algorithm's fixed point by one round, which
+    /// the last resolution left room for. A flood of removals nobody may make costs what
+    /// judging each costs, not a resolution each.
+    fn inert_if_refused(&self, idx: usize) -> bool {
+        self.control[idx].past.len() + 1 == self.control.len()
+            && self.removal_rounds < MAX_REMOVAL_ROUNDS - 1
     }
 
     /// Makes valid guild-state op `idx` a head, replacing the heads in its past.
@@ -1442,6 +1460,7 @@ impl Guild {
             effective = valid_removals;
         };
         self.effective_removals = effective;
+        self.removal_rounds = rounds;
 
         self.meta = MetaDoc::new();
         let order: Vec<usize> = self.control_order.values().copied().collect();

@@ -1008,3 +1008,44 @@ fn usable_invites_are_capped_and_spent_ones_leave_the_state() {
         crate::limits::MAX_INVITES_PER_MEMBER
     );
 }
+
+#[test]
+fn removals_nobody_may_make_change_nothing_in_any_order() {
+    let (mut r, general, _) = guild_with_members();
+    r.say(&key(3), general, "before");
+    // Bea may not ban: each of her bans is judged where it stands, concurrent with nothing.
+    let bans: Vec<OpId> = (0..40)
+        .map(|i| {
+            let body = if i % 2 == 0 {
+                Body::Ban {
+                    member: user(3),
+                    cutoff: 0,
+                    reason: String::new(),
+                }
+            } else {
+                Body::Kick {
+                    member: user(1),
+                    cutoff: 0,
+                    reason: String::new(),
+                }
+            };
+            let (id, verdict) = r.act(&key(2), body);
+            assert!(matches!(verdict, Verdict::Invalid(_)), "{verdict:?}");
+            id
+        })
+        .collect();
+    let (after, _) = r.say(&key(3), general, "after");
+    assert_eq!(r.verdict(&after), Verdict::Valid);
+    // The reference, whatever the order: newest first makes every ban wait, then re-resolve.
+    let mut ops: Vec<VerifiedOp> = r.guild.ops().cloned().collect();
+    ops.sort_by_key(|op| std::cmp::Reverse((op.envelope().hlc, op.id())));
+    let genesis = ops.pop().unwrap();
+    let mut reference = Guild::new(genesis).unwrap();
+    for op in ops {
+        reference.insert(op).unwrap();
+    }
+    assert_eq!(reference.state_hash(), r.guild.state_hash());
+    for id in &bans {
+        assert_eq!(reference.verdict(id), r.guild.verdict(id));
+    }
+}
