@@ -7,9 +7,11 @@ set -euo pipefail
 count=${1:-10000}
 here=$(dirname "$0")
 bin=$here/../../target/release
+# The node under attack; another build of it (say, an earlier commit) with GUILDHALL_BIN.
+node=${GUILDHALL_BIN:-$bin/guildhall}
 dir=$(mktemp -d)
 out=$dir/log
-"$bin/guildhall" --data-dir "$dir/data" --listen 127.0.0.1:0 \
+"$node" --data-dir "$dir/data" --listen 127.0.0.1:0 \
     --p2p-listen /ip4/127.0.0.1/tcp/0 --no-voice >"$out" 2>&1 &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT

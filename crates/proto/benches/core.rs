@@ -398,36 +398,22 @@ fn bench_ban(c: &mut Criterion) {
     let mut g = c.benchmark_group("insert_into_big_guild");
     g.sample_size(10);
     g.throughput(Throughput::Elements(1));
-    g.bench_function("ban_full_resolve", |bn| {
-        bn.iter_batched(
-            || (b.guild.clone(), ban.clone()),
-            |(mut guild, op)| {
-                guild.insert(op).unwrap();
-                guild
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    g.bench_function("refused_ban_incremental", |bn| {
-        bn.iter_batched(
-            || (b.guild.clone(), refused_ban.clone()),
-            |(mut guild, op)| {
-                guild.insert(op).unwrap();
-                guild
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    g.bench_function("role_create_incremental", |bn| {
-        bn.iter_batched(
-            || (b.guild.clone(), role.clone()),
-            |(mut guild, op)| {
-                guild.insert(op).unwrap();
-                guild
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    for (name, op) in [
+        ("ban_full_resolve", &ban),
+        ("refused_ban_incremental", &refused_ban),
+        ("role_create_incremental", &role),
+    ] {
+        g.bench_function(name, |bn| {
+            bn.iter_batched(
+                || (b.guild.clone(), op.clone()),
+                |(mut guild, op)| {
+                    guild.insert(op).unwrap();
+                    guild
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -212,20 +212,22 @@ impl Sim {
                 member: self.pick(&members)?,
                 role: self.moderators,
             },
-            83..88 => {
+            83..91 => {
                 let member = self.pick(&members)?;
-                Body::Kick {
-                    member,
-                    cutoff: cutoff_of(&self.nodes[home].guild, &member),
-                    reason: String::new(),
-                }
-            }
-            88..91 => {
-                let member = self.pick(&members)?;
-                Body::Ban {
-                    member,
-                    cutoff: cutoff_of(&self.nodes[home].guild, &member),
-                    reason: String::new(),
+                let cutoff = cutoff_of(&self.nodes[home].guild, &member);
+                let reason = String::new();
+                if self.rng.random_bool(0.4) {
+                    Body::Ban {
+                        member,
+                        cutoff,
+                        reason,
+                    }
+                } else {
+                    Body::Kick {
+                        member,
+                        cutoff,
+                        reason,
+                    }
                 }
             }
             91..94 => Body::Unban {
