@@ -998,10 +998,13 @@ impl Guild {
         let is_control = op.envelope().body.is_control();
         let is_removal = op.envelope().body.removal().is_some();
         let unsettled = self.add_op(op);
-        if unsettled || !self.canonical[&id] {
+        let canonical = self.canonical[&id];
+        if unsettled || (!canonical && !self.tops_its_chain(&id)) {
             return self.resolve_all();
         }
-        let verdict = if is_control {
+        let verdict = if !canonical {
+            Verdict::Forked
+        } else if is_control {
             let idx = self.control_index[&id];
             let invalid = self.invalid_control();
             let judged = self.judge_control(idx, &invalid, &self.effective_removals, None);
@@ -1031,8 +1034,20 @@ impl Guild {
         changes
     }
 
+    /// Whether op `id` is alone at the highest seq of its author's log here: then its being
+    /// non-canonical decides no other op's verdict (nothing cites it yet, and nothing of that
+    /// log is above it), so a member signing ops that extend nothing costs what judging each
+    /// costs, not a resolution each.
+    fn tops_its_chain(&self, id: &OpId) -> bool {
+        let env = self.ops[id].envelope();
+        self.chains[&env.author]
+            .ops
+            .last_key_value()
+            .is_some_and(|(seq, ids)| *seq == env.seq && ids.len() == 1)
+    }
+
     /// Whether removal `idx`, judged invalid, changes no other verdict, so that it needs no
-    /// re-resolution (`spec/auth.md` §6.4): every other guild-state op held is in its causal
+    /// re-resolution (`spec/auth.md` §6, incremental insertion): every other guild-state op held is in its causal
     /// past, so it is concurrent with none, and cuts nothing whichever round of the reference
     /// algorithm honors it; it can only delay that algorithm's fixed point by one round, which
     /// the last resolution left room for. A flood of removals nobody may make costs what

@@ -199,3 +199,42 @@ fn two_carriers_of_one_metadata_change_are_judged_alike_in_either_order() {
     }
     assert_eq!(in_order.state_hash(), reversed.state_hash());
 }
+
+#[test]
+fn ops_extending_nothing_are_judged_alike_in_any_order() {
+    let (mut r, general, invite) = base();
+    let bea = key(2);
+    let join = r.join(&bea, invite);
+    // Bea's key signs a run of ops above her join that name the genesis op as prev: each
+    // extends nothing, and the first ends her log.
+    let mut forked = Vec::new();
+    for seq in 2..30 {
+        let op = Envelope {
+            guild: r.guild.id(),
+            author: bea.user_id(),
+            seq,
+            prev: Some(r.guild.id()),
+            hlc: Hlc::from_parts(r.now + seq, 0),
+            deps: vec![join],
+            body: if seq % 3 == 0 {
+                Body::Leave
+            } else {
+                message(general, "stray")
+            },
+        }
+        .sign_verified(&bea)
+        .unwrap();
+        forked.push(op.id());
+        r.guild.insert(op).unwrap();
+    }
+    r.ok(&key(1), message(general, "owner after"));
+    let mut ops: Vec<VerifiedOp> = r.guild.ops().cloned().collect();
+    ops.sort_by_key(|op| std::cmp::Reverse((op.envelope().hlc, op.id())));
+    let genesis = ops.pop().unwrap();
+    let reversed = held_in(std::iter::once(genesis).chain(ops));
+    for id in &forked {
+        assert_eq!(r.verdict(id), Verdict::Forked);
+        assert_eq!(reversed.verdict(id), Some(&Verdict::Forked));
+    }
+    assert_eq!(reversed.state_hash(), r.guild.state_hash());
+}
