@@ -21,4 +21,4 @@ until grep -q "guildhall federating on" "$out" && grep -q "guildhall listening" 
 done
 peer=$(grep -o "guildhall federating on [^ ]*" "$out" | head -1 | awk '{print $4}')
 base=$(grep -o "guildhall listening on [^ ]*" "$out" | head -1 | awk '{print $4}')
-"$bin/guildhall-loadgen" attack --count "$count" --server "$base" --node-pid $pid --peer "$peer"
+RUST_LOG=${RUST_LOG:-error} "$bin/guildhall-loadgen" attack --count "$count" --server "$base" --node-pid $pid --peer "$peer"
