@@ -3,12 +3,26 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::attacker::rogue_peer;
 use common::{TestNode, WAIT, dispatch_where, eventually};
 use guildhall_client::{Client, Gateway, Page, User};
-use guildhall_proto::id::GuildId;
+use guildhall_gateway::Node;
+use guildhall_gateway::federation::InviteCode;
+use guildhall_gateway::node::now_ms;
+use guildhall_net::protocol::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
+use guildhall_net::{
+    Applied, Batch, Budget, Host, NetConfig, NetError, NetHandle, NodeKey, Refusal,
+};
+use guildhall_proto::body::{Body, ChannelKind};
+use guildhall_proto::guild::{Guild, LogPositions};
+use guildhall_proto::hlc::Hlc;
+use guildhall_proto::id::{ChannelId, GuildId, InviteId, Keypair, OpId, UserId};
+use guildhall_proto::op::{Envelope, VerifiedOp};
+use guildhall_proto::signal::Signal;
 
 /// Waits until every node holds the guild with the same state hash (state and history).
 async fn converged(nodes: &[&TestNode], guild: &str) -> [u8; 32] {
@@ -630,4 +644,498 @@ async fn a_joined_guild_back_fills_on_its_own() {
     .await;
     converged(&[&home, &joiner], &guild.id).await;
     assert!(!joiner.node.guild(&gid).unwrap().lock().unwrap().has_gaps());
+}
+
+/// Starts a swarm for a test's own `Host`, dialing `peers`.
+async fn start_host<H: Host>(
+    host: Arc<H>,
+    peers: &[&TestNode],
+    configure: impl FnOnce(&mut NetConfig),
+) -> NetHandle {
+    let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    config.bootstrap = peers.iter().map(|p| p.p2p_addr()).collect();
+    configure(&mut config);
+    guildhall_net::start(config, NodeKey::generate_ed25519(), host)
+        .await
+        .unwrap()
+}
+
+/// An invite code naming `node`'s address as the one to fetch the guild from.
+fn invite_via(code: &str, node: &NetHandle) -> String {
+    let mut code = InviteCode::parse(code).unwrap();
+    code.addr = Some(node.listen_addrs()[0].clone());
+    code.encode()
+}
+
+fn encoded(ops: Vec<&VerifiedOp>, more: bool) -> Batch {
+    Batch {
+        ops: ops.into_iter().map(|op| op.encode()).collect(),
+        more,
+    }
+}
+
+/// How a lying holder answers joins.
+#[derive(Debug, Clone, Copy)]
+enum JoinLie {
+    /// Fresh, valid ops of the guild, `per_batch` at a time after `delay`, always with more.
+    Endless { per_batch: usize, delay: Duration },
+    /// A batch that starts past the genesis.
+    NoGenesis,
+    /// The first batch, again and again, with more to come.
+    Repeats,
+}
+
+/// A node holding a guild of its own making (so its ops are all validly signed) that lies to
+/// nodes joining it.
+struct LyingHolder {
+    owner: Keypair,
+    guild: Mutex<Guild>,
+    channel: ChannelId,
+    lie: JoinLie,
+    /// Ops it has sent in join answers.
+    sent: AtomicUsize,
+}
+
+impl LyingHolder {
+    fn new(lie: JoinLie) -> LyingHolder {
+        let owner = Keypair::from_secret([0x3c; 32]);
+        let genesis = Envelope {
+            guild: OpId::default(),
+            author: owner.user_id(),
+            seq: 1,
+            prev: None,
+            hlc: Hlc::next(Hlc::default(), now_ms()),
+            deps: vec![],
+            body: Body::Genesis {
+                name: "Liar's".into(),
+            },
+        };
+        let mut guild = Guild::new(genesis.sign_verified(&owner).unwrap()).unwrap();
+        let channel = Body::ChannelCreate {
+            kind: ChannelKind::Text,
+            name: "general".into(),
+            parent: None,
+            position: 0,
+        };
+        let channel = Self::sign(&mut guild, &owner, channel);
+        LyingHolder {
+            owner,
+            guild: Mutex::new(guild),
+            channel,
+            lie,
+            sent: AtomicUsize::new(0),
+        }
+    }
+
+    fn sign(guild: &mut Guild, key: &Keypair, body: Body) -> OpId {
+        let op = guild
+            .next_envelope(key.user_id(), now_ms(), body)
+            .sign_verified(key)
+            .unwrap();
+        let id = op.id();
+        guild.insert(op).unwrap();
+        id
+    }
+
+    fn id(&self) -> GuildId {
+        self.guild.lock().unwrap().id()
+    }
+
+    fn invite(&self, net: &NetHandle) -> String {
+        InviteCode {
+            guild: self.id(),
+            invite: OpId([0x77; 32]),
+            secret: vec![1; 16],
+            addr: Some(net.listen_addrs()[0].clone()),
+        }
+        .encode()
+    }
+}
+
+impl Host for LyingHolder {
+    fn log_positions(&self, _: &GuildId) -> Option<LogPositions> {
+        None
+    }
+    fn lacks_from(&self, _: &GuildId, _: &LogPositions) -> bool {
+        false
+    }
+    fn missing_ops(&self, _: &GuildId, _: &LogPositions, _: Option<(Hlc, OpId)>) -> Option<Batch> {
+        None
+    }
+    fn join_ops(
+        &self,
+        _: &GuildId,
+        _: &InviteId,
+        _: &[u8],
+        after: Option<(Hlc, OpId)>,
+        _: Option<usize>,
+    ) -> Result<Batch, Refusal> {
+        let everything = LogPositions::new();
+        let batch = match self.lie {
+            JoinLie::Endless { per_batch, delay } => {
+                std::thread::sleep(delay);
+                let mut g = self.guild.lock().unwrap();
+                for n in 0..per_batch {
+                    let body = Body::MessageCreate {
+                        channel: self.channel,
+                        content: format!("filler {n}"),
+                        reply_to: None,
+                    };
+                    Self::sign(&mut g, &self.owner, body);
+                }
+                let (ops, _) = g.ops_missing_from(&everything, after, per_batch, MAX_BATCH_BYTES);
+                encoded(ops, true)
+            }
+            JoinLie::NoGenesis => {
+                let g = self.guild.lock().unwrap();
+                let (ops, _) =
+                    g.ops_missing_from(&everything, None, MAX_BATCH_OPS, MAX_BATCH_BYTES);
+                encoded(ops[1..].to_vec(), false)
+            }
+            JoinLie::Repeats => {
+                let g = self.guild.lock().unwrap();
+                let (ops, _) =
+                    g.ops_missing_from(&everything, None, MAX_BATCH_OPS, MAX_BATCH_BYTES);
+                encoded(ops, true)
+            }
+        };
+        self.sent.fetch_add(batch.ops.len(), Ordering::Relaxed);
+        Ok(batch)
+    }
+    fn backfill_ops(&self, _: &GuildId, _: (Hlc, OpId)) -> Option<Batch> {
+        None
+    }
+    fn signal(&self, _: Signal) -> Applied {
+        Applied::Duplicate
+    }
+    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+        vec![Applied::Duplicate; ops.len()]
+    }
+    fn dm_keys(&self, _: &UserId) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
+        Err(Refusal::new("no", "no"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lying_holder_cannot_stall_or_fill_a_join() {
+    const MAX_OPS: usize = 1_000;
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let home = TestNode::federated(&[]).await;
+    let joiner = TestNode::federated_node(&[&home], |c| {
+        c.join_max_ops = MAX_OPS;
+        c.join_timeout = TIMEOUT;
+    })
+    .await;
+    let (bea, _) = joiner.user("bea").await;
+    let lies = [
+        (
+            JoinLie::Endless {
+                per_batch: 100,
+                delay: Duration::ZERO,
+            },
+            "join_too_large",
+        ),
+        (
+            JoinLie::Endless {
+                per_batch: 1,
+                delay: Duration::from_millis(200),
+            },
+            "join_timeout",
+        ),
+        (JoinLie::NoGenesis, "bad_peer_response"),
+        (JoinLie::Repeats, "join_out_of_order"),
+    ];
+    for (lie, code) in lies {
+        let holder = Arc::new(LyingHolder::new(lie));
+        let gid = holder.id();
+        let net = start_host(Arc::clone(&holder), &[], |_| {}).await;
+        let started = Instant::now();
+        let refused = bea.accept_invite(&holder.invite(&net)).await.unwrap_err();
+        assert_eq!(refused.code(), Some(code), "{lie:?}: {refused}");
+        assert!(
+            started.elapsed() < TIMEOUT + Duration::from_secs(2),
+            "{lie:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(joiner.node.guild(&gid).is_err(), "{lie:?}: nothing kept");
+        let sent = holder.sent.load(Ordering::Relaxed);
+        assert!(
+            sent <= MAX_OPS + 100,
+            "{lie:?}: the joiner stopped asking at its bound, not after {sent} ops"
+        );
+    }
+
+    // An honest join by the same node and user still works.
+    let (alice, _) = home.user("alice").await;
+    let guild = alice.create_guild("Honest").await.unwrap();
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    bea.accept_invite(&invite).await.unwrap();
+    converged(&[&home, &joiner], &guild.id).await;
+}
+
+/// How a lying back-fill source answers.
+#[derive(Debug, Clone, Copy)]
+enum BackfillLie {
+    /// The guild's genesis: a control op, which never comes by back-fill.
+    ControlOp,
+    /// The op at the cursor itself, not strictly before it.
+    NotBefore,
+}
+
+/// A node that answers joins and catch-ups honestly from `honest`'s replicas, and lies when
+/// asked for older history.
+struct LyingSource {
+    honest: Arc<Node>,
+    lie: BackfillLie,
+    /// Back-fill requests it has answered.
+    asked: AtomicUsize,
+}
+
+impl Host for LyingSource {
+    fn log_positions(&self, _: &GuildId) -> Option<LogPositions> {
+        None
+    }
+    fn lacks_from(&self, _: &GuildId, _: &LogPositions) -> bool {
+        false
+    }
+    fn missing_ops(
+        &self,
+        guild: &GuildId,
+        have: &LogPositions,
+        after: Option<(Hlc, OpId)>,
+    ) -> Option<Batch> {
+        self.honest.missing_ops(guild, have, after)
+    }
+    fn join_ops(
+        &self,
+        guild: &GuildId,
+        invite: &InviteId,
+        secret: &[u8],
+        after: Option<(Hlc, OpId)>,
+        recent: Option<usize>,
+    ) -> Result<Batch, Refusal> {
+        self.honest.join_ops(guild, invite, secret, after, recent)
+    }
+    fn backfill_ops(&self, guild: &GuildId, before: (Hlc, OpId)) -> Option<Batch> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        let g = self.honest.guild(guild).ok()?;
+        let g = g.lock().unwrap();
+        let lie = match self.lie {
+            BackfillLie::ControlOp => g.op(guild)?,
+            BackfillLie::NotBefore => g.op(&before.1)?,
+        };
+        Some(encoded(vec![lie], true))
+    }
+    fn signal(&self, _: Signal) -> Applied {
+        Applied::Duplicate
+    }
+    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+        vec![Applied::Duplicate; ops.len()]
+    }
+    fn dm_keys(&self, _: &UserId) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
+        Err(Refusal::new("no", "no"))
+    }
+}
+
+/// A guild joined through a node that lies about its older history: the lie is refused with
+/// its code and struck, the liar is asked no more, and the history comes from another node
+/// serving the guild.
+async fn back_fill_through_a_liar(lie: BackfillLie, code: &str) {
+    let home = TestNode::federated(&[]).await;
+    let (alice, guild, general, sent) = guild_with_history(&home, 60).await;
+    let gid: GuildId = guild.id.parse().unwrap();
+    let source = Arc::new(LyingSource {
+        honest: home.node.clone(),
+        lie,
+        asked: AtomicUsize::new(0),
+    });
+    let liar = start_host(Arc::clone(&source), &[&home], |_| {}).await;
+    liar.serve(gid);
+    let joiner = TestNode::federated_node(&[&home], |c| {
+        c.join_recent = 10;
+        c.backfill_in_background = false;
+    })
+    .await;
+    let (bea, _) = joiner.user("bea").await;
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    bea.accept_invite(&invite_via(&invite, &liar))
+        .await
+        .unwrap();
+    assert!(joiner.node.backfilling(&gid));
+    let home_id = home.net().peer_id();
+    eventually("the joiner sees the guild's home serving it", async || {
+        joiner.net().peers_serving(gid).await.contains(&home_id)
+    })
+    .await;
+
+    let expected = whole_history(&alice, &guild.id, &general).await;
+    assert_eq!(expected.len(), sent.len());
+    assert_eq!(whole_history(&bea, &guild.id, &general).await, expected);
+    assert!(!joiner.node.backfilling(&gid));
+    eventually("the lie is struck with its code", async || {
+        joiner.net().faults().await.get(code) == Some(&1)
+    })
+    .await;
+    assert_eq!(
+        source.asked.load(Ordering::Relaxed),
+        1,
+        "a source caught lying is not asked again"
+    );
+    converged(&[&home, &joiner], &guild.id).await;
+
+    // The guild joined that way works both ways.
+    let mut alice_gw = Gateway::connect(&alice).await.unwrap();
+    let hello = bea.send(&guild.id, &general, "hello").await.unwrap();
+    dispatch_where(&mut alice_gw, "MESSAGE_CREATE", "id", &hello.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_back_fill_source_sending_control_ops_is_refused_and_history_comes_from_another() {
+    back_fill_through_a_liar(BackfillLie::ControlOp, "backfill_not_content").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_back_fill_source_sending_ops_not_before_the_cursor_is_refused() {
+    back_fill_through_a_liar(BackfillLie::NotBefore, "backfill_out_of_order").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_brings_news_while_a_back_fill_runs_and_no_old_history_as_news() {
+    let home = TestNode::federated(&[]).await;
+    let (alice, guild, general, sent) = guild_with_history(&home, 60).await;
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    let joiner = TestNode::federated_node(&[&home], |c| {
+        c.join_recent = 10;
+        c.backfill_in_background = false;
+    })
+    .await;
+    let (bea, _) = joiner.user("bea").await;
+    bea.accept_invite(&invite).await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    let mut bea_gw = Gateway::connect(&bea).await.unwrap();
+    let held = |n: &TestNode| n.node.guild(&gid).unwrap().lock().unwrap().len();
+    let held_at_join = held(&joiner);
+
+    // Messages the joiner cannot get by gossip: sent while the two are apart.
+    home.net().block(joiner.net().peer_id());
+    joiner.net().block(home.net().peer_id());
+    eventually("the nodes are apart", async || {
+        joiner.net().peers().await.is_empty()
+    })
+    .await;
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        let content = format!("while apart {i}");
+        missed.push(alice.send(&guild.id, &general, &content).await.unwrap().id);
+    }
+    home.net().unblock(joiner.net().peer_id());
+    joiner.net().unblock(home.net().peer_id());
+    for id in &missed {
+        dispatch_where(&mut bea_gw, "MESSAGE_CREATE", "id", id).await;
+    }
+    assert!(
+        joiner.node.backfilling(&gid),
+        "the back-fill is still to run"
+    );
+    assert!(
+        held(&joiner) < held_at_join + 3 + 10,
+        "the catch-up brought the news, not the old history"
+    );
+
+    // The back-fill still completes, and what it brings is history, not news.
+    let expected = whole_history(&alice, &guild.id, &general).await;
+    assert_eq!(whole_history(&bea, &guild.id, &general).await, expected);
+    assert!(!joiner.node.backfilling(&gid));
+    converged(&[&home, &joiner], &guild.id).await;
+    assert!(bea_gw.pending().all(|d| d.name != "MESSAGE_CREATE"
+        || !sent.contains(&d.data["id"].as_str().unwrap().to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_flooding_sync_requests_are_refused_then_blocked_while_honest_catch_up_completes() {
+    let a = TestNode::federated_with(&[], |c| {
+        c.catchup_budget = Budget::new(20.0, 20.0);
+        c.backfill_budget = Budget::new(2.0, 5.0);
+    })
+    .await;
+    let b = TestNode::federated(&[&a]).await;
+    let Shared {
+        alice,
+        guild,
+        gid,
+        channel,
+        mut members,
+        ..
+    } = shared_guild(&a, "Hammered", &[("bob", &b)]).await;
+    let (bob, _) = members.pop().unwrap();
+    let a_id = a.net().peer_id();
+    let cursor = {
+        let g = a.node.guild(&gid).unwrap();
+        let g = g.lock().unwrap();
+        let newest = g
+            .ops()
+            .max_by_key(|op| (op.envelope().hlc, op.id()))
+            .unwrap();
+        (newest.envelope().hlc, newest.id())
+    };
+
+    // Back-fill requests beyond the budget are refused with `rate_limited`; a peer that keeps
+    // asking is blocked.
+    let rogue = rogue_peer(&a, gid).await;
+    let mut answered = 0;
+    let mut refused = 0;
+    loop {
+        match rogue.backfill(a_id, None, gid, cursor).await {
+            Ok(_) => answered += 1,
+            Err(NetError::Refused(r)) => {
+                assert_eq!(r.code, "rate_limited");
+                refused += 1;
+            }
+            Err(_) => break,
+        }
+        assert!(refused < 1_000, "the flooding peer was never blocked");
+    }
+    assert!((5..10).contains(&answered), "{answered} answered");
+    assert!(refused >= 64, "{refused} refused before the block");
+    assert!(!a.net().peers().await.contains(&rogue.peer_id()));
+
+    // Bob's messages that A has not seen: an honest catch-up is to bring them.
+    a.net().block(b.net().peer_id());
+    b.net().block(a.net().peer_id());
+    eventually("the honest nodes are apart", async || {
+        !a.net().peers().await.contains(&b.net().peer_id())
+    })
+    .await;
+    for i in 0..5 {
+        let content = format!("m{i}");
+        bob.send(&guild.id, &channel, &content).await.unwrap();
+    }
+    // A node asking for catch-ups as fast as it gets answers, on the same guild.
+    let c =
+        TestNode::federated_with(&[&a], |c| c.catchup_interval = Duration::from_millis(2)).await;
+    let (carol, _) = c.user("carol").await;
+    let invite = alice.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    carol.accept_invite(&invite).await.unwrap();
+    a.net().unblock(b.net().peer_id());
+    b.net().unblock(a.net().peer_id());
+    converged(&[&a, &b], &guild.id).await;
+    let c_id = c.net().peer_id();
+    eventually("the node hammering catch-ups is blocked", async || {
+        !a.net().peers().await.contains(&c_id)
+    })
+    .await;
+    let faults = a.net().faults().await;
+    assert!(faults["rate_limited"] >= 2 * 64, "{faults:?}");
+    assert!(faults["request_flood"] >= 6, "{faults:?}");
+    let page = alice
+        .messages(&guild.id, &channel, &Page::default())
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 5, "the honest catch-up brought all of bob's");
 }

@@ -52,6 +52,11 @@ pub struct NodeConfig {
     /// Content ops a join by invite fetches from the guild's node: the newest ones. Older
     /// history is back-filled afterwards, newest first.
     pub join_recent: usize,
+    /// What a join by invite takes from the guild's node at most, in ops, bytes and time
+    /// (`spec/federation.md` §5): a node that sends more, or slower, is refused.
+    pub join_max_ops: usize,
+    pub join_max_bytes: usize,
+    pub join_timeout: Duration,
     /// Whether that back-fill runs on its own until history is complete; otherwise only as
     /// clients page back into history not yet fetched.
     pub backfill_in_background: bool,
@@ -74,6 +79,9 @@ impl NodeConfig {
             nonce_retention: Duration::from_secs(24 * 60 * 60),
             restart_recent: 2_000,
             join_recent: 1_000,
+            join_max_ops: 200_000,
+            join_max_bytes: 64 * 1024 * 1024,
+            join_timeout: Duration::from_secs(30),
             backfill_in_background: true,
         }
     }
@@ -142,6 +150,8 @@ pub struct Node {
     pub(crate) backfills: Mutex<HashMap<GuildId, BackfillProgress>>,
     /// One back-fill batch at a time, node-wide.
     pub(crate) backfilling: tokio::sync::Mutex<()>,
+    /// What each back-fill running keeps in memory only (`backfill.rs`).
+    pub(crate) backfill_runs: Mutex<HashMap<GuildId, crate::backfill::BackfillRun>>,
     /// Guilds whose older stored history a restart has not loaded yet (`history.rs`).
     pub(crate) loading: Mutex<HashMap<GuildId, crate::history::Older>>,
     /// Told whenever more of that history is loaded.
@@ -254,6 +264,7 @@ impl Node {
             loading: Mutex::new(loading),
             loaded: tokio::sync::Notify::new(),
             backfilling: tokio::sync::Mutex::new(()),
+            backfill_runs: Mutex::new(HashMap::new()),
             dm_delivery: Arc::new(tokio::sync::Notify::new()),
             voice: OnceLock::new(),
         });

@@ -1,6 +1,7 @@
 //! Guildhall's peer-to-peer shell: a libp2p swarm that gossips signed ops per guild, answers
 //! join and catch-up requests, and hands every peer's op to the node through [`Host`].
 
+mod budget;
 pub mod protocol;
 mod swarm;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use budget::Budget;
 use guildhall_proto::guild::LogPositions;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
@@ -48,6 +50,17 @@ pub struct NetConfig {
     /// Gossip messages per second a peer may send, and the burst above it.
     pub peer_rate: f64,
     pub peer_burst: f64,
+    /// Sync requests a peer may make, by kind (§6): beyond them it is refused with
+    /// `rate_limited`, and struck for every `REFUSALS_PER_STRIKE` refusals.
+    pub catchup_budget: Budget,
+    pub join_budget: Budget,
+    pub backfill_budget: Budget,
+    /// DM key lookups and DM hand-overs together.
+    pub dm_budget: Budget,
+    /// A peer's requests being answered at once; more are refused with `rate_limited`. This
+    /// node keeps its own catch-ups with one peer to a quarter of it, so two honest nodes never
+    /// meet it.
+    pub max_requests_in_flight: usize,
 }
 
 impl NetConfig {
@@ -64,6 +77,15 @@ impl NetConfig {
             max_strikes: 3,
             peer_rate: 2_000.0,
             peer_burst: 10_000.0,
+            // A catch-up round is one request per shared guild every 10 s, and a long catch-up
+            // one per batch applied: a node sharing 1 000 guilds with us stays within it.
+            catchup_budget: Budget::new(100.0, 1_000.0),
+            // A join or back-fill is one request per batch, each verified (and a back-fill
+            // stored) before the next: a few per second.
+            join_budget: Budget::new(10.0, 100.0),
+            backfill_budget: Budget::new(10.0, 100.0),
+            dm_budget: Budget::new(10.0, 100.0),
+            max_requests_in_flight: 32,
         }
     }
 }
@@ -139,8 +161,14 @@ pub trait Host: Send + Sync + 'static {
         after: Option<(Hlc, OpId)>,
         recent: Option<usize>,
     ) -> Result<Batch, Refusal>;
+    /// Where this node's catch-ups of a guild start: `None` (from the beginning) unless its
+    /// older history is still being back-filled; then after the newest op it held then, so a
+    /// catch-up brings news and not that history, oldest first, as news (§3).
+    fn catchup_start(&self, _guild: &GuildId) -> Option<(Hlc, OpId)> {
+        None
+    }
     /// The batch of content ops before `before`, newest first (`Guild::content_before`), or
-    /// `None` if the guild is not served here.
+    /// `None` if the guild is not served here, or not with its whole history.
     fn backfill_ops(&self, guild: &GuildId, before: (Hlc, OpId)) -> Option<Batch>;
     /// Shows a peer's signal (signature checked, guild matching its topic) to local clients.
     fn signal(&self, signal: Signal) -> Applied;
@@ -187,6 +215,7 @@ enum Command {
     },
     Block(PeerId),
     Unblock(PeerId),
+    Strike(PeerId, &'static str),
     Peers(oneshot::Sender<Vec<PeerId>>),
     PeersServing(GuildId, oneshot::Sender<Vec<PeerId>>),
     Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
@@ -263,16 +292,18 @@ impl NetHandle {
         self.ask_for_ops(addr, request).await
     }
 
-    /// Asks the node at `addr` for the guild's content ops before `before`, newest first.
+    /// Asks `peer` (dialed at `addr` if given) for the guild's content ops before `before`,
+    /// newest first.
     pub async fn backfill(
         &self,
-        addr: Multiaddr,
+        peer: PeerId,
+        addr: Option<Multiaddr>,
         guild: GuildId,
         before: (Hlc, OpId),
     ) -> Result<Batch, NetError> {
         let before = protocol::cursor_to_wire(before);
-        self.ask_for_ops(addr, protocol::Request::Backfill { guild, before })
-            .await
+        let request = protocol::Request::Backfill { guild, before };
+        ops_of(self.ask(peer, addr, request).await?)
     }
 
     async fn ask_for_ops(
@@ -280,13 +311,7 @@ impl NetHandle {
         addr: Multiaddr,
         request: protocol::Request,
     ) -> Result<Batch, NetError> {
-        match self.ask_at(addr, request).await? {
-            protocol::Response::Ops { ops, more } => Ok(Batch {
-                ops: ops.into_iter().map(|b| b.into_vec()).collect(),
-                more,
-            }),
-            other => Err(unexpected(other)),
-        }
+        ops_of(self.ask_at(addr, request).await?)
     }
 
     /// The DM key records connected peers hold for `user`, each verified by the caller.
@@ -374,6 +399,12 @@ impl NetHandle {
         self.send(Command::Unblock(peer));
     }
 
+    /// Counts a fault the node found in what `peer` sent (a lying answer the swarm cannot
+    /// judge), with a stable code: one strike, as if the swarm had seen it (§6).
+    pub fn strike(&self, peer: PeerId, code: &'static str) {
+        self.send(Command::Strike(peer, code));
+    }
+
     /// Faults seen from peers so far, by code (`bad_signature`, `gossip_flood`, ...).
     pub async fn faults(&self) -> BTreeMap<&'static str, u64> {
         let (reply, answer) = oneshot::channel();
@@ -394,6 +425,16 @@ impl NetHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Peers(reply));
         answer.await.unwrap_or_default()
+    }
+}
+
+fn ops_of(response: protocol::Response) -> Result<Batch, NetError> {
+    match response {
+        protocol::Response::Ops { ops, more } => Ok(Batch {
+            ops: ops.into_iter().map(|b| b.into_vec()).collect(),
+            more,
+        }),
+        other => Err(unexpected(other)),
     }
 }
 

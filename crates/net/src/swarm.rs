@@ -2,7 +2,7 @@
 //! handle's commands into network traffic.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, mdns, noise, 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::{Bucket, Traffic};
 use crate::protocol::{self, Request, Response};
 use crate::{Applied, Batch, Command, Host, NetConfig, NetError, NetHandle, Refusal};
 
@@ -87,6 +88,10 @@ struct Catchup {
 /// Batches of one catch-up queued for applying at most: bounds memory when fetching outruns
 /// verifying.
 const MAX_QUEUED_BATCHES: usize = 2;
+/// Requests refused to a peer for its budget that earn it a strike: an honest node over budget
+/// (a catch-up round of more guilds than the burst) is refused a few and asks again next round;
+/// a peer that keeps hammering is blocked.
+const REFUSALS_PER_STRIKE: u32 = 64;
 
 /// Which of a guild's two topics a message came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,9 +170,13 @@ pub(crate) async fn start<H: Host>(
         catchups: HashMap::new(),
         syncing: HashMap::new(),
         batches,
+        catchups_in_flight: HashMap::new(),
+        catchups_waiting: HashMap::new(),
         strikes: HashMap::new(),
         faults: BTreeMap::new(),
         buckets: HashMap::new(),
+        answering: HashMap::new(),
+        refusals: HashMap::new(),
         known,
     };
     tokio::spawn(task.run());
@@ -368,11 +377,20 @@ struct Task<H: Host> {
     catchups: HashMap<OutboundRequestId, (PeerId, GuildId)>,
     /// One catch-up per (peer, guild) at a time.
     syncing: HashMap<(PeerId, GuildId), Catchup>,
+    /// Catch-up requests sent to each peer and not answered yet, and the guilds whose next
+    /// request waits for one of them to be answered: a quarter of the peer's in-flight limit
+    /// (`NetConfig::max_requests_in_flight`, if it has ours), leaving room for other requests.
+    catchups_in_flight: HashMap<PeerId, usize>,
+    catchups_waiting: HashMap<PeerId, VecDeque<GuildId>>,
     batches: mpsc::UnboundedSender<SyncBatch>,
     strikes: HashMap<PeerId, u32>,
     /// Faults seen from peers, by code, for operators.
     faults: BTreeMap<&'static str, u64>,
-    buckets: HashMap<PeerId, (f64, Instant)>,
+    /// Each peer's budget for gossip and for each kind of request (§6).
+    buckets: HashMap<(PeerId, Traffic), Bucket>,
+    /// Each peer's requests being answered now, and its requests refused for its budget.
+    answering: HashMap<PeerId, usize>,
+    refusals: HashMap<PeerId, u32>,
     /// Peers to keep connected with, and where to reach them.
     known: HashMap<PeerId, Multiaddr>,
 }
@@ -433,6 +451,7 @@ impl<H: Host> Task<H> {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 self.redial();
             }
+            Command::Strike(peer, code) => self.strike(peer, code, 1),
             Command::Faults(reply) => {
                 let _ = reply.send(self.faults.clone());
             }
@@ -486,11 +505,12 @@ impl<H: Host> Task<H> {
         let Some(have) = self.host.log_positions(&guild) else {
             return;
         };
+        let after = self.host.catchup_start(&guild);
         self.syncing.insert(
             (peer, guild),
             Catchup {
                 have: protocol::positions_to_wire(&have),
-                after: None,
+                after: after.map(protocol::cursor_to_wire),
                 queued: 0,
                 deferred: false,
                 done: false,
@@ -499,10 +519,21 @@ impl<H: Host> Task<H> {
         self.send_catchup(peer, guild);
     }
 
+    /// Sends the catch-up's next request, or queues it while a quarter of
+    /// `max_requests_in_flight` of ours are unanswered by that peer.
     fn send_catchup(&mut self, peer: PeerId, guild: GuildId) {
         let Some(state) = self.syncing.get(&(peer, guild)) else {
             return;
         };
+        let in_flight = self.catchups_in_flight.entry(peer).or_default();
+        if *in_flight >= (self.config.max_requests_in_flight / 4).max(1) {
+            self.catchups_waiting
+                .entry(peer)
+                .or_default()
+                .push_back(guild);
+            return;
+        }
+        *in_flight += 1;
         let request = Request::Catchup {
             guild,
             have: state.have.clone(),
@@ -510,6 +541,23 @@ impl<H: Host> Task<H> {
         };
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.catchups.insert(id, (peer, guild));
+    }
+
+    /// A catch-up request to `peer` was answered (or failed): the next one waiting goes out.
+    fn catchup_answered(&mut self, peer: PeerId) {
+        if let Some(in_flight) = self.catchups_in_flight.get_mut(&peer) {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+        while let Some(guild) = self
+            .catchups_waiting
+            .get_mut(&peer)
+            .and_then(VecDeque::pop_front)
+        {
+            if self.syncing.contains_key(&(peer, guild)) {
+                self.send_catchup(peer, guild);
+                return;
+            }
+        }
     }
 
     /// Ends a catch-up once its last batch is received and every batch applied.
@@ -563,19 +611,35 @@ impl<H: Host> Task<H> {
         }
     }
 
-    /// Takes one token from the peer's gossip bucket.
-    fn within_rate(&mut self, peer: PeerId) -> bool {
+    /// Takes one token from the peer's bucket for this traffic.
+    fn within_budget(&mut self, peer: PeerId, traffic: Traffic) -> bool {
         let now = Instant::now();
-        let (rate, burst) = (self.config.peer_rate, self.config.peer_burst);
-        let (tokens, last) = self.buckets.entry(peer).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
+        let budget = self.config.budget(traffic);
+        self.buckets
+            .entry((peer, traffic))
+            .or_insert_with(|| Bucket::full(budget, now))
+            .take(budget, now)
+    }
+
+    /// Whether `peer` may make one more request of this kind now: within its budget and its
+    /// requests in flight. A refusal is counted, and every `REFUSALS_PER_STRIKE` strike it.
+    fn admit(&mut self, peer: PeerId, traffic: Traffic) -> Result<(), &'static str> {
+        let answering = self.answering.get(&peer).copied().unwrap_or(0);
+        let refused = if answering >= self.config.max_requests_in_flight {
+            "too many requests in flight"
+        } else if !self.within_budget(peer, traffic) {
+            "over the request budget"
         } else {
-            false
+            *self.answering.entry(peer).or_default() += 1;
+            return Ok(());
+        };
+        *self.faults.entry("rate_limited").or_default() += 1;
+        let refusals = self.refusals.entry(peer).or_default();
+        *refusals += 1;
+        if refusals.is_multiple_of(REFUSALS_PER_STRIKE) {
+            self.strike(peer, "request_flood", 1);
         }
+        Err(refused)
     }
 
     fn on_report(&mut self, report: Report) {
@@ -613,6 +677,9 @@ impl<H: Host> Task<H> {
                 response,
                 pull_back,
             } => {
+                if let Some(answering) = self.answering.get_mut(&peer) {
+                    *answering = answering.saturating_sub(1);
+                }
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -767,7 +834,7 @@ impl<H: Host> Task<H> {
                     self.strike(propagation_source, "unserved_topic", 1);
                     return;
                 };
-                if !self.within_rate(propagation_source) {
+                if !self.within_budget(propagation_source, Traffic::Gossip) {
                     self.swarm
                         .behaviour_mut()
                         .gossip
@@ -807,6 +874,16 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
+                if let Err(why) = self.admit(peer, Traffic::of(&request)) {
+                    tracing::debug!(%peer, why, "sync request refused");
+                    let refusal = refused(Refusal::new("rate_limited", why));
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, refusal);
+                    return;
+                }
                 let (host, reports) = (self.host.clone(), self.reports.clone());
                 tokio::spawn(async move {
                     let (response, pull_back) = answer(host, request).await;
@@ -830,6 +907,7 @@ impl<H: Host> Task<H> {
                 if let Some(reply) = self.asks.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 } else if let Some((peer, guild)) = self.catchups.remove(&request_id) {
+                    self.catchup_answered(peer);
                     self.on_catchup_response(peer, guild, response);
                 } else {
                     tracing::debug!(%peer, "response to a request not made");
@@ -848,6 +926,7 @@ impl<H: Host> Task<H> {
                     )));
                 } else if let Some(key) = self.catchups.remove(&request_id) {
                     tracing::debug!(%peer, error = %error, "catch-up request failed");
+                    self.catchup_answered(peer);
                     if let Some(state) = self.syncing.get_mut(&key) {
                         state.done = true;
                     }
