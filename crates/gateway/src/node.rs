@@ -79,9 +79,9 @@ impl NodeConfig {
             nonce_retention: Duration::from_secs(24 * 60 * 60),
             restart_recent: 2_000,
             join_recent: 1_000,
-            join_max_ops: 200_000,
-            join_max_bytes: 64 * 1024 * 1024,
-            join_timeout: Duration::from_secs(30),
+            join_max_ops: 1_000_000,
+            join_max_bytes: 256 * 1024 * 1024,
+            join_timeout: Duration::from_secs(120),
             backfill_in_background: true,
         }
     }

@@ -92,6 +92,8 @@ const MAX_QUEUED_BATCHES: usize = 2;
 /// (a catch-up round of more guilds than the burst) is refused a few and asks again next round;
 /// a peer that keeps hammering is blocked.
 const REFUSALS_PER_STRIKE: u32 = 64;
+/// The window those refusals are counted in.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which of a guild's two topics a message came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,7 +392,8 @@ struct Task<H: Host> {
     buckets: HashMap<(PeerId, Traffic), Bucket>,
     /// Each peer's requests being answered now, and its requests refused for its budget.
     answering: HashMap<PeerId, usize>,
-    refusals: HashMap<PeerId, u32>,
+    /// Per peer: requests refused since the start of the current minute, and that start.
+    refusals: HashMap<PeerId, (u32, Instant)>,
     /// Peers to keep connected with, and where to reach them.
     known: HashMap<PeerId, Multiaddr>,
 }
@@ -622,7 +625,8 @@ impl<H: Host> Task<H> {
     }
 
     /// Whether `peer` may make one more request of this kind now: within its budget and its
-    /// requests in flight. A refusal is counted, and every `REFUSALS_PER_STRIKE` strike it.
+    /// requests in flight. A refusal is counted, and every `REFUSALS_PER_STRIKE` within a
+    /// `REFUSAL_WINDOW` strike it.
     fn admit(&mut self, peer: PeerId, traffic: Traffic) -> Result<(), &'static str> {
         let answering = self.answering.get(&peer).copied().unwrap_or(0);
         let refused = if answering >= self.config.max_requests_in_flight {
@@ -634,9 +638,15 @@ impl<H: Host> Task<H> {
             return Ok(());
         };
         *self.faults.entry("rate_limited").or_default() += 1;
-        let refusals = self.refusals.entry(peer).or_default();
-        *refusals += 1;
-        if refusals.is_multiple_of(REFUSALS_PER_STRIKE) {
+        // Counted per minute, so that an honest peer now and then over its budget never adds up
+        // to a strike over a long uptime.
+        let now = Instant::now();
+        let (count, since) = self.refusals.entry(peer).or_insert((0, now));
+        if now.duration_since(*since) > REFUSAL_WINDOW {
+            (*count, *since) = (0, now);
+        }
+        *count += 1;
+        if count.is_multiple_of(REFUSALS_PER_STRIKE) {
             self.strike(peer, "request_flood", 1);
         }
         Err(refused)
