@@ -236,6 +236,33 @@ async fn a_member_without_view_channel_neither_receives_nor_fetches() {
     assert!(cal_gw.pending().all(|d| d.name != "CHANNEL_DELETE"));
 }
 
+/// The invite code's secret is checked by the join's proof, and no op the node holds carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_secrets_stay_out_of_the_guilds_ops() {
+    let node = TestNode::start().await;
+    let (guild, _, people) = guild_with(&node, &[]).await;
+    let ada = &people[0].0;
+    let code = ada.create_invite(&guild.id, 0, 0).await.unwrap().code;
+    let (bea, _) = node.user("bea").await;
+    let parts: Vec<&str> = code.split('.').collect();
+    let secret = hex::decode(parts[2]).unwrap();
+    let wrong = format!("{}.{}.{}", parts[0], parts[1], "00".repeat(16));
+    let refused = bea.accept_invite(&wrong).await.unwrap_err();
+    assert_eq!(refused.code(), Some("invite_secret_mismatch"));
+    bea.accept_invite(&code).await.unwrap();
+
+    let gid: guildhall_proto::id::GuildId = guild.id.parse().unwrap();
+    let g = node.node.guild(&gid).unwrap();
+    let g = g.lock().unwrap();
+    let mut joins = 0;
+    for op in g.ops() {
+        let wire = op.encode();
+        assert!(!wire.windows(secret.len()).any(|w| w == secret));
+        joins += matches!(op.envelope().body, guildhall_proto::body::Body::Join { .. }) as usize;
+    }
+    assert_eq!(joins, 1, "bea's join, and no other");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_stops_everything() {
     let node = TestNode::start().await;

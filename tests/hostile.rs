@@ -132,10 +132,7 @@ async fn strangers_ops_are_refused_unstored_and_their_sender_blocked() {
                 reason: String::new(),
             }
         } else {
-            Body::Join {
-                invite,
-                secret: b"guess".to_vec(),
-            }
+            Body::join(&g.gid, invite, &key.user_id(), b"guess")
         };
         op_on_top(&a, g.gid, &key, body)
     })

@@ -100,9 +100,17 @@ impl From<AuthError> for ApiError {
                 StatusCode::CONFLICT
             }
             AuthError::GuildDeleted => StatusCode::GONE,
+            AuthError::GuildStateRate(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::FORBIDDEN,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        let retry_after = match e {
+            AuthError::GuildStateRate(ms) => Some(ms as f64 / 1000.0),
+            _ => None,
+        };
+        ApiError {
+            retry_after,
+            ..ApiError::new(status, e.code(), e.to_string())
+        }
     }
 }
 

@@ -207,7 +207,6 @@ impl Node {
 mod tests {
     use guildhall_proto::body::{Body, ChannelKind};
     use guildhall_proto::guild::Verdict;
-    use guildhall_proto::id::sha256;
 
     use super::*;
     use crate::NodeConfig;
@@ -234,16 +233,11 @@ mod tests {
                 .unwrap()
                 .0
         };
-        let secret = b"invite secret".to_vec();
-        let invite = Body::InviteCreate {
-            secret_hash: sha256(&[&secret]),
-            max_uses: 0,
-            expires_at_ms: 0,
-        };
+        let secret = b"invite secret";
+        let invite = Body::invite_create(secret, 0, 0);
         let invite = node.submit(&ada, &guild, invite).await.unwrap();
-        node.submit(&bea, &guild, Body::Join { invite, secret })
-            .await
-            .unwrap();
+        let join = Body::join(&guild, invite, &bea, secret);
+        node.submit(&bea, &guild, join).await.unwrap();
         let say = |node: &Arc<Node>, who: &guildhall_proto::id::UserId, text: &str| {
             let body = Body::MessageCreate {
                 channel: general,

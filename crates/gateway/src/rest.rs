@@ -15,7 +15,7 @@ use guildhall_proto::body::{Body, ChannelKind, OverwriteTarget};
 use guildhall_proto::guild::Guild;
 use guildhall_proto::history::MessageView;
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, RoleId, UserId, sha256};
+use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, RoleId, UserId};
 use guildhall_proto::meta::MetaValue;
 use guildhall_proto::perm::Permissions;
 use guildhall_store::{AccountRecord, TokenRecord, Write};
@@ -955,11 +955,8 @@ pub async fn invite(
         0 => 0,
         secs => now_ms().saturating_add(secs.saturating_mul(1000)),
     };
-    let body = Body::InviteCreate {
-        secret_hash: sha256(&[&secret]),
-        max_uses,
-        expires_at_ms,
-    };
+    // The op carries only the public key the secret derives; the secret is in the code alone.
+    let body = Body::invite_create(&secret, max_uses, expires_at_ms);
     let invite = node.submit(me, gid, body).await?;
     Ok(json!({
         "id": invite,
@@ -1018,10 +1015,9 @@ pub async fn accept_invite(
             None => return Err(unknown),
         }
     }
-    let body = Body::Join {
-        invite: code.invite,
-        secret: code.secret,
-    };
+    // The node holds the secret from the code: it signs the invite key's proof for this user,
+    // and the op carries the proof, never the secret.
+    let body = Body::join(&gid, code.invite, &me.user_id, &code.secret);
     node.submit(&me.user_id, &gid, body).await?;
     node.with_member_guild(&me.user_id, &gid, |g| {
         Ok(Json(views::guild_json(g, &me.user_id)))

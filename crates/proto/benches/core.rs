@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use guildhall_proto::guild::{Guild, Inserted, Verdict};
-use guildhall_proto::id::sha256;
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::{
     Body, ChannelId, ChannelKind, Envelope, Hlc, Keypair, Op, OpId, OverwriteTarget, VerifiedOp,
@@ -24,7 +23,7 @@ fn key(n: u32) -> Keypair {
     Keypair::from_secret(secret)
 }
 
-/// One replica with a clock that moves forward a millisecond per op, like the tests' kit.
+/// One replica with a clock that moves forward a second per op.
 struct Builder {
     guild: Guild,
     now: u64,
@@ -54,8 +53,9 @@ impl Builder {
     }
 
     /// Signs (and verifies) `who`'s next op on top of everything held, without inserting it.
+    /// Ops are a second apart, so that no author passes the guild-state rate.
     fn make(&mut self, who: &Keypair, body: Body) -> VerifiedOp {
-        self.now += 1;
+        self.now += 1_000;
         self.guild
             .next_envelope(who.user_id(), self.now, body)
             .sign(who)
@@ -89,24 +89,12 @@ impl Builder {
     }
 
     fn invite(&mut self, owner: &Keypair) -> OpId {
-        self.ok(
-            owner,
-            Body::InviteCreate {
-                secret_hash: sha256(&[SECRET]),
-                max_uses: 0,
-                expires_at_ms: 0,
-            },
-        )
+        self.ok(owner, Body::invite_create(SECRET, 0, 0))
     }
 
     fn join(&mut self, who: &Keypair, invite: OpId) -> OpId {
-        self.ok(
-            who,
-            Body::Join {
-                invite,
-                secret: SECRET.to_vec(),
-            },
-        )
+        let body = Body::join(&self.guild.id(), invite, &who.user_id(), SECRET);
+        self.ok(who, body)
     }
 }
 
@@ -271,13 +259,8 @@ fn big_guild() -> (Builder, Keypair, Vec<Keypair>) {
     // The remaining guild-state ops, in an order where each is valid when authored.
     let mut control: Vec<(Keypair, Body)> = Vec::new();
     for k in &keys[chatty..] {
-        control.push((
-            k.clone(),
-            Body::Join {
-                invite,
-                secret: SECRET.to_vec(),
-            },
-        ));
+        let join = Body::join(&b.guild.id(), invite, &k.user_id(), SECRET);
+        control.push((k.clone(), join));
     }
     for i in 0..ROLES {
         control.push((

@@ -4,7 +4,10 @@
 //!
 //! Guild-state history is mostly linear, so a causal past is one range or a few. A dense bit
 //! per op made every replica hold n²/16 bytes for n guild-state ops (625 MB at 100,000 joins);
-//! ranges hold a few words per op whatever n is.
+//! ranges hold a few words per op for such a history. A member whose guild-state ops cite only
+//! their own, interleaved with everyone else's, makes their k-th op's past k ranges (8 bytes
+//! a gap, where dense cost a bit an op): bounded for canonical ops by the guild-state rate,
+//! not for forked ones.
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct BitSet {

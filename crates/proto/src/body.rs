@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ChannelId, InviteId, MessageId, OpId, RoleId, UserId};
+use crate::id::{ChannelId, GuildId, InviteId, InviteKey, MessageId, OpId, RoleId, UserId};
 use crate::limits;
 use crate::wire::{DecodeError, Reader, Writer};
 
@@ -76,17 +76,22 @@ pub enum Body {
         channel: ChannelId,
         target: OverwriteTarget,
     },
+    /// An invite, opened by whoever knows its secret. The secret itself is in no op: only the
+    /// public key it derives (`InviteKey::from_secret`).
     InviteCreate {
-        secret_hash: [u8; 32],
+        key: InviteKey,
         max_uses: u32,
         expires_at_ms: u64,
     },
     InviteRevoke {
         invite: InviteId,
     },
+    /// The author joins by `invite`, proving they know its secret without revealing it:
+    /// `proof` is the invite key's signature over this guild, invite and author
+    /// (`InviteKey::prove_join`), so it opens the invite for this author only.
     Join {
         invite: InviteId,
-        secret: Vec<u8>,
+        proof: [u8; 64],
     },
     Leave,
     Kick {
@@ -139,6 +144,25 @@ pub enum Body {
 }
 
 impl Body {
+    /// The `InviteCreate` of an invite whose secret is `secret`: it carries the public key the
+    /// secret derives, never the secret.
+    pub fn invite_create(secret: &[u8], max_uses: u32, expires_at_ms: u64) -> Body {
+        Body::InviteCreate {
+            key: InviteKey::from_secret(secret),
+            max_uses,
+            expires_at_ms,
+        }
+    }
+
+    /// `author`'s `Join` of `guild` by `invite`, whose secret is `secret`: it carries the invite
+    /// key's proof for this author, guild and invite, never the secret.
+    pub fn join(guild: &GuildId, invite: InviteId, author: &UserId, secret: &[u8]) -> Body {
+        Body::Join {
+            invite,
+            proof: InviteKey::prove_join(secret, guild, &invite, author),
+        }
+    }
+
     pub fn kind(&self) -> u16 {
         match self {
             Body::Genesis { .. } => 1,
@@ -266,18 +290,18 @@ impl Body {
                 encode_target(w, target);
             }
             Body::InviteCreate {
-                secret_hash,
+                key,
                 max_uses,
                 expires_at_ms,
             } => {
-                w.fixed(secret_hash);
+                w.fixed(&key.0);
                 w.uint((*max_uses).into());
                 w.uint(*expires_at_ms);
             }
             Body::InviteRevoke { invite } => w.fixed(&invite.0),
-            Body::Join { invite, secret } => {
+            Body::Join { invite, proof } => {
                 w.fixed(&invite.0);
-                w.bytes(secret);
+                w.fixed(proof);
             }
             Body::Leave => {}
             Body::Kick {
@@ -401,7 +425,7 @@ impl Body {
                 target: decode_target(r)?,
             },
             12 => Body::InviteCreate {
-                secret_hash: r.array("secret hash")?,
+                key: InviteKey(r.array("invite key")?),
                 max_uses: r.u32("max uses")?,
                 expires_at_ms: r.uint("expires at")?,
             },
@@ -410,9 +434,7 @@ impl Body {
             },
             14 => Body::Join {
                 invite: op_id(r, "invite")?,
-                secret: r
-                    .bytes("invite secret", limits::MAX_INVITE_SECRET_BYTES)?
-                    .to_vec(),
+                proof: r.array("join proof")?,
             },
             15 => Body::Leave,
             16 | 17 => {

@@ -35,7 +35,7 @@ pub enum AuthError {
     UnknownOverwrite,
     #[error("unknown message")]
     UnknownMessage,
-    #[error("the invite secret does not match")]
+    #[error("the invite secret does not match: it does not derive the invite's key")]
     InviteSecretMismatch,
     #[error("the invite has expired")]
     InviteExpired,
@@ -65,6 +65,8 @@ pub enum AuthError {
     ForkedChain,
     #[error("the creator or the guild holds as many usable invites as it may")]
     TooManyInvites,
+    #[error("too many guild-state ops by this author in a minute; retry in {0} ms")]
+    GuildStateRate(u64),
     #[error("the guild was deleted")]
     GuildDeleted,
     #[error("only the guild's owner may do this")]
@@ -104,6 +106,7 @@ impl AuthError {
             AuthError::Equivocated => "equivocated",
             AuthError::ForkedChain => "forked_chain",
             AuthError::TooManyInvites => "too_many_invites",
+            AuthError::GuildStateRate(_) => "guild_state_rate",
         }
     }
 }

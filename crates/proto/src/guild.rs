@@ -41,7 +41,9 @@ pub enum InsertError {
     PendingFull,
     #[error("the author is not a member in the op's causal past, and only a join makes one")]
     AuthorNotMember,
-    #[error("the join names no invite in its causal past that its secret opens at its time")]
+    #[error("the author made 120 guild-state ops in the minute before this one")]
+    GuildStateRate,
+    #[error("the join names no invite in its causal past that its proof opens at its time")]
     InviteUnusable,
 }
 
@@ -53,6 +55,7 @@ impl InsertError {
             InsertError::CausalityViolation => "causality_violation",
             InsertError::PendingFull => "pending_full",
             InsertError::AuthorNotMember => "author_not_member",
+            InsertError::GuildStateRate => "guild_state_rate",
             InsertError::InviteUnusable => "invite_unusable",
         }
     }
@@ -157,6 +160,11 @@ pub struct Guild {
     valid_heads: BTreeMap<(Hlc, OpId), usize>,
     /// Each author's joins: an op of anyone but the owner is held only with one in its past.
     joins: Map<UserId, Vec<usize>>,
+    /// Each author's metadata changes: a change may name only authors with a valid one in its
+    /// causal past.
+    meta_by_author: Map<UserId, Vec<usize>>,
+    /// Each author's guild-state ops by timestamp: their rate is bounded.
+    control_by_author: Map<UserId, BTreeSet<(Hlc, usize)>>,
     /// Per Automerge change, the guild-state op carrying it first in (hlc, id) order: the one
     /// that may apply it, whatever the order carriers arrive in.
     meta_changes: Map<automerge::ChangeHash, usize>,
@@ -200,6 +208,8 @@ impl Guild {
             control_order: BTreeMap::new(),
             valid_heads: BTreeMap::new(),
             joins: Map::default(),
+            control_by_author: Map::default(),
+            meta_by_author: Map::default(),
             meta_changes: Map::default(),
             meta: MetaDoc::new(),
             current,
@@ -652,8 +662,14 @@ impl Guild {
             return Err(AuthError::ForkedChain);
         }
         let past = self.past_of(&env.deps);
+        if let Some(retry_ms) = self.over_guild_state_rate(env, &past) {
+            return Err(AuthError::GuildStateRate(retry_ms));
+        }
         let state = self.state_for_new(env, &past);
         if env.body.is_control() {
+            if let Body::Join { invite, proof } = &env.body {
+                state.check_join_proof(invite, &env.author, proof)?;
+            }
             state.authorize(&env.author, &env.body, env.hlc)?;
             if let Body::MetaChange { change } = &env.body {
                 self.check_meta_deps(change, &past, &self.invalid_control())?;
@@ -697,7 +713,9 @@ impl Guild {
         }
     }
 
-    /// A metadata change depends only on changes of valid ops in its causal past.
+    /// A metadata change depends only on changes of valid ops in its causal past, and names
+    /// only actors with a valid change there (which were therefore applied before it, in every
+    /// order of arrival).
     fn check_meta_deps(
         &self,
         change: &[u8],
@@ -715,6 +733,17 @@ impl Guild {
                     )));
                 }
             }
+        }
+        let known = |user: &UserId| {
+            self.meta_by_author.get(user).is_some_and(|ops| {
+                ops.iter()
+                    .any(|&d| past.contains(d) && !invalid.contains(d))
+            })
+        };
+        if !meta::actors_needed(change)?.iter().all(known) {
+            return Err(AuthError::BadMetaChange(
+                "names an actor with no valid change in its causal past".into(),
+            ));
         }
         Ok(())
     }
@@ -802,14 +831,19 @@ impl Guild {
 
     /// What an op must pass to be held at all (its deps all held): the rules on its deps, and
     /// an author who is the owner or has joined in its causal past, or else a join whose
-    /// invite is in its past and opens with its secret at its time. These depend on the deps
+    /// invite is in its past and opens with its proof at its time. These depend on the deps
     /// alone, so every replica decides them alike whenever the op arrives; an op failing them
     /// could never be valid, and holding it would let strangers fill the replica.
     fn admissible(&self, env: &Envelope) -> Result<(), InsertError> {
         self.check_deps(env)?;
         let past = self.past_of(&env.deps);
+        if self.over_guild_state_rate(env, &past).is_some() {
+            return Err(InsertError::GuildStateRate);
+        }
         match &env.body {
-            Body::Join { invite, secret } => self.check_join(invite, secret, env.hlc, &past),
+            Body::Join { invite, proof } => {
+                self.check_join(invite, &env.author, proof, env.hlc, &past)
+            }
             _ if env.author == self.ops[&self.id].envelope().author => Ok(()),
             _ => self
                 .joins
@@ -821,11 +855,14 @@ impl Guild {
     }
 
     /// The lasting part of an invite check: the invite's own op, not the state, so that no
-    /// later op can change the answer (a revocation or the use count decide the verdict).
+    /// later op can change the answer (a revocation or the use count decide the verdict). The
+    /// join's proof must be the invite key's signature over this guild, the invite and the
+    /// join's author, so a proof seen in another join opens nothing for anyone else.
     fn check_join(
         &self,
         invite: &InviteId,
-        secret: &[u8],
+        author: &UserId,
+        proof: &[u8; 64],
         at: Hlc,
         past: &BitSet,
     ) -> Result<(), InsertError> {
@@ -836,16 +873,38 @@ impl Guild {
             .map(|_| &self.ops[invite].envelope().body)
             .is_some_and(|body| match body {
                 Body::InviteCreate {
-                    secret_hash,
-                    expires_at_ms,
-                    ..
+                    key, expires_at_ms, ..
                 } => {
-                    sha256(&[secret]) == *secret_hash
-                        && (*expires_at_ms == 0 || at.ms() < *expires_at_ms)
+                    (*expires_at_ms == 0 || at.ms() < *expires_at_ms)
+                        && key.opens_join(&self.id, invite, author, proof)
                 }
                 _ => false,
             });
         usable.then_some(()).ok_or(InsertError::InviteUnusable)
+    }
+
+    /// Whether guild-state op `env` is one too many for its author: they have
+    /// `MAX_GUILD_STATE_OPS_PER_MINUTE` guild-state ops in its causal past stamped in the minute
+    /// before it. If so, the milliseconds until the oldest of those leaves that minute. A fact
+    /// of the op's causal past, so every replica decides it alike; stamping ops apart to pass
+    /// it puts them in the future, where nodes hold them back (`federation.md` §2).
+    fn over_guild_state_rate(&self, env: &Envelope, past: &BitSet) -> Option<u64> {
+        const WINDOW_MS: u64 = 60_000;
+        if !env.body.is_control() {
+            return None;
+        }
+        let from = Hlc::from_parts(env.hlc.ms().saturating_sub(WINDOW_MS - 1), 0);
+        let mut recent = self
+            .control_by_author
+            .get(&env.author)?
+            .range((from, 0)..)
+            .filter(|(_, idx)| past.contains(*idx));
+        let oldest = recent.next()?.0;
+        let held = 1 + recent
+            .take(limits::MAX_GUILD_STATE_OPS_PER_MINUTE - 1)
+            .count();
+        (held >= limits::MAX_GUILD_STATE_OPS_PER_MINUTE)
+            .then(|| (oldest.ms() + WINDOW_MS).saturating_sub(env.hlc.ms()))
     }
 
     /// The causal past of an op with these deps (all guild-state ops held).
@@ -939,6 +998,13 @@ impl Guild {
             self.control_order.insert((env.hlc, id), idx);
             if let Body::Join { .. } = &env.body {
                 self.joins.entry(env.author).or_default().push(idx);
+            }
+            self.control_by_author
+                .entry(env.author)
+                .or_default()
+                .insert((env.hlc, idx));
+            if let Body::MetaChange { .. } = &env.body {
+                self.meta_by_author.entry(env.author).or_default().push(idx);
             }
             if let Body::MetaChange { change } = &env.body
                 && let Ok((hash, _)) = meta::change_deps(change)

@@ -81,6 +81,13 @@ hash_id!(
     UserId
 );
 
+hash_id!(
+    /// An invite's public key: the ed25519 key its secret derives (`InviteKey::from_secret`).
+    /// `InviteCreate` carries it and a `Join` carries this key's signature over the joiner's
+    /// join (`InviteKey::prove_join`), so no op holds the secret or anything it follows from.
+    InviteKey
+);
+
 pub type GuildId = OpId;
 pub type ChannelId = OpId;
 pub type RoleId = OpId;
@@ -107,16 +114,78 @@ impl UserId {
     /// Whether `signature` over `domain ‖ signed` is this user's: strict ed25519, weak keys
     /// refused, as for ops.
     pub fn signed(&self, domain: &[u8], signed: &[u8], signature: &[u8; 64]) -> bool {
-        self.verifying_key().is_ok_and(|key| {
-            !key.is_weak()
-                && key
-                    .verify_strict(
-                        &[domain, signed].concat(),
-                        &ed25519_dalek::Signature::from_bytes(signature),
-                    )
-                    .is_ok()
-        })
+        verify_strict(&self.0, domain, signed, signature)
     }
+}
+
+/// Whether `signature` over `domain ‖ signed` is by the ed25519 public key `key`: strict
+/// verification (`VerifyingKey::verify_strict`), weak (small-order) keys refused.
+fn verify_strict(key: &[u8; 32], domain: &[u8], signed: &[u8], signature: &[u8; 64]) -> bool {
+    VerifyingKey::from_bytes(key).is_ok_and(|key| {
+        !key.is_weak()
+            && key
+                .verify_strict(
+                    &[domain, signed].concat(),
+                    &ed25519_dalek::Signature::from_bytes(signature),
+                )
+                .is_ok()
+    })
+}
+
+/// The prefix of the seed an invite secret derives its key from (`spec/ops.md` §6.1).
+pub const INVITE_KEY_DOMAIN: &[u8] = b"guildhall/invite-key/v1\0";
+/// The prefix of the bytes a join proof signs (`spec/ops.md` §6.1).
+pub const JOIN_PROOF_DOMAIN: &[u8] = b"guildhall/join-proof/v1\0";
+
+impl InviteKey {
+    /// The signing key that the invite secret `secret` derives: the ed25519 key whose RFC 8032
+    /// seed is `SHA-256(INVITE_KEY_DOMAIN ‖ secret)`. Whoever knows the secret holds it.
+    pub fn keypair(secret: &[u8]) -> Keypair {
+        Keypair::from_secret(sha256(&[INVITE_KEY_DOMAIN, secret]))
+    }
+
+    /// The public key of the invite whose secret is `secret`.
+    pub fn from_secret(secret: &[u8]) -> InviteKey {
+        InviteKey(Self::keypair(secret).user_id().0)
+    }
+
+    /// The proof, by the key `secret` derives, that `author` may join `guild` by `invite`: the
+    /// signature over `JOIN_PROOF_DOMAIN ‖ join_proof_bytes(guild, invite, author)`.
+    pub fn prove_join(
+        secret: &[u8],
+        guild: &GuildId,
+        invite: &InviteId,
+        author: &UserId,
+    ) -> [u8; 64] {
+        Self::keypair(secret).sign(JOIN_PROOF_DOMAIN, &join_proof_bytes(guild, invite, author))
+    }
+
+    /// Whether `proof` is this key's signature over `author`'s join of `guild` by `invite`
+    /// (strict ed25519, weak keys refused): a proof made for another author, guild or invite
+    /// does not open it.
+    pub fn opens_join(
+        &self,
+        guild: &GuildId,
+        invite: &InviteId,
+        author: &UserId,
+        proof: &[u8; 64],
+    ) -> bool {
+        verify_strict(
+            &self.0,
+            JOIN_PROOF_DOMAIN,
+            &join_proof_bytes(guild, invite, author),
+            proof,
+        )
+    }
+}
+
+/// What a join proof signs after `JOIN_PROOF_DOMAIN`: `guild ‖ invite ‖ author`, 96 bytes.
+pub fn join_proof_bytes(guild: &GuildId, invite: &InviteId, author: &UserId) -> [u8; 96] {
+    let mut out = [0u8; 96];
+    out[..32].copy_from_slice(&guild.0);
+    out[32..64].copy_from_slice(&invite.0);
+    out[64..].copy_from_slice(&author.0);
+    out
 }
 
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
@@ -152,11 +221,16 @@ impl Keypair {
         &self.signing
     }
 
+    /// This key's signature over `domain ‖ signed` (checked by `UserId::signed`).
+    pub(crate) fn sign(&self, domain: &[u8], signed: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.signing.sign(&[domain, signed].concat()).to_bytes()
+    }
+
     /// `unsigned` followed by this key's signature over `domain ‖ unsigned`: the wire form of
     /// signals and DM records and envelopes (checked by `UserId::signed`).
     pub(crate) fn sign_appended(&self, domain: &[u8], mut unsigned: Vec<u8>) -> Vec<u8> {
-        use ed25519_dalek::Signer;
-        let signature = self.signing.sign(&[domain, &unsigned].concat()).to_bytes();
+        let signature = self.sign(domain, &unsigned);
         unsigned.extend_from_slice(&signature);
         unsigned
     }

@@ -14,7 +14,6 @@ pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_NAME_BYTES: usize = 400;
 pub const MAX_REASON_BYTES: usize = 2_048;
 pub const MAX_EMOJI_BYTES: usize = 64;
-pub const MAX_INVITE_SECRET_BYTES: usize = 64;
 pub const MAX_META_CHANGE_BYTES: usize = 32 * 1024;
 /// Rows in any one column of a metadata change, which bounds its ops and its predecessors
 /// (`change_scan`). More ops of distinct schema keys than fit in `MAX_META_CHANGE_BYTES`: every
@@ -24,5 +23,10 @@ pub const MAX_META_CHANGE_OPS: u64 = 512;
 /// CREATE_INSTANT_INVITE (which @everyone has) can make every replica hold.
 pub const MAX_INVITES_PER_MEMBER: usize = 100;
 pub const MAX_INVITES_PER_GUILD: usize = 1_000;
+/// Guild-state ops per author in any minute of their timestamps, counted over an op's causal
+/// past (`Guild::insert` refuses one more): each is kept by every replica for good. It binds
+/// every author whose ops extend their log (every honest node's users); ops that cite none of
+/// their author's earlier ones are forked, and bounded only by the per-peer gossip rate.
+pub const MAX_GUILD_STATE_OPS_PER_MINUTE: usize = 120;
 /// Values written into the metadata document (topics, descriptions, icon URLs).
 pub const MAX_META_VALUE_CHARS: usize = 1_024;

@@ -187,6 +187,22 @@ pub fn change_deps(bytes: &[u8]) -> Result<(ChangeHash, Vec<ChangeHash>), AuthEr
     Ok((change.hash(), change.deps().to_vec()))
 }
 
+/// The users whose changes Automerge must have applied before this one: the actors its ops
+/// name, and its own actor unless this is that actor's first change. Automerge panics applying
+/// a change that names an actor it has not seen.
+pub fn actors_needed(bytes: &[u8]) -> Result<Vec<UserId>, AuthError> {
+    let change = parse_change(bytes).map_err(AuthError::BadMetaChange)?;
+    let own = (change.seq() != 1).then(|| change.actor_id());
+    own.into_iter()
+        .chain(change.other_actor_ids())
+        .map(|actor| {
+            <[u8; 32]>::try_from(actor.to_bytes())
+                .map(UserId)
+                .map_err(|_| AuthError::BadMetaChange("names an actor that is no user".into()))
+        })
+        .collect()
+}
+
 /// The metadata document of one guild, built from its valid metadata changes.
 #[derive(Debug, Clone, Default)]
 pub struct MetaDoc {

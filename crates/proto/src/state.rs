@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::body::{Body, ChannelKind, OverwriteTarget};
 use crate::error::AuthError;
 use crate::hlc::Hlc;
-use crate::id::{ChannelId, GuildId, InviteId, OpId, RoleId, UserId, sha256};
+use crate::id::{ChannelId, GuildId, InviteId, InviteKey, OpId, RoleId, UserId};
 use crate::limits;
 use crate::perm::{Permissions, base_permissions, channel_permissions};
 
@@ -52,8 +52,9 @@ fn serialize_overwrites<S: serde::Serializer>(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invite {
     pub creator: UserId,
+    /// The public key its secret derives; the secret itself is in no op.
     #[serde(skip)]
-    pub secret_hash: [u8; 32],
+    pub key: InviteKey,
     pub max_uses: u32,
     pub expires_at_ms: u64,
     pub uses: u32,
@@ -394,7 +395,7 @@ impl GuildState {
     }
 
     fn authorize_join(&self, author: &UserId, body: &Body, hlc: Hlc) -> Result<(), AuthError> {
-        let Body::Join { invite, secret } = body else {
+        let Body::Join { invite, .. } = body else {
             unreachable!("only called for joins")
         };
         if self.bans.contains_key(author) {
@@ -403,17 +404,47 @@ impl GuildState {
         if self.is_member(author) {
             return Err(AuthError::AlreadyMember);
         }
-        self.check_invite(invite, secret, hlc)
+        // The proof was checked when the join was admitted (`Guild::insert`): an invite's key
+        // never changes, so checking it again in every fold would only cost a signature each.
+        self.check_invite_opened(invite, hlc, |_| true)
+    }
+
+    /// Whether a join's proof opens `invite`: what a node checks before it signs a join, since
+    /// authorization leaves the proof to admission.
+    pub fn check_join_proof(
+        &self,
+        invite: &InviteId,
+        author: &UserId,
+        proof: &[u8; 64],
+    ) -> Result<(), AuthError> {
+        let inv = self.invites.get(invite).ok_or(AuthError::UnknownInvite)?;
+        if inv.key.opens_join(&self.id, invite, author, proof) {
+            Ok(())
+        } else {
+            Err(AuthError::InviteSecretMismatch)
+        }
     }
 
     /// Whether `invite` with `secret` admits someone at `at`: what a node checks before it
-    /// replicates a guild to a peer whose user holds the invite.
+    /// replicates a guild to a peer whose user holds the invite. The secret opens the invite
+    /// when it derives the invite's key.
     pub fn check_invite(&self, invite: &InviteId, secret: &[u8], at: Hlc) -> Result<(), AuthError> {
+        self.check_invite_opened(invite, at, |key| InviteKey::from_secret(secret) == *key)
+    }
+
+    /// Whether `invite` admits someone at `at`, `opens` saying whether what they hold (a
+    /// secret, or a join's proof) opens the invite's key.
+    fn check_invite_opened(
+        &self,
+        invite: &InviteId,
+        at: Hlc,
+        opens: impl FnOnce(&InviteKey) -> bool,
+    ) -> Result<(), AuthError> {
         if self.deleted {
             return Err(AuthError::GuildDeleted);
         }
         let inv = self.invites.get(invite).ok_or(AuthError::UnknownInvite)?;
-        if sha256(&[secret]) != inv.secret_hash {
+        if !opens(&inv.key) {
             return Err(AuthError::InviteSecretMismatch);
         }
         if inv.expired_at(at) {
@@ -521,7 +552,7 @@ impl GuildState {
                 }
             }
             Body::InviteCreate {
-                secret_hash,
+                key,
                 max_uses,
                 expires_at_ms,
             } => {
@@ -532,7 +563,7 @@ impl GuildState {
                     id,
                     Invite {
                         creator: *author,
-                        secret_hash: *secret_hash,
+                        key: *key,
                         max_uses: *max_uses,
                         expires_at_ms: *expires_at_ms,
                         uses: 0,

@@ -51,7 +51,6 @@ pub fn check_body(body: &Body) -> Result<(), &'static str> {
                 .map(drop)
                 .map_err(ScanError::reason)
         }
-        Body::Join { secret, .. } if secret.is_empty() => Err("an invite secret is required"),
         Body::MessageCreate { content, .. } | Body::MessageEdit { content, .. } => {
             check_content(content)
         }

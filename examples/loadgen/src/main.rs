@@ -461,11 +461,7 @@ async fn members(count: u64, large: usize) {
             .submit(
                 &owner,
                 &guild,
-                guildhall_proto::body::Body::InviteCreate {
-                    secret_hash: guildhall_proto::id::sha256(&[&secret]),
-                    max_uses: 0,
-                    expires_at_ms: 0,
-                },
+                guildhall_proto::body::Body::invite_create(&secret, 0, 0),
             )
             .await
             .expect("invite");
@@ -476,10 +472,7 @@ async fn members(count: u64, large: usize) {
             ]));
             let user = key.user_id();
             node.remember_key(user, key);
-            let join = guildhall_proto::body::Body::Join {
-                invite,
-                secret: secret.clone(),
-            };
+            let join = guildhall_proto::body::Body::join(&guild, invite, &user, &secret);
             node.submit(&user, &guild, join).await.expect("join");
         }
         let started = Instant::now();

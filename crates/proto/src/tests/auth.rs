@@ -63,61 +63,36 @@ fn members_send_and_strangers_cannot() {
 #[test]
 fn invites_check_secret_expiry_uses_and_revocation() {
     let mut r = Replica::new(&key(1));
-    let bad = r.refused(
-        &key(2),
-        Body::Join {
-            invite: r.guild.id(),
-            secret: SECRET.to_vec(),
-        },
-    );
+    let bad = r.join_body(&key(2), r.guild.id());
+    let bad = r.refused(&key(2), bad);
     assert_eq!(bad, (AuthError::UnknownInvite, InsertError::InviteUnusable));
 
-    let invite = r.ok(
-        &key(1),
-        Body::InviteCreate {
-            secret_hash: sha256(&[SECRET]),
-            max_uses: 1,
-            expires_at_ms: 5_000,
-        },
-    );
-    let wrong = r.refused(
-        &key(2),
-        Body::Join {
-            invite,
-            secret: b"guess".to_vec(),
-        },
-    );
+    let invite = r.ok(&key(1), Body::invite_create(SECRET, 1, 5_000));
+    let wrong = Body::join(&r.guild.id(), invite, &user(2), b"guess");
     assert_eq!(
-        wrong,
+        r.refused(&key(2), wrong),
         (AuthError::InviteSecretMismatch, InsertError::InviteUnusable)
     );
+    // The holder's check of a secret (federation.md §5): it must derive the invite's key.
+    let now = Hlc::from_parts(r.now, 0);
+    assert_eq!(r.guild.state().check_invite(&invite, SECRET, now), Ok(()));
+    assert_eq!(
+        r.guild.state().check_invite(&invite, b"guess", now),
+        Err(AuthError::InviteSecretMismatch)
+    );
     r.join(&key(2), invite);
-    let join = Body::Join {
-        invite,
-        secret: SECRET.to_vec(),
-    };
     assert_eq!(
-        r.act(&key(3), join.clone()).1,
-        invalid(AuthError::InviteExhausted)
+        r.guild.state().check_invite(&invite, SECRET, now),
+        Err(AuthError::InviteExhausted)
     );
-    assert_eq!(
-        r.act(&key(2), join.clone()).1,
-        invalid(AuthError::AlreadyMember)
-    );
+    let join3 = r.join_body(&key(3), invite);
+    assert_eq!(r.act(&key(3), join3).1, invalid(AuthError::InviteExhausted));
+    let join2 = r.join_body(&key(2), invite);
+    assert_eq!(r.act(&key(2), join2).1, invalid(AuthError::AlreadyMember));
 
-    let timed = r.ok(
-        &key(1),
-        Body::InviteCreate {
-            secret_hash: sha256(&[SECRET]),
-            max_uses: 0,
-            expires_at_ms: 5_000,
-        },
-    );
+    let timed = r.ok(&key(1), Body::invite_create(SECRET, 0, 5_000));
     r.now = 6_000;
-    let late = Body::Join {
-        invite: timed,
-        secret: SECRET.to_vec(),
-    };
+    let late = r.join_body(&key(3), timed);
     assert_eq!(
         r.refused(&key(3), late),
         (AuthError::InviteExpired, InsertError::InviteUnusable)
@@ -129,11 +104,86 @@ fn invites_check_secret_expiry_uses_and_revocation() {
         invalid(AuthError::MissingPermission(P::MANAGE_GUILD))
     );
     r.ok(&key(1), Body::InviteRevoke { invite: open });
-    let revoked = Body::Join {
-        invite: open,
-        secret: SECRET.to_vec(),
-    };
+    let revoked = r.join_body(&key(4), open);
     assert_eq!(r.act(&key(4), revoked).1, invalid(AuthError::UnknownInvite));
+}
+
+/// A join proof opens its invite for its own author, guild and invite only: one seen in
+/// another join, or made for another guild or invite, is refused at insertion.
+#[test]
+fn join_proofs_are_bound_to_author_guild_and_invite() {
+    let mut r = Replica::new(&key(1));
+    // Two invites with one secret, so one key: only the invite id tells their proofs apart.
+    let invite = r.ok(&key(1), Body::invite_create(SECRET, 0, 0));
+    let twin = r.ok(&key(1), Body::invite_create(SECRET, 0, 0));
+    let gid = r.guild.id();
+    let refused = (AuthError::InviteSecretMismatch, InsertError::InviteUnusable);
+
+    // Bea's valid join, replayed by Cat: the proof is Bea's.
+    let bea = r.ok(&key(2), Body::join(&gid, invite, &user(2), SECRET));
+    let Body::Join { proof, .. } = r.guild.op(&bea).unwrap().envelope().body.clone() else {
+        panic!("a join")
+    };
+    assert_eq!(r.refused(&key(3), Body::Join { invite, proof }), refused);
+    // Made for Cat, but in another guild (the proof names the guild, whatever its invite id).
+    let other = Replica {
+        guild: Guild::new(genesis(&key(1), "another guild")).unwrap(),
+        now: 2_000,
+    };
+    assert_ne!(other.guild.id(), gid);
+    let elsewhere = Body::join(&other.guild.id(), invite, &user(3), SECRET);
+    assert_eq!(r.refused(&key(3), elsewhere), refused);
+    // Made for Cat in this guild, but for the twin invite.
+    let Body::Join { proof, .. } = Body::join(&gid, twin, &user(3), SECRET) else {
+        unreachable!()
+    };
+    assert_eq!(r.refused(&key(3), Body::Join { invite, proof }), refused);
+    // A proof signed by another key (another secret) over the right bytes.
+    let forged = Body::join(&gid, invite, &user(3), b"another secret");
+    assert_eq!(r.refused(&key(3), forged), refused);
+    // Cat's own proof opens either invite.
+    r.ok(&key(3), Body::join(&gid, twin, &user(3), SECRET));
+}
+
+/// No op carries the invite secret, nor its hash or the key seed it derives: a replica holds
+/// the invite's public key and signatures by it, from which the secret does not follow.
+#[test]
+fn no_op_reveals_the_invite_secret() {
+    // 16 bytes as a node draws them (rest.md §4.8), fixed so the test replays.
+    let secret: [u8; 16] = sha256(&[b"some random bytes"])[..16].try_into().unwrap();
+    let mut r = Replica::new(&key(1));
+    let invite = r.ok(&key(1), Body::invite_create(&secret, 0, 0));
+    let join = Body::join(&r.guild.id(), invite, &user(2), &secret);
+    r.ok(&key(2), join);
+    let seed = crate::id::InviteKey::keypair(&secret).secret();
+    let derived: [&[u8]; 4] = [&secret, &seed, &sha256(&[&secret]), &seed[..16]];
+    for op in r.guild.ops() {
+        let wire = op.encode();
+        for needle in derived {
+            assert!(
+                !wire.windows(needle.len()).any(|w| w == needle),
+                "{:?} reveals the secret",
+                op.envelope().body.kind()
+            );
+        }
+        match &op.envelope().body {
+            Body::InviteCreate { key, .. } => {
+                assert_eq!(*key, crate::id::InviteKey::from_secret(&secret));
+                let mut body = crate::wire::Writer::new();
+                op.envelope().body.encode(&mut body);
+                // kind, length, key (32), max_uses 0, expires_at_ms 0.
+                assert_eq!(body.into_bytes().len(), 2 + 32 + 1 + 1);
+            }
+            Body::Join { invite: i, .. } => {
+                assert_eq!(*i, invite);
+                let mut body = crate::wire::Writer::new();
+                op.envelope().body.encode(&mut body);
+                // kind, length, invite (32), proof (64).
+                assert_eq!(body.into_bytes().len(), 2 + 32 + 64);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[test]
@@ -484,10 +534,7 @@ fn kick_ban_unban_and_rejoin() {
         r.say(&key(2), general, "still here?").1,
         invalid(AuthError::Banned)
     );
-    let rejoin = Body::Join {
-        invite,
-        secret: SECRET.to_vec(),
-    };
+    let rejoin = r.join_body(&key(2), invite);
     assert_eq!(r.act(&key(2), rejoin.clone()).1, invalid(AuthError::Banned));
     r.ok(&key(1), Body::Unban { member: user(2) });
     r.ok(&key(2), rejoin);
@@ -961,32 +1008,14 @@ fn only_the_owner_deletes_a_guild_and_nothing_follows_it() {
         r.say(&key(1), general, "anyone here?").1,
         invalid(AuthError::GuildDeleted)
     );
-    assert_eq!(
-        r.act(
-            &key(4),
-            Body::Join {
-                invite,
-                secret: SECRET.to_vec()
-            }
-        )
-        .1,
-        invalid(AuthError::GuildDeleted)
-    );
+    let join = r.join_body(&key(4), invite);
+    assert_eq!(r.act(&key(4), join).1, invalid(AuthError::GuildDeleted));
 }
 
 #[test]
 fn usable_invites_are_capped_and_spent_ones_leave_the_state() {
     let (mut r, _, _) = guild_with_members();
-    let one_use = |r: &mut Replica, who: u8| {
-        r.act(
-            &key(who),
-            Body::InviteCreate {
-                secret_hash: sha256(&[SECRET]),
-                max_uses: 1,
-                expires_at_ms: 0,
-            },
-        )
-    };
+    let one_use = |r: &mut Replica, who: u8| r.act(&key(who), Body::invite_create(SECRET, 1, 0));
     // A plain member (@everyone may create invites) up to the cap, then no more.
     let mut made = Vec::new();
     for _ in 0..crate::limits::MAX_INVITES_PER_MEMBER {
@@ -1048,4 +1077,31 @@ fn removals_nobody_may_make_change_nothing_in_any_order() {
     for id in &bans {
         assert_eq!(reference.verdict(id), r.guild.verdict(id));
     }
+}
+
+#[test]
+fn guild_state_ops_are_bounded_per_author_and_minute() {
+    let (mut r, general, _) = guild_with_members();
+    let max = crate::limits::MAX_GUILD_STATE_OPS_PER_MINUTE;
+    // Leave room for the ops the owner made setting up, a millisecond apart.
+    r.now += 60_000;
+    let role = |n: usize| Body::RoleCreate {
+        name: format!("role {n}"),
+        permissions: 0,
+        color: 0,
+        position: 1,
+    };
+    for n in 0..max {
+        r.ok(&key(1), role(n));
+    }
+    // One more in the same minute: refused before signing, and by every replica.
+    let (precheck, refused) = r.refused(&key(1), role(max));
+    assert!(matches!(precheck, AuthError::GuildStateRate(ms) if ms > 0 && ms <= 60_000));
+    assert_eq!(refused, InsertError::GuildStateRate);
+    // Messages are not guild-state ops, and others are not held to the owner's count.
+    assert_eq!(r.say(&key(1), general, "still talking").1, Verdict::Valid);
+    r.ok(&key(2), Body::Leave);
+    // A minute after the first of them, there is room again.
+    r.now += 60_000;
+    r.ok(&key(1), role(max + 1));
 }

@@ -315,10 +315,12 @@ impl World {
             ),
             Action::Join { actor } => (
                 actor,
-                Body::Join {
-                    invite: self.invite,
-                    secret: SECRET.to_vec(),
-                },
+                Body::join(
+                    &at_home(actor).guild.id(),
+                    self.invite,
+                    &user(actor),
+                    SECRET,
+                ),
             ),
             Action::Leave { actor } => (actor, Body::Leave),
             Action::Overwrite {

@@ -149,24 +149,17 @@ impl Replica {
     }
 
     pub fn invite(&mut self, who: &Keypair) -> OpId {
-        self.ok(
-            who,
-            Body::InviteCreate {
-                secret_hash: sha256(&[SECRET]),
-                max_uses: 0,
-                expires_at_ms: 0,
-            },
-        )
+        self.ok(who, Body::invite_create(SECRET, 0, 0))
     }
 
     pub fn join(&mut self, who: &Keypair, invite: OpId) -> OpId {
-        self.ok(
-            who,
-            Body::Join {
-                invite,
-                secret: SECRET.to_vec(),
-            },
-        )
+        let body = self.join_body(who, invite);
+        self.ok(who, body)
+    }
+
+    /// `who`'s join by `invite`, proved with `SECRET`.
+    pub fn join_body(&self, who: &Keypair, invite: OpId) -> Body {
+        Body::join(&self.guild.id(), invite, &who.user_id(), SECRET)
     }
 
     pub fn say(&mut self, who: &Keypair, channel: ChannelId, text: &str) -> (OpId, Verdict) {

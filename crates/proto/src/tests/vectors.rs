@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use super::*;
+use sha2::Digest;
+
 use crate::body::OverwriteTarget;
+use crate::id::{INVITE_KEY_DOMAIN, InviteKey, JOIN_PROOF_DOMAIN, join_proof_bytes};
 use crate::meta::MetaValue;
 use crate::op::Op;
 use crate::perm::Permissions;
@@ -55,21 +58,10 @@ fn history() -> Vec<(&'static str, u8, VerifiedOp)> {
         &mut r,
         "invite_create",
         1,
-        Body::InviteCreate {
-            secret_hash: sha256(&[SECRET]),
-            max_uses: 10,
-            expires_at_ms: 86_400_000,
-        },
+        Body::invite_create(SECRET, 10, 86_400_000),
     );
-    step(
-        &mut r,
-        "join",
-        2,
-        Body::Join {
-            invite,
-            secret: SECRET.to_vec(),
-        },
-    );
+    let join = Body::join(&r.guild.id(), invite, &user(2), SECRET);
+    step(&mut r, "join", 2, join);
     let mods = step(
         &mut r,
         "role_create",
@@ -245,7 +237,7 @@ fn vector(name: &str, signer: u8, op: &VerifiedOp) -> Value {
     let env = op.envelope();
     let mut body = Writer::new();
     env.body.encode(&mut body);
-    json!({
+    let mut case = json!({
         "name": name,
         "secret_key": hex::encode([signer; 32]),
         "public_key": user(signer).to_string(),
@@ -265,7 +257,69 @@ fn vector(name: &str, signer: u8, op: &VerifiedOp) -> Value {
         "op_id": op.id().to_string(),
         "signature_hex": hex::encode(op.signature()),
         "wire_hex": hex::encode(op.encode()),
+    });
+    if let Body::Join { invite, proof } = &env.body {
+        case["join_proof"] = join_proof(&env.guild, invite, &env.author, proof);
+    }
+    case
+}
+
+/// How the join case's proof follows from the invite secret (`spec/ops.md` §6.1): the invite
+/// key's seed and public key, the bytes the proof signs, and the proof.
+fn join_proof(guild: &OpId, invite: &OpId, author: &UserId, proof: &[u8; 64]) -> Value {
+    let seed = sha256(&[INVITE_KEY_DOMAIN, SECRET]);
+    let signed = [JOIN_PROOF_DOMAIN, &join_proof_bytes(guild, invite, author)].concat();
+    json!({
+        "invite_secret_hex": hex::encode(SECRET),
+        "invite_key_seed_prefix_hex": hex::encode(INVITE_KEY_DOMAIN),
+        "invite_key_seed_hex": hex::encode(seed),
+        "invite_key": InviteKey::from_secret(SECRET).to_string(),
+        "proof_message_hex": hex::encode(signed),
+        "proof_hex": hex::encode(proof),
     })
+}
+
+/// Checks the join case's proof from its secret alone, with the ed25519 of the `ed25519-dalek`
+/// crate directly, as an independent implementation would.
+fn check_join_proof(case: &Value, invite_create: &Op) {
+    use ed25519_dalek::{Signer, SigningKey, Verifier};
+    let hex_field = |k: &str| hex::decode(case["join_proof"][k].as_str().unwrap()).unwrap();
+    let secret = hex_field("invite_secret_hex");
+    let mut seed_input = b"guildhall/invite-key/v1\0".to_vec();
+    seed_input.extend_from_slice(&secret);
+    let seed: [u8; 32] = sha2::Sha256::digest(&seed_input).into();
+    assert_eq!(seed.to_vec(), hex_field("invite_key_seed_hex"));
+    let signing = SigningKey::from_bytes(&seed);
+    let public = signing.verifying_key().to_bytes();
+    assert_eq!(hex::encode(public), case["join_proof"]["invite_key"]);
+    let Body::InviteCreate { key, .. } = &invite_create.envelope().body else {
+        panic!("the invite_create case is an InviteCreate")
+    };
+    assert_eq!(
+        key.0, public,
+        "the InviteCreate carries the derived public key"
+    );
+
+    let join = Op::decode(&hex::decode(case["wire_hex"].as_str().unwrap()).unwrap()).unwrap();
+    let env = join.envelope();
+    let Body::Join { invite, proof } = &env.body else {
+        panic!("the join case is a Join")
+    };
+    assert_eq!(*invite, invite_create.id());
+    let mut signed = b"guildhall/join-proof/v1\0".to_vec();
+    signed.extend_from_slice(&env.guild.0);
+    signed.extend_from_slice(&invite.0);
+    signed.extend_from_slice(&env.author.0);
+    assert_eq!(signed.len(), 24 + 96);
+    assert_eq!(signed, hex_field("proof_message_hex"));
+    assert_eq!(
+        signing.sign(&signed).to_bytes(),
+        *proof,
+        "ed25519 is deterministic"
+    );
+    assert_eq!(proof.to_vec(), hex_field("proof_hex"));
+    let sig = ed25519_dalek::Signature::from_bytes(proof);
+    assert!(signing.verifying_key().verify(&signed, &sig).is_ok());
 }
 
 #[test]
@@ -294,10 +348,13 @@ fn vectors() {
 
     // The stored bytes decode, verify and re-derive their ids on their own.
     let cases: Vec<Value> = serde_json::from_str(&stored).unwrap();
-    for case in cases {
+    for case in &cases {
         let wire = hex::decode(case["wire_hex"].as_str().unwrap()).unwrap();
         let op = Op::decode(&wire).unwrap().verify().unwrap();
         assert_eq!(op.id().to_string(), case["op_id"].as_str().unwrap());
         assert_eq!(op.encode(), wire);
     }
+    let case = |name: &str| cases.iter().find(|c| c["name"] == name).unwrap();
+    let invite_create = hex::decode(case("invite_create")["wire_hex"].as_str().unwrap()).unwrap();
+    check_join_proof(case("join"), &Op::decode(&invite_create).unwrap());
 }
