@@ -7,22 +7,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::attacker::rogue_peer;
+use common::attacker::{ignores_signals_ops_and_dms, rogue_peer};
 use common::{TestNode, WAIT, dispatch_where, eventually};
 use guildhall_client::{Client, Gateway, Page, User};
 use guildhall_gateway::Node;
 use guildhall_gateway::federation::InviteCode;
 use guildhall_gateway::node::now_ms;
 use guildhall_net::protocol::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
-use guildhall_net::{
-    Applied, Batch, Budget, Host, NetConfig, NetError, NetHandle, NodeKey, Refusal,
-};
+use guildhall_net::{Batch, Budget, Host, NetConfig, NetError, NetHandle, NodeKey, Refusal};
 use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::guild::{Guild, LogPositions};
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{ChannelId, GuildId, InviteId, Keypair, OpId, UserId};
+use guildhall_proto::id::{ChannelId, GuildId, InviteId, Keypair, OpId};
 use guildhall_proto::op::{Envelope, VerifiedOp};
-use guildhall_proto::signal::Signal;
 
 /// Waits until every node holds the guild with the same state hash (state and history).
 async fn converged(nodes: &[&TestNode], guild: &str) -> [u8; 32] {
@@ -805,18 +802,7 @@ impl Host for LyingHolder {
     fn backfill_ops(&self, _: &GuildId, _: (Hlc, OpId)) -> Option<Batch> {
         None
     }
-    fn signal(&self, _: Signal) -> Applied {
-        Applied::Duplicate
-    }
-    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
-        vec![Applied::Duplicate; ops.len()]
-    }
-    fn dm_keys(&self, _: &UserId) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
-        Err(Refusal::new("no", "no"))
-    }
+    ignores_signals_ops_and_dms!();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -929,18 +915,7 @@ impl Host for LyingSource {
         };
         Some(encoded(vec![lie], true))
     }
-    fn signal(&self, _: Signal) -> Applied {
-        Applied::Duplicate
-    }
-    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
-        vec![Applied::Duplicate; ops.len()]
-    }
-    fn dm_keys(&self, _: &UserId) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
-        Err(Refusal::new("no", "no"))
-    }
+    ignores_signals_ops_and_dms!();
 }
 
 /// A guild joined through a node that lies about its older history: the lie is refused with

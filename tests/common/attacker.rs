@@ -1,15 +1,40 @@
 //! A hostile peer built from the project's own crates: a libp2p node that joins a guild's topic
 //! and sends whatever a test crafts, and the ops it crafts.
 
-use guildhall_net::{Applied, Batch, Host, NetConfig, Refusal};
+use guildhall_net::{Batch, Host, NetConfig, Refusal};
 use guildhall_proto::body::Body;
 use guildhall_proto::guild::LogPositions;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, Keypair, OpId};
-use guildhall_proto::op::VerifiedOp;
-use guildhall_proto::signal::Signal;
 
 use super::{TestNode, eventually};
+
+/// The `Host` methods of a test peer that takes nothing in: signals, ops and DMs pushed to it
+/// are ignored, and it holds no DM keys.
+macro_rules! ignores_signals_ops_and_dms {
+    () => {
+        fn signal(&self, _: guildhall_proto::signal::Signal) -> guildhall_net::Applied {
+            guildhall_net::Applied::Duplicate
+        }
+        async fn apply(
+            &self,
+            _: guildhall_proto::id::GuildId,
+            ops: Vec<guildhall_proto::op::VerifiedOp>,
+        ) -> Vec<guildhall_net::Applied> {
+            vec![guildhall_net::Applied::Duplicate; ops.len()]
+        }
+        fn dm_keys(&self, _: &guildhall_proto::id::UserId) -> Vec<Vec<u8>> {
+            Vec::new()
+        }
+        async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, guildhall_net::Refusal> {
+            Err(guildhall_net::Refusal::new("no", "no"))
+        }
+    };
+}
+// Not every test binary that includes the kit implements a Host (`common` allows dead code
+// for the same reason).
+#[allow(unused_imports)]
+pub(crate) use ignores_signals_ops_and_dms;
 
 /// A peer that serves one guild and relays whatever the test gives it.
 pub struct Rogue {
@@ -39,18 +64,7 @@ impl Host for Rogue {
     fn backfill_ops(&self, _: &GuildId, _: (Hlc, OpId)) -> Option<Batch> {
         None
     }
-    fn signal(&self, _: Signal) -> Applied {
-        Applied::Duplicate
-    }
-    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
-        vec![Applied::Duplicate; ops.len()]
-    }
-    fn dm_keys(&self, _: &guildhall_proto::id::UserId) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-    async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, Refusal> {
-        Err(Refusal::new("no", "no"))
-    }
+    ignores_signals_ops_and_dms!();
 }
 
 /// A rogue peer connected to `target`, in `guild`'s topic.

@@ -291,21 +291,7 @@ impl World {
             }
             Action::Remove { actor, member, ban } => {
                 let cutoff = at_home(actor).cutoff(&key(member));
-                let (member, reason) = (user(member), String::new());
-                let body = if ban {
-                    Body::Ban {
-                        member,
-                        cutoff,
-                        reason,
-                    }
-                } else {
-                    Body::Kick {
-                        member,
-                        cutoff,
-                        reason,
-                    }
-                };
-                (actor, body)
+                (actor, removal(ban, user(member), cutoff))
             }
             Action::Unban { actor, member } => (
                 actor,

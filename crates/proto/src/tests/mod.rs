@@ -41,6 +41,24 @@ pub fn genesis(owner: &Keypair, name: &str) -> VerifiedOp {
     .unwrap()
 }
 
+/// A ban or a kick of `member`, cutting their log above `cutoff`.
+pub fn removal(ban: bool, member: UserId, cutoff: u64) -> Body {
+    let reason = String::new();
+    if ban {
+        Body::Ban {
+            member,
+            cutoff,
+            reason,
+        }
+    } else {
+        Body::Kick {
+            member,
+            cutoff,
+            reason,
+        }
+    }
+}
+
 /// One node's replica of a guild, with a clock that moves forward one millisecond per op.
 #[derive(Clone)]
 pub struct Replica {

@@ -212,20 +212,7 @@ impl Sim {
             83..91 => {
                 let member = self.pick(&members)?;
                 let cutoff = cutoff_of(&self.nodes[home].guild, &member);
-                let reason = String::new();
-                if self.rng.random_bool(0.4) {
-                    Body::Ban {
-                        member,
-                        cutoff,
-                        reason,
-                    }
-                } else {
-                    Body::Kick {
-                        member,
-                        cutoff,
-                        reason,
-                    }
-                }
+                removal(self.rng.random_bool(0.4), member, cutoff)
             }
             91..94 => Body::Unban {
                 member: self.pick(&banned)?,
