@@ -722,8 +722,8 @@ impl Guild {
         past: &BitSet,
         invalid: &BitSet,
     ) -> Result<(), AuthError> {
-        let (_, deps) = meta::change_deps(change)?;
-        for dep in deps {
+        let links = meta::change_links(change)?;
+        for dep in links.deps {
             match self.meta_changes.get(&dep) {
                 Some(&d) if past.contains(d) && !invalid.contains(d) => {}
                 Some(&d) => return Err(AuthError::InvalidDependency(self.control[d].id)),
@@ -740,7 +740,7 @@ impl Guild {
                     .any(|&d| past.contains(d) && !invalid.contains(d))
             })
         };
-        if !meta::actors_needed(change)?.iter().all(known) {
+        if !links.actors?.iter().all(known) {
             return Err(AuthError::BadMetaChange(
                 "names an actor with no valid change in its causal past".into(),
             ));
@@ -1007,7 +1007,7 @@ impl Guild {
                 self.meta_by_author.entry(env.author).or_default().push(idx);
             }
             if let Body::MetaChange { change } = &env.body
-                && let Ok((hash, _)) = meta::change_deps(change)
+                && let Ok(meta::ChangeLinks { hash, .. }) = meta::change_links(change)
             {
                 let first = self.meta_changes.entry(hash).or_insert(idx);
                 if *first != idx {

@@ -181,26 +181,35 @@ fn require(have: Permissions, needed: Permissions) -> Result<(), AuthError> {
     }
 }
 
-/// The Automerge hashes a change depends on, or an error if the bytes are not a change.
-pub fn change_deps(bytes: &[u8]) -> Result<(ChangeHash, Vec<ChangeHash>), AuthError> {
-    let change = parse_change(bytes).map_err(AuthError::BadMetaChange)?;
-    Ok((change.hash(), change.deps().to_vec()))
+/// What a change links to, read in one parse.
+pub struct ChangeLinks {
+    pub hash: ChangeHash,
+    /// The Automerge hashes it depends on.
+    pub deps: Vec<ChangeHash>,
+    /// The users whose changes Automerge must have applied before it: the actors its ops name,
+    /// and its own actor unless this is that actor's first change. Automerge panics applying a
+    /// change that names an actor it has not seen. An error when an actor is no user.
+    pub actors: Result<Vec<UserId>, AuthError>,
 }
 
-/// The users whose changes Automerge must have applied before this one: the actors its ops
-/// name, and its own actor unless this is that actor's first change. Automerge panics applying
-/// a change that names an actor it has not seen.
-pub fn actors_needed(bytes: &[u8]) -> Result<Vec<UserId>, AuthError> {
+/// A change's links, or an error if the bytes are not a change.
+pub fn change_links(bytes: &[u8]) -> Result<ChangeLinks, AuthError> {
     let change = parse_change(bytes).map_err(AuthError::BadMetaChange)?;
     let own = (change.seq() != 1).then(|| change.actor_id());
-    own.into_iter()
+    let actors = own
+        .into_iter()
         .chain(change.other_actor_ids())
         .map(|actor| {
             <[u8; 32]>::try_from(actor.to_bytes())
                 .map(UserId)
                 .map_err(|_| AuthError::BadMetaChange("names an actor that is no user".into()))
         })
-        .collect()
+        .collect();
+    Ok(ChangeLinks {
+        hash: change.hash(),
+        deps: change.deps().to_vec(),
+        actors,
+    })
 }
 
 /// The metadata document of one guild, built from its valid metadata changes.
