@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::attacker::{ignores_signals_ops_and_dms, rogue_peer};
+use common::attacker::rogue_peer;
 use common::{TestNode, WAIT, dispatch_where, eventually};
 use guildhall_client::{Client, Gateway, Page, User};
 use guildhall_gateway::Node;
@@ -307,8 +307,8 @@ async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
     };
     let before = a.node.guild(&gid).unwrap().lock().unwrap().len();
 
-    // A replay is harmless and costs the sender nothing; an op of another guild pushed on this
-    // guild's topic is refused.
+    // A replay is harmless and costs the sender nothing; an op of another guild pushed as this
+    // guild's is refused.
     let elsewhere = TestNode::start().await;
     let other = elsewhere
         .user("other")
@@ -325,17 +325,23 @@ async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
     rogue.publish(gid, real.clone());
     rogue.publish(gid, other_genesis);
     eventually("the misdirected op is refused", async || {
-        a.net().faults().await.contains_key("wrong_topic")
+        a.net().faults().await.contains_key("wrong_guild")
     })
     .await;
+    // (Its catch-ups are refused too: it is home to no member, `not_entitled`.)
     assert_eq!(
-        a.net().faults().await.into_iter().collect::<Vec<_>>(),
-        vec![("wrong_topic", 1)],
+        a.net()
+            .faults()
+            .await
+            .into_iter()
+            .filter(|(code, _)| *code != "not_entitled")
+            .collect::<Vec<_>>(),
+        vec![("wrong_guild", 1)],
         "the replay was not held against the sender"
     );
     assert!(a.node.guild(&other.id.parse().unwrap()).is_err());
 
-    // Each round differs, or gossipsub would drop the repeats as already seen.
+    // Each round differs, so that no round is a replay.
     let mut round = 0usize;
     while a.net().peers().await.contains(&rogue_id) {
         assert!(round < 1_000, "the rogue was never blocked");
@@ -363,7 +369,7 @@ async fn lying_peers_are_refused_and_blocked_while_honest_clients_chat() {
         "bad_signature",
         "malformed_op",
         "op_too_large",
-        "wrong_topic",
+        "wrong_guild",
     ]
     .iter()
     .filter_map(|code| faults.get(code))
@@ -418,13 +424,17 @@ async fn a_flooding_peer_is_throttled_then_blocked_and_nothing_is_lost() {
     };
     assert_eq!(unseen.len(), 10);
     let rogue = rogue_peer(&a, gid).await;
-    for op in unseen {
-        rogue.publish(gid, op);
+    // Pushed one after another, each push over the budget of 2: every one is a strike.
+    for round in 0.. {
+        if !a.net().peers().await.contains(&rogue.peer_id()) {
+            break;
+        }
+        assert!(round < 100, "the flooding peer was never blocked");
+        for op in &unseen {
+            rogue.publish(gid, op.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eventually("the flooding peer is blocked", async || {
-        !a.net().peers().await.contains(&rogue.peer_id())
-    })
-    .await;
     assert!(a.net().faults().await["gossip_flood"] >= 3);
 
     // What the flood carried arrives anyway once the honest peer is back.
@@ -682,6 +692,36 @@ enum JoinLie {
     Repeats,
 }
 
+/// The `Host` methods of a lying test peer that takes nothing in: it treats every node as
+/// entitled to what it serves, ignores signals, ops and DMs pushed to it, and holds no DM keys.
+macro_rules! ignores_signals_ops_and_dms {
+    () => {
+        fn entitled(
+            &self,
+            _: &guildhall_proto::id::GuildId,
+            _: &guildhall_proto::id::NodeId,
+        ) -> bool {
+            true
+        }
+        fn signal(&self, _: guildhall_proto::signal::Signal) -> guildhall_net::Applied {
+            guildhall_net::Applied::Duplicate
+        }
+        async fn apply(
+            &self,
+            _: guildhall_proto::id::GuildId,
+            ops: Vec<guildhall_proto::op::VerifiedOp>,
+        ) -> Vec<guildhall_net::Applied> {
+            vec![guildhall_net::Applied::Duplicate; ops.len()]
+        }
+        fn dm_keys(&self, _: &guildhall_proto::id::UserId) -> Vec<Vec<u8>> {
+            Vec::new()
+        }
+        async fn take_dms(&self, _: Vec<Vec<u8>>) -> Result<u32, guildhall_net::Refusal> {
+            Err(guildhall_net::Refusal::new("no", "no"))
+        }
+    };
+}
+
 /// A node holding a guild of its own making (so its ops are all validly signed) that lies to
 /// nodes joining it.
 struct LyingHolder {
@@ -763,7 +803,8 @@ impl Host for LyingHolder {
         &self,
         _: &GuildId,
         _: &InviteId,
-        _: &[u8],
+        _: &guildhall_proto::id::NodeId,
+        _: &[u8; 64],
         after: Option<(Hlc, OpId)>,
         _: Option<usize>,
     ) -> Result<Batch, Refusal> {
@@ -899,11 +940,13 @@ impl Host for LyingSource {
         &self,
         guild: &GuildId,
         invite: &InviteId,
-        secret: &[u8],
+        requester: &guildhall_proto::id::NodeId,
+        proof: &[u8; 64],
         after: Option<(Hlc, OpId)>,
         recent: Option<usize>,
     ) -> Result<Batch, Refusal> {
-        self.honest.join_ops(guild, invite, secret, after, recent)
+        self.honest
+            .join_ops(guild, invite, requester, proof, after, recent)
     }
     fn backfill_ops(&self, guild: &GuildId, before: (Hlc, OpId)) -> Option<Batch> {
         self.asked.fetch_add(1, Ordering::Relaxed);
@@ -945,7 +988,7 @@ async fn back_fill_through_a_liar(lie: BackfillLie, code: &str) {
     assert!(joiner.node.backfilling(&gid));
     let home_id = home.net().peer_id();
     eventually("the joiner sees the guild's home serving it", async || {
-        joiner.net().peers_serving(gid).await.contains(&home_id)
+        joiner.net().peers_entitled(gid).await.contains(&home_id)
     })
     .await;
 
@@ -1061,13 +1104,15 @@ async fn peers_flooding_sync_requests_are_refused_then_blocked_while_honest_catc
     };
 
     // Back-fill requests beyond the budget are refused with `rate_limited`; a peer that keeps
-    // asking is blocked.
+    // asking is blocked. Those within it are judged, and refused too: the rogue is home to no
+    // member.
     let rogue = rogue_peer(&a, gid).await;
     let mut answered = 0;
     let mut refused = 0;
     loop {
         match rogue.backfill(a_id, None, gid, cursor).await {
-            Ok(_) => answered += 1,
+            Ok(_) => panic!("a node home to no member was sent the guild's history"),
+            Err(NetError::Refused(r)) if r.code == "not_entitled" => answered += 1,
             Err(NetError::Refused(r)) => {
                 assert_eq!(r.code, "rate_limited");
                 refused += 1;

@@ -4,12 +4,15 @@
 
 mod common;
 
-use common::attacker::{op_on_top, rogue_peer, throwaway_key};
+use common::attacker::{op_on_top, rogue_peer, stranger_peer, throwaway_key};
 use common::{TestNode, dispatch_where, eventually};
 use guildhall_client::{Client, Gateway, Page};
-use guildhall_net::NetHandle;
+use guildhall_gateway::federation::InviteCode;
+use guildhall_gateway::node::now_ms;
+use guildhall_net::{NetError, NetHandle};
 use guildhall_proto::body::Body;
 use guildhall_proto::guild::MAX_PENDING_BYTES;
+use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, OpId};
 
 struct Guild {
@@ -205,4 +208,97 @@ async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
         "the cap, not the flood, ended it: {pending} of {count} pending, {bytes} bytes"
     );
     honest_members_still_chat(&a, &b, &g).await;
+}
+
+/// Whether `node` holds the op `id` of `gid`.
+fn holds(node: &TestNode, gid: &GuildId, id: &str) -> bool {
+    let id: OpId = id.parse().unwrap();
+    node.node
+        .guild(gid)
+        .unwrap()
+        .lock()
+        .unwrap()
+        .op(&id)
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranger_is_sent_nothing_and_a_banned_members_node_stops_receiving() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let c = TestNode::federated(&[&a]).await;
+    let g = guild_on_two(&a, &b).await;
+    let code = g.alice.create_invite(&g.id, 0, 0).await.unwrap().code;
+    let (carol, _) = c.user("carol").await;
+    carol.accept_invite(&code).await.unwrap();
+    eventually("Carol's node is entitled on Alice's", async || {
+        a.net()
+            .peers_entitled(g.gid)
+            .await
+            .contains(&c.net().peer_id())
+    })
+    .await;
+
+    // A stranger that knows the guild id and dials a node holding it: its catch-ups and
+    // back-fills are refused, a join without the invite's secret too, and it is sent nothing.
+    let (stranger_net, stranger) = stranger_peer(&a, g.gid).await;
+    let a_id = a.net().peer_id();
+    eventually("the stranger's catch-up is refused", async || {
+        a.net()
+            .faults()
+            .await
+            .get("not_entitled")
+            .is_some_and(|n| *n >= 1)
+    })
+    .await;
+    let latest = (Hlc::from_parts(now_ms() + 60_000, 0), OpId([0xff; 32]));
+    let refusal = |r: Result<_, NetError>| match r {
+        Err(NetError::Refused(r)) => r.code,
+        other => panic!("not refused: {other:?}"),
+    };
+    let asked = stranger_net.backfill(a_id, None, g.gid, latest).await;
+    assert_eq!(refusal(asked), "not_entitled");
+    let invite = InviteCode::parse(&code).unwrap().invite;
+    let joined = stranger_net
+        .join(a.p2p_addr(), g.gid, invite, b"a guess", None, Some(10))
+        .await;
+    assert_eq!(refusal(joined), "invite_secret_mismatch");
+    let mut bob_gw = Gateway::connect(&g.bob).await.unwrap();
+    let sent = g
+        .alice
+        .send(&g.id, &g.channel, "members only")
+        .await
+        .unwrap();
+    dispatch_where(&mut bob_gw, "MESSAGE_CREATE", "id", &sent.id).await;
+    eventually("Carol's node has it", async || holds(&c, &g.gid, &sent.id)).await;
+    assert_eq!(stranger.received(), 0, "the stranger was sent guild ops");
+
+    // Bob is banned: his node is sent the ban, and nothing the guild says after it.
+    let bob_id = g.bob.me().await.unwrap().id;
+    g.alice.ban(&g.id, &bob_id).await.unwrap();
+    let bob_user = bob_id.parse().unwrap();
+    eventually("Bob's node learns of the ban", async || {
+        let g = b.node.guild(&g.gid).unwrap();
+        let g = g.lock().unwrap();
+        g.state().bans.contains_key(&bob_user)
+    })
+    .await;
+    let after = g
+        .alice
+        .send(&g.id, &g.channel, "after the ban")
+        .await
+        .unwrap();
+    eventually("Carol's node has it", async || holds(&c, &g.gid, &after.id)).await;
+    let asked = b.net().backfill(a_id, None, g.gid, latest).await;
+    assert_eq!(refusal(asked), "not_entitled");
+    assert!(
+        !holds(&b, &g.gid, &after.id),
+        "the banned member's node was sent the guild's news"
+    );
+    let from_carol = carol.send(&g.id, &g.channel, "also private").await.unwrap();
+    eventually("Alice's node has Carol's", async || {
+        holds(&a, &g.gid, &from_carol.id)
+    })
+    .await;
+    assert!(!holds(&b, &g.gid, &from_carol.id));
 }

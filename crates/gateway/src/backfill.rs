@@ -152,7 +152,7 @@ impl Node {
             .unwrap_or_default();
         let first = guildhall_net::peer_of(&joined_from).map(|peer| (peer, Some(joined_from)));
         let others = net
-            .peers_serving(*guild)
+            .peers_entitled(*guild)
             .await
             .into_iter()
             .map(|peer| (peer, None));

@@ -10,7 +10,7 @@ use guildhall_net::{Applied, Batch, Host, Multiaddr, NetError, Refusal};
 use guildhall_proto::body::Body;
 use guildhall_proto::guild::{Guild, Inserted, LogPositions};
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
+use guildhall_proto::id::{GuildId, InviteId, NodeId, OpId, UserId};
 use guildhall_proto::op::VerifiedOp;
 use guildhall_proto::signal::Signal;
 
@@ -28,6 +28,11 @@ impl Host for Node {
         let guild = self.guild(guild).ok()?;
         let g = guild.lock().expect("guild lock");
         Some(g.log_positions())
+    }
+
+    fn entitled(&self, guild: &GuildId, node: &NodeId) -> bool {
+        self.guild(guild)
+            .is_ok_and(|g| g.lock().expect("guild lock").entitled(node))
     }
 
     fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool {
@@ -50,7 +55,8 @@ impl Host for Node {
         &self,
         guild: &GuildId,
         invite: &InviteId,
-        secret: &[u8],
+        requester: &NodeId,
+        proof: &[u8; 64],
         after: Option<(Hlc, OpId)>,
         recent: Option<usize>,
     ) -> Result<Batch, Refusal> {
@@ -59,7 +65,7 @@ impl Host for Node {
             .map_err(|_| Refusal::new("unknown_guild", "this node does not serve that guild"))?;
         let g = guild.lock().expect("guild lock");
         g.state()
-            .check_invite(invite, secret, Hlc::from_parts(now_ms(), 0))
+            .check_fetch_proof(invite, requester, proof, Hlc::from_parts(now_ms(), 0))
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         Ok(match recent {
             Some(recent) => encoded(g.ops_for_join(recent, after, MAX_BATCH_OPS, MAX_BATCH_BYTES)),
@@ -334,7 +340,7 @@ impl Node {
                         addr.clone(),
                         code.guild,
                         code.invite,
-                        code.secret.clone(),
+                        &code.secret,
                         fetch.after,
                         Some(self.config.join_recent),
                     )

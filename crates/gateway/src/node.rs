@@ -336,6 +336,12 @@ impl Node {
             net.serve(*id);
         }
         let _ = self.net.set(net);
+        let claiming = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let Some(node) = claiming.upgrade() {
+                node.claim_homes().await;
+            }
+        });
         self.spawn_pending_expiry();
         self.spawn_dm_delivery();
         self.resume_backfills();
@@ -480,7 +486,61 @@ impl Node {
             };
             self.submit(owner, &id, body).await?;
         }
+        self.claim_home(owner, &id).await?;
         Ok(id)
+    }
+
+    /// Binds `user` to this node in `guild` with a `Home` op naming it, unless the state does
+    /// already (or the user is no member, or the node does not federate): peers serve a guild
+    /// only to nodes home to a current member (`auth.md` §9). The user's key lives here, so
+    /// this node is their one home.
+    pub async fn claim_home(&self, user: &UserId, guild: &GuildId) -> Result<(), ApiError> {
+        let Some(net) = self.net.get() else {
+            return Ok(());
+        };
+        let node = net.node_id();
+        let homed = {
+            let g = self.guild(guild)?;
+            let g = g.lock().expect("guild lock");
+            g.state().members.get(user).map(|m| m.homes.contains(&node))
+        };
+        if homed == Some(false) {
+            self.submit(user, guild, Body::home(vec![node])).await?;
+        }
+        Ok(())
+    }
+
+    /// `claim_home` for every member with an account here, in every guild held: a replica
+    /// made before home bindings existed, or while not federating, gets them on attaching.
+    async fn claim_homes(&self) {
+        let guilds: Vec<(GuildId, Vec<UserId>)> = {
+            let guilds = self.guilds.read().expect("guild map lock");
+            guilds
+                .iter()
+                .map(|(id, g)| {
+                    (
+                        *id,
+                        g.lock()
+                            .expect("guild lock")
+                            .state()
+                            .members
+                            .keys()
+                            .copied()
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        for (guild, members) in guilds {
+            for user in members {
+                if !matches!(self.store.username_of(&user), Ok(Some(_))) {
+                    continue;
+                }
+                if let Err(e) = self.claim_home(&user, &guild).await {
+                    tracing::warn!(%guild, %user, error = ?e, "cannot bind a member to this node");
+                }
+            }
+        }
     }
 
     /// Starts holding a stored replica: served to clients and, when federating, to peers.

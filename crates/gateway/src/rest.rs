@@ -1019,6 +1019,7 @@ pub async fn accept_invite(
     // and the op carries the proof, never the secret.
     let body = Body::join(&gid, code.invite, &me.user_id, &code.secret);
     node.submit(&me.user_id, &gid, body).await?;
+    node.claim_home(&me.user_id, &gid).await?;
     node.with_member_guild(&me.user_id, &gid, |g| {
         Ok(Json(views::guild_json(g, &me.user_id)))
     })

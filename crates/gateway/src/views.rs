@@ -249,6 +249,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
             }
             Body::GuildDelete => Some(guild_wide("GUILD_DELETE", json!({ "id": gid }))),
             Body::InviteCreate { .. } | Body::InviteRevoke { .. } | Body::Genesis { .. } => None,
+            Body::Home { .. } => None,
             Body::MetaChange { .. }
             | Body::RoleCreate { .. }
             | Body::RoleUpdate { .. }

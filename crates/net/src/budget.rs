@@ -1,5 +1,5 @@
-//! Per-peer budgets (`spec/federation.md` §6): a token bucket per peer for its gossip and for
-//! each kind of sync request it makes. Sans-IO: the time is passed in.
+//! Per-peer budgets (`spec/federation.md` §6): a token bucket per peer for the ops and signals
+//! it pushes and for each kind of other sync request it makes. Sans-IO: the time is passed in.
 
 use std::time::Instant;
 
@@ -19,8 +19,8 @@ impl Budget {
     }
 }
 
-/// What a peer spends a budget on: gossip, or a kind of sync request (both DM requests share
-/// one budget).
+/// What a peer spends a budget on: gossip (each op or signal it pushes), or a kind of other
+/// sync request (both DM requests share one budget).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Traffic {
     Gossip,
@@ -33,6 +33,7 @@ pub(crate) enum Traffic {
 impl Traffic {
     pub(crate) fn of(request: &Request) -> Traffic {
         match request {
+            Request::Push { .. } => Traffic::Gossip,
             Request::Catchup { .. } => Traffic::Catchup,
             Request::Join { .. } => Traffic::Join,
             Request::Backfill { .. } => Traffic::Backfill,
@@ -69,12 +70,19 @@ impl Bucket {
     }
 
     /// Takes one token; false when none is left.
-    pub(crate) fn take(&mut self, budget: Budget, now: Instant) -> bool {
+    #[cfg(test)]
+    fn take(&mut self, budget: Budget, now: Instant) -> bool {
+        self.take_many(budget, now, 1)
+    }
+
+    /// Takes `count` tokens, or none (and false) when fewer are left.
+    pub(crate) fn take_many(&mut self, budget: Budget, now: Instant, count: usize) -> bool {
         let refill = now.saturating_duration_since(self.last).as_secs_f64() * budget.per_second;
         self.tokens = (self.tokens + refill).min(budget.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let count = count as f64;
+        if self.tokens >= count {
+            self.tokens -= count;
             true
         } else {
             false

@@ -1,8 +1,11 @@
-//! Guildhall's peer-to-peer shell: a libp2p swarm that gossips signed ops per guild, answers
-//! join and catch-up requests, and hands every peer's op to the node through [`Host`].
+//! Guildhall's peer-to-peer shell: a libp2p swarm that pushes signed ops and signals of each
+//! guild to the nodes entitled to it, answers their join, catch-up and back-fill requests, and
+//! hands every peer's op to the node through [`Host`].
 
 mod budget;
 pub mod protocol;
+#[cfg(feature = "stranger")]
+pub mod stranger;
 mod swarm;
 
 use std::collections::BTreeMap;
@@ -14,12 +17,12 @@ use std::time::Duration;
 pub use budget::Budget;
 use guildhall_proto::guild::LogPositions;
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
+use guildhall_proto::id::{GuildId, InviteId, InviteKey, NodeId, OpId, UserId};
 use guildhall_proto::op::{Op, VerifiedOp};
 use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
 pub use libp2p::{Multiaddr, PeerId};
-pub use swarm::peer_of;
+pub use swarm::{node_of, peer_of};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,19 +42,19 @@ pub struct NetConfig {
     /// Find peers on the local network with mDNS (libp2p's `_p2p._udp.local`) and dial them.
     /// Off by default: it multicasts on every non-loopback interface.
     pub mdns: bool,
-    /// How often each guild is reconciled with every peer serving it.
+    /// How often each guild is reconciled with every peer entitled to it.
     pub catchup_interval: Duration,
     /// How often dropped peers are redialed.
     pub redial_interval: Duration,
     /// Invalid messages or refused ops that get a peer blocked. An honest node never relays
-    /// such ops (it validates before forwarding), so a few are evidence enough; gossipsub's own
-    /// scoring graylists the peer at about the same count.
+    /// such ops (it validates before forwarding), so a few are evidence enough.
     pub max_strikes: u32,
-    /// Gossip messages per second a peer may send, and the burst above it.
+    /// Ops and signals per second a peer may push, and the burst above it.
     pub peer_rate: f64,
     pub peer_burst: f64,
     /// Sync requests a peer may make, by kind (§6): beyond them it is refused with
-    /// `rate_limited`, and struck for every `REFUSALS_PER_STRIKE` refusals.
+    /// `rate_limited`, and struck for every `REFUSALS_PER_STRIKE` refusals. Pushes are bounded by
+    /// `peer_rate` (per op or signal) and the in-flight limit.
     pub catchup_budget: Budget,
     pub join_budget: Budget,
     pub backfill_budget: Budget,
@@ -98,6 +101,11 @@ pub struct Batch {
     pub more: bool,
 }
 
+/// How long a node that proved an invite to fetch a guild (a join) stays entitled to it
+/// without being home to a member: long enough for the join op and home binding it makes
+/// next to arrive.
+pub const JOIN_GRACE: Duration = Duration::from_secs(600);
+
 /// Why a node refused a peer's request, with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{code}: {message}")]
@@ -118,7 +126,7 @@ impl Refusal {
 /// What the node did with one op from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// Stored (whatever its verdict): forward it.
+    /// Stored (whatever its verdict), or a signal shown: forward it.
     Accepted,
     /// Stored, but its author's earlier ops are not all held here: forward it and catch up
     /// with the sender.
@@ -127,8 +135,8 @@ pub enum Applied {
     Duplicate,
     /// Held until the guild-state ops it cites arrive: catch up with the sender.
     Pending,
-    /// Not for this node now (a guild it does not serve, a timestamp too far ahead): dropped
-    /// without blame.
+    /// Not for this node now (a guild it does not serve, a timestamp too far ahead, a signal
+    /// seen already or expired): dropped without blame, not forwarded.
     Ignored(&'static str),
     /// Broken (deps that are not guild-state ops, or not older than it): the sender is at
     /// fault.
@@ -140,6 +148,9 @@ pub trait Host: Send + Sync + 'static {
     /// Where this node is in every author's log of a guild, or `None` if the guild is not
     /// served here.
     fn log_positions(&self, guild: &GuildId) -> Option<LogPositions>;
+    /// Whether `node` may be sent anything of a guild served here: it is home to a current
+    /// member (`auth.md` entitlement).
+    fn entitled(&self, guild: &GuildId, node: &NodeId) -> bool;
     /// Whether a peer at `have` holds ops of the guild this node lacks.
     fn lacks_from(&self, guild: &GuildId, have: &LogPositions) -> bool;
     /// The next batch of ops a peer at `have` lacks, after the cursor, bounded by
@@ -150,14 +161,16 @@ pub trait Host: Send + Sync + 'static {
         have: &LogPositions,
         after: Option<(Hlc, OpId)>,
     ) -> Option<Batch>;
-    /// Checks an invite for a peer whose user wants to join, then answers with the guild's
-    /// next batch after the cursor: every guild-state op and the newest `recent` content ops
-    /// (`Guild::ops_for_join`), or everything when `recent` is `None`.
+    /// Checks the fetch proof of `requester`, whose user wants to join with an invite, then
+    /// answers with the guild's next batch after the cursor: every guild-state op and the
+    /// newest `recent` content ops (`Guild::ops_for_join`), or everything when `recent` is
+    /// `None`.
     fn join_ops(
         &self,
         guild: &GuildId,
         invite: &InviteId,
-        secret: &[u8],
+        requester: &NodeId,
+        proof: &[u8; 64],
         after: Option<(Hlc, OpId)>,
         recent: Option<usize>,
     ) -> Result<Batch, Refusal>;
@@ -170,7 +183,8 @@ pub trait Host: Send + Sync + 'static {
     /// The batch of content ops before `before`, newest first (`Guild::content_before`), or
     /// `None` if the guild is not served here, or not with its whole history.
     fn backfill_ops(&self, guild: &GuildId, before: (Hlc, OpId)) -> Option<Batch>;
-    /// Shows a peer's signal (signature checked, guild matching its topic) to local clients.
+    /// Shows a peer's signal (signature checked, of the guild it was pushed for) to local
+    /// clients: `Accepted` if it is forwarded on.
     fn signal(&self, signal: Signal) -> Applied;
     /// Validates, stores and fans out ops of one guild from a peer, in order.
     fn apply(
@@ -210,14 +224,14 @@ enum Command {
     Ask {
         peer: PeerId,
         addr: Option<Multiaddr>,
-        request: protocol::Request,
+        request: Box<protocol::Request>,
         reply: oneshot::Sender<Result<protocol::Response, NetError>>,
     },
     Block(PeerId),
     Unblock(PeerId),
     Strike(PeerId, &'static str),
     Peers(oneshot::Sender<Vec<PeerId>>),
-    PeersServing(GuildId, oneshot::Sender<Vec<PeerId>>),
+    PeersEntitled(GuildId, oneshot::Sender<Vec<PeerId>>),
     Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
 }
 
@@ -246,6 +260,11 @@ impl NetHandle {
         self.peer_id
     }
 
+    /// This node's key, as members name it in their home bindings.
+    pub fn node_id(&self) -> NodeId {
+        node_of(&self.peer_id).expect("the node key is ed25519")
+    }
+
     /// Addresses peers can dial, each ending in `/p2p/<peer id>`.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.listen_addrs.lock().expect("listen addrs lock").clone()
@@ -256,36 +275,38 @@ impl NetHandle {
         let _ = self.commands.send(command);
     }
 
-    /// Gossips a committed local op to the guild's peers.
+    /// Pushes a committed local op to the connected peers entitled to the guild.
     pub fn publish(&self, guild: GuildId, op: Vec<u8>) {
         self.send(Command::Publish(guild, op));
     }
 
-    /// Gossips a signed signal (typing, presence) to the guild's peers.
+    /// Pushes a signed signal (typing, presence) to the connected peers entitled to the guild.
     pub fn signal(&self, guild: GuildId, signal: Vec<u8>) {
         self.send(Command::Signal(guild, signal));
     }
 
-    /// Joins the guild's gossip topic and reconciles it with the peers serving it.
+    /// Serves the guild: takes its pushes and reconciles it with the peers entitled to it.
     pub fn serve(&self, guild: GuildId) {
         self.send(Command::Serve(guild));
     }
 
     /// Asks the node at `addr` (ending in `/p2p/<peer id>`) to let a user of ours join: the
-    /// guild's next batch after the cursor (the last op of the previous batch).
+    /// guild's next batch after the cursor (the last op of the previous batch). The invite's
+    /// secret stays here: the request carries a proof of it bound to this node.
     pub async fn join(
         &self,
         addr: Multiaddr,
         guild: GuildId,
         invite: InviteId,
-        secret: Vec<u8>,
+        secret: &[u8],
         after: Option<(Hlc, OpId)>,
         recent: Option<usize>,
     ) -> Result<Batch, NetError> {
+        let proof = InviteKey::prove_fetch(secret, &guild, &invite, &self.node_id());
         let request = protocol::Request::Join {
             guild,
             invite,
-            secret,
+            proof: serde_bytes::ByteArray::new(proof),
             after: after.map(protocol::cursor_to_wire),
             recent: recent.map(|n| n.min(u32::MAX as usize) as u32),
         };
@@ -379,7 +400,7 @@ impl NetHandle {
         self.send(Command::Ask {
             peer,
             addr,
-            request,
+            request: Box::new(request),
             reply,
         });
         match answer.await.map_err(|_| NetError::Stopped)?? {
@@ -412,11 +433,10 @@ impl NetHandle {
         answer.await.unwrap_or_default()
     }
 
-    /// Peers known to serve a guild (subscribed to its ops topic): those a published op
-    /// reaches at once.
-    pub async fn peers_serving(&self, guild: GuildId) -> Vec<PeerId> {
+    /// Connected peers entitled to a guild served here: those a published op reaches at once.
+    pub async fn peers_entitled(&self, guild: GuildId) -> Vec<PeerId> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::PeersServing(guild, reply));
+        self.send(Command::PeersEntitled(guild, reply));
         answer.await.unwrap_or_default()
     }
 
@@ -442,16 +462,11 @@ fn unexpected(response: protocol::Response) -> NetError {
     NetError::BadResponse(format!("an answer of the wrong kind: {response:?}"))
 }
 
-/// Decodes and verifies one op from a peer, which must belong to `guild` (`mismatch` is the
-/// code when it does not).
-pub(crate) fn verify_op(
-    guild: GuildId,
-    bytes: &[u8],
-    mismatch: &'static str,
-) -> Result<VerifiedOp, &'static str> {
+/// Decodes and verifies one op from a peer, which must belong to `guild`.
+fn verify_op(guild: GuildId, bytes: &[u8]) -> Result<VerifiedOp, &'static str> {
     match Op::decode(bytes).and_then(Op::verify) {
         Ok(op) if op.guild() == guild => Ok(op),
-        Ok(_) => Err(mismatch),
+        Ok(_) => Err("wrong_guild"),
         Err(e) => Err(e.code()),
     }
 }
@@ -462,7 +477,7 @@ pub async fn verify_ops(
     guild: GuildId,
     ops: Vec<Vec<u8>>,
 ) -> Vec<Result<VerifiedOp, &'static str>> {
-    let verify = move |bytes: &Vec<u8>| verify_op(guild, bytes, "wrong_guild");
+    let verify = move |bytes: &Vec<u8>| verify_op(guild, bytes);
     tokio::task::spawn_blocking(move || {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = ops.len().div_ceil(cores).max(64);

@@ -1,11 +1,10 @@
-//! What nodes say to each other: gossip topics, the sync request-response protocol and its
-//! limits. `spec/federation.md` is the normative description of these types.
+//! What nodes say to each other: the sync request-response protocol (pushes of new ops and
+//! signals, catch-up, join, back-fill, DMs) and its limits. `spec/federation.md` is the normative description of these types.
 
 use guildhall_proto::guild::LogPositions;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, OpId, UserId};
 use libp2p::StreamProtocol;
-use libp2p::gossipsub::IdentTopic;
 use serde::{Deserialize, Serialize};
 
 /// The request-response protocol for join and catch-up.
@@ -26,18 +25,11 @@ pub const MAX_DMS_PER_REQUEST: usize = 64;
 pub const MAX_DM_REQUEST_BYTES: usize = 192 * 1024;
 /// DM key records in one answer (a user's newest).
 pub const MAX_DM_KEY_RECORDS: usize = 64;
-/// A gossip message is one op, plus gossipsub's own framing.
-pub const MAX_GOSSIP_BYTES: usize = guildhall_proto::limits::MAX_OP_BYTES + 4 * 1024;
-
-/// The gossipsub topic carrying a guild's new ops.
-pub fn guild_topic(guild: &GuildId) -> IdentTopic {
-    IdentTopic::new(format!("guildhall/1/guild/{guild}"))
-}
-
-/// The gossipsub topic carrying a guild's ephemeral signals (typing, presence).
-pub fn signal_topic(guild: &GuildId) -> IdentTopic {
-    IdentTopic::new(format!("guildhall/1/signals/{guild}"))
-}
+/// Ops and signals in one push, and their total bytes: whichever is reached first. Well
+/// under `MAX_REQUEST_BYTES`, which also holds the request's framing; an op of the largest
+/// size (`limits::MAX_OP_BYTES`) always fits alone.
+pub const MAX_PUSH_ITEMS: usize = 256;
+pub const MAX_PUSH_BYTES: usize = 192 * 1024;
 
 /// Where a node is in one author's log: the author, the highest seq held, and (when it is to
 /// be compared) the digest of every op held up to it (`Guild::log_digest`).
@@ -78,15 +70,23 @@ pub enum Request {
         have: Vec<Position>,
         after: Option<Cursor>,
     },
-    /// "A user of mine holds this invite; let me replicate the guild." Answered with every
+    /// "New ops and signals of a guild, for a node entitled to it": sent as they are committed
+    /// or first accepted, one push in flight per peer, each answered once applied.
+    Push {
+        guild: GuildId,
+        ops: Vec<serde_bytes::ByteBuf>,
+        signals: Vec<serde_bytes::ByteBuf>,
+    },
+    /// "A user of mine holds this invite; let me replicate the guild." `proof` is the invite
+    /// key's signature binding the invite to the requesting node (`InviteKey::prove_fetch`), so
+    /// the secret never leaves the joiner and the proof serves nobody else. Answered with every
     /// guild-state op and the newest `recent` content ops (all of history when `recent` is
     /// absent), in (hlc, id) order; the joiner repeats it, moving `after`, until `more` is
     /// false.
     Join {
         guild: GuildId,
         invite: InviteId,
-        #[serde(with = "serde_bytes")]
-        secret: Vec<u8>,
+        proof: serde_bytes::ByteArray<64>,
         after: Option<Cursor>,
         #[serde(default)]
         recent: Option<u32>,
@@ -121,6 +121,10 @@ pub enum Response {
     },
     /// Every DM of the request is durably stored (or was already).
     DmsTaken {
+        count: u32,
+    },
+    /// Every op of the push has been judged (and stored, when valid), every signal shown.
+    Pushed {
         count: u32,
     },
 }

@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use guildhall_proto::id::GuildId;
+use guildhall_proto::id::{GuildId, NodeId};
 use guildhall_proto::op::Op;
 use guildhall_proto::signal::Signal;
-use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
-use libp2p::identity::Keypair;
+use libp2p::identity::{Keypair, PublicKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -25,8 +24,6 @@ use crate::budget::{Bucket, Traffic};
 use crate::protocol::{self, Request, Response};
 use crate::{Applied, Batch, Command, Host, NetConfig, NetError, NetHandle, Refusal};
 
-type Gossip =
-    gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>;
 type Sync = request_response::Behaviour<request_response::cbor::codec::Codec<Request, Response>>;
 
 #[derive(NetworkBehaviour)]
@@ -34,7 +31,6 @@ struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    gossip: Gossip,
     sync: Sync,
     /// Local-network discovery (`NetConfig::mdns`); absent, it costs nothing.
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -42,18 +38,19 @@ struct Behaviour {
 
 /// What background work reports back to the swarm task.
 enum Report {
-    Validated {
-        message: MessageId,
-        source: PeerId,
+    /// A peer's push was judged: answer it, forward what was new, blame what was broken.
+    Pushed {
+        peer: PeerId,
         guild: GuildId,
-        outcome: Result<Applied, &'static str>,
+        channel: request_response::ResponseChannel<Response>,
+        judged: Judged,
     },
     /// The answer to a peer's sync request, ready to send.
     Answer {
         peer: PeerId,
         channel: request_response::ResponseChannel<Response>,
         response: Response,
-        pull_back: Option<GuildId>,
+        after: AfterAnswer,
     },
     /// A sync batch was applied.
     Applied {
@@ -62,6 +59,55 @@ enum Report {
         faults: usize,
     },
 }
+
+/// What the swarm does once a request is answered.
+enum AfterAnswer {
+    Nothing,
+    /// The peer's catch-up showed it holds ops of the guild we lack: pull them back.
+    PullBack(GuildId),
+    /// The peer proved an invite to fetch the guild: it is entitled to it for `JOIN_GRACE`.
+    Grant(GuildId),
+}
+
+/// One item of a push, and what became of it (a stable code when it was broken).
+type Verdict = (Arc<Vec<u8>>, Result<Applied, &'static str>);
+
+/// Each item of a push with its verdict, in the order pushed.
+struct Judged {
+    ops: Vec<Verdict>,
+    signals: Vec<Verdict>,
+}
+
+/// What is pushed to a peer: a committed op, or a signal.
+#[derive(Clone)]
+enum Item {
+    Op(Arc<Vec<u8>>),
+    Signal(Arc<Vec<u8>>),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Op(b) | Item::Signal(b) => b.len(),
+        }
+    }
+}
+
+/// What waits to be pushed to one peer, oldest first, and whether a push to it is unanswered:
+/// one at a time, so a slow peer slows only its own queue, and an author's ops arrive in
+/// order.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<(GuildId, Item)>,
+    bytes: usize,
+    in_flight: bool,
+}
+
+/// Bytes queued for one peer at most; past it, new items for that peer are dropped (it gets
+/// the ops by catch-up; signals are ephemeral anyway).
+const MAX_OUTBOX_BYTES: usize = 8 * 1024 * 1024;
+/// Signals remembered as seen, so that each is shown and forwarded once.
+const MAX_SEEN_SIGNALS: usize = 8_192;
 
 /// A catch-up batch waiting to be verified and applied, in the order it was received.
 struct SyncBatch {
@@ -94,22 +140,6 @@ const MAX_QUEUED_BATCHES: usize = 2;
 const REFUSALS_PER_STRIKE: u32 = 64;
 /// The window those refusals are counted in.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
-
-/// Which of a guild's two topics a message came on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Carries {
-    Ops,
-    Signals,
-}
-
-/// A gossip message waiting for its turn: ops are applied in arrival order.
-struct Inbound {
-    message: MessageId,
-    source: PeerId,
-    guild: GuildId,
-    carries: Carries,
-    data: Vec<u8>,
-}
 
 pub(crate) async fn start<H: Host>(
     config: NetConfig,
@@ -146,8 +176,6 @@ pub(crate) async fn start<H: Host>(
     let listen_addrs = Arc::new(Mutex::new(announced.into_iter().collect::<Vec<_>>()));
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (reports, report_rx) = mpsc::unbounded_channel();
-    let (inbound, inbound_rx) = mpsc::unbounded_channel();
-    tokio::spawn(apply_gossip(host.clone(), inbound_rx, reports.clone()));
     let (batches, batch_rx) = mpsc::unbounded_channel();
     tokio::spawn(apply_batches(host.clone(), batch_rx, reports.clone()));
     let (listening, is_listening) = oneshot::channel();
@@ -166,8 +194,13 @@ pub(crate) async fn start<H: Host>(
         commands: command_rx,
         reports: reports.clone(),
         report_rx,
-        inbound,
-        topics: HashMap::new(),
+        served: HashSet::new(),
+        outboxes: HashMap::new(),
+        pushes: HashMap::new(),
+        seen_signals: (HashSet::new(), VecDeque::new()),
+        grace: HashMap::new(),
+        node_ids: HashMap::new(),
+        entitled_at_last_push: HashMap::new(),
         asks: HashMap::new(),
         catchups: HashMap::new(),
         syncing: HashMap::new(),
@@ -193,20 +226,6 @@ pub(crate) async fn start<H: Host>(
 }
 
 fn behaviour(key: &Keypair, with_mdns: bool) -> Result<Behaviour, String> {
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .validate_messages()
-        .max_transmit_size(protocol::MAX_GOSSIP_BYTES)
-        .heartbeat_interval(Duration::from_millis(500))
-        .message_id_fn(|m| MessageId::from(Sha256::digest(&m.data).to_vec()))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut gossip = Gossip::new_with_subscription_filter(
-        gossipsub::MessageAuthenticity::Signed(key.clone()),
-        gossip_config,
-        gossipsub::AllowAllSubscriptionFilter {},
-    )?;
-    gossip.with_peer_score(peer_score(), gossipsub::PeerScoreThresholds::default())?;
     let codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(protocol::MAX_REQUEST_BYTES)
         .set_response_size_maximum(protocol::MAX_RESPONSE_BYTES);
@@ -226,36 +245,22 @@ fn behaviour(key: &Keypair, with_mdns: bool) -> Result<Behaviour, String> {
             key.public(),
         )),
         ping: ping::Behaviour::default(),
-        gossip,
         sync,
         mdns: Toggle::from(mdns),
     })
 }
 
-/// Score weights for one guild topic: only invalid messages count, as -10 times their
-/// square, so three put a peer past the graylist threshold (-80). Mesh-delivery quotas (P3)
-/// are off because a quiet guild delivers nothing for hours, and time in mesh (P1) is off so
-/// that a long-connected peer cannot bank credit against invalid messages.
-fn topic_score() -> gossipsub::TopicScoreParams {
-    gossipsub::TopicScoreParams {
-        topic_weight: 1.0,
-        time_in_mesh_weight: 0.0,
-        first_message_deliveries_weight: 0.0,
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -10.0,
-        invalid_message_deliveries_decay: 0.5,
-        ..Default::default()
+/// The node key a peer id carries: peer ids of ed25519 keys are the key itself (an identity
+/// multihash of its protobuf encoding). `None` for peers with other kinds of keys, which are
+/// entitled to nothing.
+pub fn node_of(peer: &PeerId) -> Option<NodeId> {
+    const IDENTITY: u64 = 0;
+    let hash = peer.as_ref();
+    if hash.code() != IDENTITY {
+        return None;
     }
-}
-
-/// Peer scoring without the IP colocation penalty: several nodes behind one address (a
-/// household, a NAT, loopback in tests) are normal here.
-fn peer_score() -> gossipsub::PeerScoreParams {
-    gossipsub::PeerScoreParams {
-        ip_colocation_factor_weight: 0.0,
-        ..Default::default()
-    }
+    let key = PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+    Some(NodeId(key.try_into_ed25519().ok()?.to_bytes()))
 }
 
 /// The peer id an address names (`/p2p/<peer id>`), if it names one.
@@ -285,39 +290,48 @@ fn read_peers_file(config: &NetConfig) -> Vec<Multiaddr> {
         .collect()
 }
 
-/// Verifies and applies gossip ops one at a time, in arrival order, so that an author's ops
-/// from one peer never overtake each other.
-async fn apply_gossip<H: Host>(
-    host: Arc<H>,
-    mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    reports: mpsc::UnboundedSender<Report>,
-) {
-    while let Some(m) = inbound.recv().await {
-        let outcome = match m.carries {
-            Carries::Ops => match crate::verify_op(m.guild, &m.data, "wrong_topic") {
-                Err(code) => Err(code),
-                Ok(op) => Ok(host
-                    .apply(m.guild, vec![op])
-                    .await
-                    .pop()
-                    .unwrap_or(Applied::Duplicate)),
-            },
-            Carries::Signals => match Signal::verify(&m.data) {
-                Err(e) => Err(e.code()),
-                Ok(signal) if signal.guild != m.guild => Err("wrong_topic"),
-                Ok(signal) => Ok(host.signal(signal)),
-            },
-        };
-        let report = Report::Validated {
-            message: m.message,
-            source: m.source,
-            guild: m.guild,
-            outcome,
-        };
-        if reports.send(report).is_err() {
-            return;
+/// Judges a peer's push: verifies its ops (on every core), applies those that verify in the
+/// order pushed, and shows its signals.
+async fn judge_push<H: Host>(
+    host: &H,
+    guild: GuildId,
+    ops: Vec<Arc<Vec<u8>>>,
+    signals: Vec<Arc<Vec<u8>>>,
+) -> Judged {
+    let verified = crate::verify_ops(guild, ops.iter().map(|b| b.to_vec()).collect()).await;
+    let mut good = Vec::new();
+    let mut verdicts: Vec<Option<Result<Applied, &'static str>>> = Vec::new();
+    for op in verified {
+        match op {
+            Ok(op) => {
+                good.push(op);
+                verdicts.push(None);
+            }
+            Err(code) => verdicts.push(Some(Err(code))),
         }
     }
+    let mut applied = host.apply(guild, good).await.into_iter();
+    let ops = ops
+        .into_iter()
+        .zip(verdicts)
+        .map(|(bytes, verdict)| {
+            let verdict =
+                verdict.unwrap_or_else(|| Ok(applied.next().unwrap_or(Applied::Duplicate)));
+            (bytes, verdict)
+        })
+        .collect();
+    let signals = signals
+        .into_iter()
+        .map(|bytes| {
+            let verdict = match Signal::verify(&bytes) {
+                Err(e) => Err(e.code()),
+                Ok(signal) if signal.guild != guild => Err("wrong_guild"),
+                Ok(signal) => Ok(host.signal(signal)),
+            };
+            (bytes, verdict)
+        })
+        .collect();
+    Judged { ops, signals }
 }
 
 /// Verifies a batch from a peer (signature checks are the cost, so on every core) and
@@ -373,8 +387,20 @@ struct Task<H: Host> {
     commands: mpsc::UnboundedReceiver<Command>,
     reports: mpsc::UnboundedSender<Report>,
     report_rx: mpsc::UnboundedReceiver<Report>,
-    inbound: mpsc::UnboundedSender<Inbound>,
-    topics: HashMap<TopicHash, (GuildId, Carries)>,
+    /// Guilds served here: pushes of others are refused.
+    served: HashSet<GuildId>,
+    /// What waits to be pushed to each connected peer, and the pushes unanswered.
+    outboxes: HashMap<PeerId, Outbox>,
+    pushes: HashMap<OutboundRequestId, PeerId>,
+    /// Digests of the signals seen lately, and the order they came in (the oldest are
+    /// forgotten first).
+    seen_signals: (HashSet<[u8; 32]>, VecDeque<[u8; 32]>),
+    /// Peers entitled to a guild for a while because they proved an invite to fetch it.
+    grace: HashMap<(GuildId, PeerId), Instant>,
+    /// The node key of each connected peer.
+    node_ids: HashMap<PeerId, Option<NodeId>>,
+    /// Per guild, the peers its last push went to.
+    entitled_at_last_push: HashMap<GuildId, HashSet<PeerId>>,
     asks: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     catchups: HashMap<OutboundRequestId, (PeerId, GuildId)>,
     /// One catch-up per (peer, guild) at a time.
@@ -418,20 +444,11 @@ impl<H: Host> Task<H> {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Publish(guild, op) => {
-                let topic = protocol::guild_topic(&guild);
-                match self.swarm.behaviour_mut().gossip.publish(topic, op) {
-                    Ok(_) => {}
-                    // Peers that missed it catch up when they subscribe or on the next round.
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-                    Err(e) => tracing::debug!(%guild, error = %e, "gossip publish failed"),
-                }
-            }
+            Command::Publish(guild, op) => self.push(guild, Item::Op(Arc::new(op)), None),
             Command::Signal(guild, signal) => {
-                let topic = protocol::signal_topic(&guild);
-                if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, signal) {
-                    tracing::trace!(%guild, error = %e, "signal not sent");
-                }
+                let signal = Arc::new(signal);
+                self.seen_signal(&signal);
+                self.push(guild, Item::Signal(signal), None);
             }
             Command::Serve(guild) => self.serve(guild),
             Command::Ask {
@@ -444,7 +461,11 @@ impl<H: Host> Task<H> {
                     self.known.insert(peer, addr.clone());
                     self.swarm.add_peer_address(peer, addr);
                 }
-                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, *request);
                 self.asks.insert(id, reply);
             }
             Command::Block(peer) => {
@@ -458,8 +479,8 @@ impl<H: Host> Task<H> {
             Command::Faults(reply) => {
                 let _ = reply.send(self.faults.clone());
             }
-            Command::PeersServing(guild, reply) => {
-                let _ = reply.send(self.peers_serving(&guild));
+            Command::PeersEntitled(guild, reply) => {
+                let _ = reply.send(self.peers_entitled(&guild));
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -468,41 +489,137 @@ impl<H: Host> Task<H> {
     }
 
     fn serve(&mut self, guild: GuildId) {
-        for (topic, carries) in [
-            (protocol::guild_topic(&guild), Carries::Ops),
-            (protocol::signal_topic(&guild), Carries::Signals),
-        ] {
-            self.topics.insert(topic.hash(), (guild, carries));
-            let gossip = &mut self.swarm.behaviour_mut().gossip;
-            if let Err(e) = gossip.subscribe(&topic) {
-                tracing::warn!(%guild, error = ?e, "cannot subscribe to the guild's topic");
-            }
-            let _ = gossip.set_topic_params(topic, topic_score());
-        }
+        self.served.insert(guild);
         self.catch_up_with_all(guild);
     }
 
-    /// Starts a catch-up for `guild` with every peer known to serve it.
+    /// Starts a catch-up for `guild` with every connected peer entitled to it.
     fn catch_up_with_all(&mut self, guild: GuildId) {
-        for peer in self.peers_serving(&guild) {
+        for peer in self.peers_entitled(&guild) {
             self.request_catchup(peer, guild);
         }
     }
 
-    fn peers_serving(&self, guild: &GuildId) -> Vec<PeerId> {
-        let hash = protocol::guild_topic(guild).hash();
-        self.swarm
-            .behaviour()
-            .gossip
-            .all_peers()
-            .filter(|(_, topics)| topics.contains(&&hash))
-            .map(|(peer, _)| *peer)
+    /// Whether `peer` may be sent anything of `guild`: it is home to a current member, or
+    /// proved an invite to fetch the guild within `JOIN_GRACE` and has not been home to a
+    /// member since (the grace ends there, so a ban ends what the join began).
+    fn entitled(&mut self, guild: &GuildId, peer: &PeerId) -> bool {
+        if !self.served.contains(guild) {
+            return false;
+        }
+        let node = *self.node_ids.entry(*peer).or_insert_with(|| node_of(peer));
+        if node.is_some_and(|node| self.host.entitled(guild, &node)) {
+            self.grace.remove(&(*guild, *peer));
+            return true;
+        }
+        self.grace
+            .get(&(*guild, *peer))
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn peers_entitled(&mut self, guild: &GuildId) -> Vec<PeerId> {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        connected
+            .into_iter()
+            .filter(|peer| self.entitled(guild, peer))
             .collect()
     }
 
-    /// Starts a catch-up with `peer` for `guild`, unless one is under way.
+    /// Queues an item for every connected peer entitled to the guild but `except` (the peer
+    /// it came from), and pushes to those with no push unanswered. A peer entitled at the
+    /// previous push of the guild is sent this one too, so the op that ends its entitlement
+    /// (its member's ban, kick or leave) is the last it is sent.
+    fn push(&mut self, guild: GuildId, item: Item, except: Option<PeerId>) {
+        let now = self.peers_entitled(&guild);
+        let before = self
+            .entitled_at_last_push
+            .insert(guild, now.iter().copied().collect())
+            .unwrap_or_default();
+        let ending: Vec<PeerId> = before
+            .into_iter()
+            .filter(|peer| !now.contains(peer) && self.swarm.is_connected(peer))
+            .collect();
+        for peer in now.into_iter().chain(ending) {
+            if Some(peer) == except {
+                continue;
+            }
+            let outbox = self.outboxes.entry(peer).or_default();
+            if outbox.bytes + item.len() > MAX_OUTBOX_BYTES {
+                tracing::debug!(%peer, %guild, "push queue full: the peer gets it by catch-up");
+                continue;
+            }
+            outbox.bytes += item.len();
+            outbox.queue.push_back((guild, item.clone()));
+            self.send_push(peer);
+        }
+    }
+
+    /// Sends the next push to `peer` unless one is unanswered: the oldest items of one guild,
+    /// up to `MAX_PUSH_ITEMS` and `MAX_PUSH_BYTES`.
+    fn send_push(&mut self, peer: PeerId) {
+        let Some(outbox) = self.outboxes.get_mut(&peer) else {
+            return;
+        };
+        let Some(&(guild, _)) = outbox.queue.front() else {
+            return;
+        };
+        if outbox.in_flight {
+            return;
+        }
+        let (mut ops, mut signals, mut bytes) = (Vec::new(), Vec::new(), 0);
+        while let Some((g, item)) = outbox.queue.front() {
+            let full = ops.len() + signals.len() >= protocol::MAX_PUSH_ITEMS
+                || (bytes > 0 && bytes + item.len() > protocol::MAX_PUSH_BYTES);
+            if *g != guild || full {
+                break;
+            }
+            let Some((_, item)) = outbox.queue.pop_front() else {
+                break;
+            };
+            bytes += item.len();
+            match item {
+                Item::Op(b) => ops.push(serde_bytes::ByteBuf::from(b.to_vec())),
+                Item::Signal(b) => signals.push(serde_bytes::ByteBuf::from(b.to_vec())),
+            }
+        }
+        outbox.bytes -= bytes;
+        outbox.in_flight = true;
+        let request = Request::Push {
+            guild,
+            ops,
+            signals,
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.pushes.insert(id, peer);
+    }
+
+    fn push_answered(&mut self, peer: PeerId) {
+        if let Some(outbox) = self.outboxes.get_mut(&peer) {
+            outbox.in_flight = false;
+        }
+        self.send_push(peer);
+    }
+
+    /// Remembers a signal as seen; false if it was seen already.
+    fn seen_signal(&mut self, signal: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(signal).into();
+        let (seen, order) = &mut self.seen_signals;
+        if !seen.insert(digest) {
+            return false;
+        }
+        order.push_back(digest);
+        if order.len() > MAX_SEEN_SIGNALS
+            && let Some(oldest) = order.pop_front()
+        {
+            seen.remove(&oldest);
+        }
+        true
+    }
+
+    /// Starts a catch-up with `peer` for `guild`, unless one is under way or the peer is not
+    /// entitled to it (a request shows where this node is in every author's log).
     fn request_catchup(&mut self, peer: PeerId, guild: GuildId) {
-        if self.syncing.contains_key(&(peer, guild)) {
+        if self.syncing.contains_key(&(peer, guild)) || !self.entitled(&guild, &peer) {
             return;
         }
         let Some(have) = self.host.log_positions(&guild) else {
@@ -575,12 +692,9 @@ impl<H: Host> Task<H> {
     }
 
     fn catch_up_everywhere(&mut self) {
-        let guilds: Vec<GuildId> = self
-            .topics
-            .values()
-            .filter(|(_, carries)| *carries == Carries::Ops)
-            .map(|(guild, _)| *guild)
-            .collect();
+        let now = Instant::now();
+        self.grace.retain(|_, until| *until > now);
+        let guilds: Vec<GuildId> = self.served.iter().copied().collect();
         for guild in guilds {
             self.catch_up_with_all(guild);
         }
@@ -614,24 +728,35 @@ impl<H: Host> Task<H> {
         }
     }
 
-    /// Takes one token from the peer's bucket for this traffic.
-    fn within_budget(&mut self, peer: PeerId, traffic: Traffic) -> bool {
+    /// Takes `count` tokens from the peer's bucket for this traffic.
+    fn within_budget(&mut self, peer: PeerId, traffic: Traffic, count: usize) -> bool {
         let now = Instant::now();
         let budget = self.config.budget(traffic);
         self.buckets
             .entry((peer, traffic))
             .or_insert_with(|| Bucket::full(budget, now))
-            .take(budget, now)
+            .take_many(budget, now, count)
     }
 
-    /// Whether `peer` may make one more request of this kind now: within its budget and its
-    /// requests in flight. A refusal is counted, and every `REFUSALS_PER_STRIKE` within a
-    /// `REFUSAL_WINDOW` strike it.
-    fn admit(&mut self, peer: PeerId, traffic: Traffic) -> Result<(), &'static str> {
+    /// Whether `peer` may make one more request now: within its requests in flight and its
+    /// budget for the request's kind (for a push, one token per op and signal). A refusal is
+    /// counted; a push over budget strikes the peer (`gossip_flood`), and other requests
+    /// strike it every `REFUSALS_PER_STRIKE` refusals within a `REFUSAL_WINDOW`.
+    fn admit(&mut self, peer: PeerId, request: &Request) -> Result<(), &'static str> {
+        let traffic = Traffic::of(request);
+        let tokens = match request {
+            Request::Push { ops, signals, .. } => ops.len() + signals.len(),
+            _ => 1,
+        };
         let answering = self.answering.get(&peer).copied().unwrap_or(0);
         let refused = if answering >= self.config.max_requests_in_flight {
             "too many requests in flight"
-        } else if !self.within_budget(peer, traffic) {
+        } else if !self.within_budget(peer, traffic, tokens) {
+            if traffic == Traffic::Gossip {
+                *self.faults.entry("rate_limited").or_default() += 1;
+                self.strike(peer, "gossip_flood", 1);
+                return Err("over the gossip budget");
+            }
             "over the request budget"
         } else {
             *self.answering.entry(peer).or_default() += 1;
@@ -654,49 +779,26 @@ impl<H: Host> Task<H> {
 
     fn on_report(&mut self, report: Report) {
         match report {
-            Report::Validated {
-                message,
-                source,
+            Report::Pushed {
+                peer,
                 guild,
-                outcome,
-            } => {
-                let acceptance = match outcome {
-                    Ok(Applied::Accepted) => MessageAcceptance::Accept,
-                    Ok(Applied::AcceptedWithGap) => {
-                        self.request_catchup(source, guild);
-                        MessageAcceptance::Accept
-                    }
-                    Ok(Applied::Duplicate | Applied::Ignored(_)) => MessageAcceptance::Ignore,
-                    Ok(Applied::Pending) => {
-                        self.request_catchup(source, guild);
-                        MessageAcceptance::Ignore
-                    }
-                    Ok(Applied::Refused(code)) | Err(code) => {
-                        self.strike(source, code, 1);
-                        MessageAcceptance::Reject
-                    }
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .gossip
-                    .report_message_validation_result(&message, &source, acceptance);
-            }
+                channel,
+                judged,
+            } => self.on_pushed(peer, guild, channel, judged),
             Report::Answer {
                 peer,
                 channel,
                 response,
-                pull_back,
+                after,
             } => {
-                if let Some(answering) = self.answering.get_mut(&peer) {
-                    *answering = answering.saturating_sub(1);
-                }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, response);
-                if let Some(guild) = pull_back {
-                    self.request_catchup(peer, guild);
+                self.answer(peer, channel, response);
+                match after {
+                    AfterAnswer::Nothing => {}
+                    AfterAnswer::PullBack(guild) => self.request_catchup(peer, guild),
+                    AfterAnswer::Grant(guild) => {
+                        self.grace
+                            .insert((guild, peer), Instant::now() + crate::JOIN_GRACE);
+                    }
                 }
             }
             Report::Applied {
@@ -719,6 +821,58 @@ impl<H: Host> Task<H> {
         }
     }
 
+    fn answer(
+        &mut self,
+        peer: PeerId,
+        channel: request_response::ResponseChannel<Response>,
+        response: Response,
+    ) {
+        if let Some(answering) = self.answering.get_mut(&peer) {
+            *answering = answering.saturating_sub(1);
+        }
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, response);
+    }
+
+    /// A peer's push was judged: what was new goes on to the other entitled peers, broken ops
+    /// and signals strike the peer, and gaps or missing deps start a catch-up with it.
+    fn on_pushed(
+        &mut self,
+        peer: PeerId,
+        guild: GuildId,
+        channel: request_response::ResponseChannel<Response>,
+        judged: Judged,
+    ) {
+        let count = (judged.ops.len() + judged.signals.len()) as u32;
+        self.answer(peer, channel, Response::Pushed { count });
+        let mut catch_up = false;
+        for (bytes, verdict) in judged.ops {
+            match verdict {
+                Ok(Applied::Accepted) => self.push(guild, Item::Op(bytes), Some(peer)),
+                Ok(Applied::AcceptedWithGap) => {
+                    self.push(guild, Item::Op(bytes), Some(peer));
+                    catch_up = true;
+                }
+                Ok(Applied::Pending) => catch_up = true,
+                Ok(Applied::Duplicate | Applied::Ignored(_)) => {}
+                Ok(Applied::Refused(code)) | Err(code) => self.strike(peer, code, 1),
+            }
+        }
+        for (bytes, verdict) in judged.signals {
+            match verdict {
+                Ok(Applied::Accepted) => self.push(guild, Item::Signal(bytes), Some(peer)),
+                Ok(_) => {}
+                Err(code) => self.strike(peer, code, 1),
+            }
+        }
+        if catch_up {
+            self.request_catchup(peer, guild);
+        }
+    }
+
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -735,15 +889,33 @@ impl<H: Host> Task<H> {
                     let _ = listening.send(());
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(peer = %peer_id, "peer connected");
+                if num_established.get() == 1 {
+                    let guilds: Vec<GuildId> = self.served.iter().copied().collect();
+                    for guild in guilds {
+                        self.request_catchup(peer_id, guild);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                // What was queued comes by catch-up when the peer is back.
+                self.outboxes.remove(&peer_id);
+                self.node_ids.remove(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
                 ..
             })) => self.on_identify(peer_id, info),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossip(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 self.on_discovered(found)
@@ -825,54 +997,6 @@ impl<H: Host> Task<H> {
         }
     }
 
-    fn on_gossip(&mut self, event: gossipsub::Event) {
-        match event {
-            gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            } => {
-                let gossip = &mut self.swarm.behaviour_mut().gossip;
-                let Some((guild, carries)) = self.topics.get(&message.topic).copied() else {
-                    // Not a topic we serve: gossipsub only delivers subscribed topics, so the
-                    // peer pushed it unasked.
-                    gossip.report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        MessageAcceptance::Reject,
-                    );
-                    self.strike(propagation_source, "unserved_topic", 1);
-                    return;
-                };
-                if !self.within_budget(propagation_source, Traffic::Gossip) {
-                    self.swarm
-                        .behaviour_mut()
-                        .gossip
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Ignore,
-                        );
-                    self.strike(propagation_source, "gossip_flood", 1);
-                    return;
-                }
-                let _ = self.inbound.send(Inbound {
-                    message: message_id,
-                    source: propagation_source,
-                    guild,
-                    carries,
-                    data: message.data,
-                });
-            }
-            gossipsub::Event::Subscribed { peer_id, topic } => {
-                if let Some((guild, Carries::Ops)) = self.topics.get(&topic).copied() {
-                    self.request_catchup(peer_id, guild);
-                }
-            }
-            _ => {}
-        }
-    }
-
     fn on_sync(&mut self, event: request_response::Event<Request, Response>) {
         use request_response::{Event, Message};
         match event {
@@ -884,26 +1008,7 @@ impl<H: Host> Task<H> {
                     },
                 ..
             } => {
-                if let Err(why) = self.admit(peer, Traffic::of(&request)) {
-                    tracing::debug!(%peer, why, "sync request refused");
-                    let refusal = refused(Refusal::new("rate_limited", why));
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, refusal);
-                    return;
-                }
-                let (host, reports) = (self.host.clone(), self.reports.clone());
-                tokio::spawn(async move {
-                    let (response, pull_back) = answer(host, request).await;
-                    let _ = reports.send(Report::Answer {
-                        peer,
-                        channel,
-                        response,
-                        pull_back,
-                    });
-                });
+                self.on_request(peer, request, channel);
             }
             Event::Message {
                 peer,
@@ -916,6 +1021,11 @@ impl<H: Host> Task<H> {
             } => {
                 if let Some(reply) = self.asks.remove(&request_id) {
                     let _ = reply.send(Ok(response));
+                } else if let Some(peer) = self.pushes.remove(&request_id) {
+                    if let Response::Refused { code, message } = response {
+                        tracing::debug!(%peer, code, message, "push refused");
+                    }
+                    self.push_answered(peer);
                 } else if let Some((peer, guild)) = self.catchups.remove(&request_id) {
                     self.catchup_answered(peer);
                     self.on_catchup_response(peer, guild, response);
@@ -934,6 +1044,10 @@ impl<H: Host> Task<H> {
                         peer.to_string(),
                         error.to_string(),
                     )));
+                } else if let Some(peer) = self.pushes.remove(&request_id) {
+                    // The ops come by catch-up; signals are ephemeral.
+                    tracing::debug!(%peer, error = %error, "push failed");
+                    self.push_answered(peer);
                 } else if let Some(key) = self.catchups.remove(&request_id) {
                     tracing::debug!(%peer, error = %error, "catch-up request failed");
                     self.catchup_answered(peer);
@@ -945,6 +1059,84 @@ impl<H: Host> Task<H> {
             }
             _ => {}
         }
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
+        if let Err(why) = self.admit(peer, &request) {
+            tracing::debug!(%peer, why, "sync request refused");
+            let refusal = refused(Refusal::new("rate_limited", why));
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, refusal);
+            return;
+        }
+        let refusal = match &request {
+            Request::Push { ops, signals, .. }
+                if ops.len() + signals.len() > protocol::MAX_PUSH_ITEMS =>
+            {
+                self.strike(peer, "push_too_large", 1);
+                Some(Refusal::new("push_too_large", "too many items in one push"))
+            }
+            Request::Push { guild, .. } if !self.served.contains(guild) => Some(Refusal::new(
+                "unknown_guild",
+                "this node does not serve that guild",
+            )),
+            Request::Catchup { guild, .. } | Request::Backfill { guild, .. }
+                if !self.entitled(guild, &peer) =>
+            {
+                *self.faults.entry("not_entitled").or_default() += 1;
+                Some(Refusal::new(
+                    "not_entitled",
+                    "this node is home to no member of that guild",
+                ))
+            }
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            self.answer(peer, channel, refused(refusal));
+            return;
+        }
+        let (host, reports) = (self.host.clone(), self.reports.clone());
+        if let Request::Push {
+            guild,
+            ops,
+            signals,
+        } = request
+        {
+            let ops = ops.into_iter().map(|b| Arc::new(b.into_vec())).collect();
+            let signals = signals
+                .into_iter()
+                .filter(|b| self.seen_signal(b))
+                .map(|b| Arc::new(b.into_vec()))
+                .collect();
+            tokio::spawn(async move {
+                let judged = judge_push(&*host, guild, ops, signals).await;
+                let _ = reports.send(Report::Pushed {
+                    peer,
+                    guild,
+                    channel,
+                    judged,
+                });
+            });
+            return;
+        }
+        let requester = *self.node_ids.entry(peer).or_insert_with(|| node_of(&peer));
+        tokio::spawn(async move {
+            let (response, after) = answer(host, requester, request).await;
+            let _ = reports.send(Report::Answer {
+                peer,
+                channel,
+                response,
+                after,
+            });
+        });
     }
 
     fn on_catchup_response(&mut self, peer: PeerId, guild: GuildId, response: Response) {
@@ -974,8 +1166,8 @@ impl<H: Host> Task<H> {
                 state.done = true;
                 self.finish_if_done(key);
             }
-            Response::DmKeys { .. } | Response::DmsTaken { .. } => {
-                tracing::debug!(%peer, %guild, "a catch-up answered with a DM response");
+            Response::DmKeys { .. } | Response::DmsTaken { .. } | Response::Pushed { .. } => {
+                tracing::debug!(%peer, %guild, "a catch-up answered with the wrong kind");
                 state.done = true;
                 self.finish_if_done(key);
             }
@@ -983,10 +1175,22 @@ impl<H: Host> Task<H> {
     }
 }
 
-/// The host's answer to a peer's request, and the guild to pull back from the peer when its
-/// catch-up shows it holds ops we lack (so one side's catch-up heals both).
-async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<GuildId>) {
+/// The host's answer to a peer's request (`requester` is its node key), and what the swarm
+/// does next: pull back from the peer when its catch-up shows it holds ops we lack (so one
+/// side's catch-up heals both), or let it replicate a guild it proved an invite to.
+async fn answer<H: Host>(
+    host: Arc<H>,
+    requester: Option<NodeId>,
+    request: Request,
+) -> (Response, AfterAnswer) {
     match request {
+        Request::Push { .. } => (
+            refused(Refusal::new(
+                "unexpected",
+                "pushes are judged, not answered",
+            )),
+            AfterAnswer::Nothing,
+        ),
         Request::DmKeys { user } => {
             let mut records = host.dm_keys(&user);
             let newest = records.len().saturating_sub(protocol::MAX_DM_KEY_RECORDS);
@@ -994,7 +1198,7 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
                 .drain(newest..)
                 .map(serde_bytes::ByteBuf::from)
                 .collect();
-            (Response::DmKeys { records }, None)
+            (Response::DmKeys { records }, AfterAnswer::Nothing)
         }
         Request::Dms { envelopes } => {
             let bytes: usize = envelopes.iter().map(|e| e.len()).sum();
@@ -1012,7 +1216,7 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
                     Err(r) => refused(r),
                 }
             };
-            (response, None)
+            (response, AfterAnswer::Nothing)
         }
         // Comparing digests and cutting a batch read up to 2,000 ops under the guild's lock:
         // off the async workers, which must keep serving gossip meanwhile.
@@ -1022,15 +1226,32 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
         Request::Join {
             guild,
             invite,
-            secret,
+            proof,
             after,
             recent,
         } => {
             blocking(move || {
                 let after = after.map(protocol::cursor_from_wire);
                 let recent = recent.map(|n| n as usize);
-                let batch = host.join_ops(&guild, &invite, &secret, after, recent);
-                (ops_response(batch), None)
+                let batch = match requester {
+                    Some(requester) => {
+                        host.join_ops(&guild, &invite, &requester, &proof, after, recent)
+                    }
+                    None => Err(Refusal::new(
+                        "not_entitled",
+                        "only nodes with ed25519 keys may join",
+                    )),
+                };
+                let granted = batch.is_ok();
+                let response = ops_response(batch);
+                (
+                    response,
+                    if granted {
+                        AfterAnswer::Grant(guild)
+                    } else {
+                        AfterAnswer::Nothing
+                    },
+                )
             })
             .await
         }
@@ -1040,7 +1261,7 @@ async fn answer<H: Host>(host: Arc<H>, request: Request) -> (Response, Option<Gu
                 let batch = host.backfill_ops(&guild, before).ok_or_else(|| {
                     Refusal::new("unknown_guild", "this node does not serve that guild")
                 });
-                (ops_response(batch), None)
+                (ops_response(batch), AfterAnswer::Nothing)
             })
             .await
         }
@@ -1066,16 +1287,20 @@ fn answer_catchup<H: Host>(
     guild: GuildId,
     have: &[protocol::Position],
     after: Option<protocol::Cursor>,
-) -> (Response, Option<GuildId>) {
+) -> (Response, AfterAnswer) {
     if have.len() > protocol::MAX_HAVE_AUTHORS {
         let refused = Response::Refused {
             code: "too_many_authors".into(),
             message: "the version vector is too long".into(),
         };
-        return (refused, None);
+        return (refused, AfterAnswer::Nothing);
     }
     let have = protocol::positions_from_wire(have);
-    let pull_back = host.lacks_from(&guild, &have).then_some(guild);
+    let pull_back = if host.lacks_from(&guild, &have) {
+        AfterAnswer::PullBack(guild)
+    } else {
+        AfterAnswer::Nothing
+    };
     let batch = host
         .missing_ops(&guild, &have, after.map(protocol::cursor_from_wire))
         .ok_or_else(|| Refusal::new("unknown_guild", "this node does not serve that guild"));
@@ -1096,5 +1321,19 @@ fn ops_response(batch: Result<Batch, Refusal>) -> Response {
             }
         }
         Err(r) => refused(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_id_carries_its_ed25519_node_key_and_no_other_kind() {
+        let key = Keypair::generate_ed25519();
+        let public = key.public().try_into_ed25519().unwrap().to_bytes();
+        assert_eq!(node_of(&key.public().to_peer_id()), Some(NodeId(public)));
+        // Random bytes in place of an encoded key name no node key.
+        assert_eq!(node_of(&PeerId::random()), None);
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ChannelId, GuildId, InviteId, InviteKey, MessageId, OpId, RoleId, UserId};
+use crate::id::{ChannelId, GuildId, InviteId, InviteKey, MessageId, NodeId, OpId, RoleId, UserId};
 use crate::limits;
 use crate::wire::{DecodeError, Reader, Writer};
 
@@ -109,6 +109,13 @@ pub enum Body {
     },
     /// The owner closes the guild for good: every later op is refused.
     GuildDelete,
+    /// The author's home nodes: the nodes that serve them the guild, which replaces the set
+    /// named before. Strictly ascending, at most `limits::MAX_HOMES_PER_MEMBER`, maybe empty
+    /// (homed nowhere). A node is entitled to the guild while a member names it
+    /// (`spec/auth.md` §13).
+    Home {
+        nodes: Vec<NodeId>,
+    },
     // Content ops: channel history. Never cited by `deps`.
     MessageCreate {
         channel: ChannelId,
@@ -163,6 +170,15 @@ impl Body {
         }
     }
 
+    /// A `Home` naming `nodes`, put in canonical order (sorted, duplicates dropped). More than
+    /// `limits::MAX_HOMES_PER_MEMBER` distinct nodes is still refused when signing.
+    pub fn home(nodes: impl IntoIterator<Item = NodeId>) -> Body {
+        let nodes: std::collections::BTreeSet<NodeId> = nodes.into_iter().collect();
+        Body::Home {
+            nodes: nodes.into_iter().collect(),
+        }
+    }
+
     pub fn kind(&self) -> u16 {
         match self {
             Body::Genesis { .. } => 1,
@@ -184,6 +200,7 @@ impl Body {
             Body::Ban { .. } => 17,
             Body::Unban { .. } => 18,
             Body::GuildDelete => 19,
+            Body::Home { .. } => 20,
             Body::MessageCreate { .. } => 32,
             Body::MessageEdit { .. } => 33,
             Body::MessageDelete { .. } => 34,
@@ -320,6 +337,12 @@ impl Body {
             }
             Body::Unban { member } => w.fixed(&member.0),
             Body::GuildDelete => {}
+            Body::Home { nodes } => {
+                w.uint(nodes.len() as u64);
+                for node in nodes {
+                    w.fixed(&node.0);
+                }
+            }
             Body::MessageCreate {
                 channel,
                 content,
@@ -459,6 +482,17 @@ impl Body {
                 member: user(r, "member")?,
             },
             19 => Body::GuildDelete,
+            20 => {
+                let count = r.uint("home nodes")?;
+                if count > limits::MAX_HOMES_PER_MEMBER as u64 {
+                    return Err(DecodeError::Invalid("more than 4 home nodes"));
+                }
+                let nodes = (0..count)
+                    .map(|_| r.array("home node").map(NodeId))
+                    .collect::<Result<Vec<_>, _>>()?;
+                check_homes(&nodes).map_err(DecodeError::Invalid)?;
+                Body::Home { nodes }
+            }
             32 => Body::MessageCreate {
                 channel: op_id(r, "channel")?,
                 content: r.str("content", limits::MAX_CONTENT_BYTES)?.to_owned(),
@@ -499,6 +533,18 @@ impl Body {
             }
         })
     }
+}
+
+/// The rule on a `Home`'s nodes, checked when decoding and before signing: at most
+/// `MAX_HOMES_PER_MEMBER`, strictly ascending (so no duplicates).
+pub(crate) fn check_homes(nodes: &[NodeId]) -> Result<(), &'static str> {
+    if nodes.len() > limits::MAX_HOMES_PER_MEMBER {
+        return Err("more than 4 home nodes");
+    }
+    if nodes.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("home nodes must be strictly ascending");
+    }
+    Ok(())
 }
 
 fn encode_target(w: &mut Writer, target: &OverwriteTarget) {

@@ -20,7 +20,7 @@ use crate::body::{Body, ChannelKind};
 use crate::error::AuthError;
 use crate::history::{History, MessageView};
 use crate::hlc::Hlc;
-use crate::id::{ChannelId, GuildId, InviteId, MessageId, OpId, UserId, sha256};
+use crate::id::{ChannelId, GuildId, InviteId, MessageId, NodeId, OpId, UserId, sha256};
 use crate::limits;
 use crate::meta::{self, MetaDoc, MetaValue};
 use crate::op::{Envelope, Op, VerifiedOp};
@@ -170,6 +170,9 @@ pub struct Guild {
     meta_changes: Map<automerge::ChangeHash, usize>,
     meta: MetaDoc,
     current: GuildState,
+    /// Every node some member of `current` names among their homes, with how many do: who is
+    /// entitled to the guild (`spec/auth.md` §13), rebuilt whenever `current` is.
+    entitled: BTreeMap<NodeId, u32>,
     states_at: Map<Vec<usize>, Arc<(BitSet, GuildState)>>,
     history: History,
     /// Content ops keyed by the message or thread they refer to.
@@ -212,6 +215,7 @@ impl Guild {
             meta_by_author: Map::default(),
             meta_changes: Map::default(),
             meta: MetaDoc::new(),
+            entitled: entitled_index(&current),
             current,
             states_at: Map::default(),
             history: History::default(),
@@ -250,6 +254,18 @@ impl Guild {
 
     pub fn meta(&self) -> &MetaDoc {
         &self.meta
+    }
+
+    /// Whether `node` is entitled to this guild: some current member names it among their
+    /// homes (`spec/auth.md` §13). The question a node asks before it serves the guild to a
+    /// peer (a push of ops, a catch-up, a back-fill); O(log n) in the nodes entitled.
+    pub fn entitled(&self, node: &NodeId) -> bool {
+        self.entitled.contains_key(node)
+    }
+
+    /// Every node entitled to this guild, ascending.
+    pub fn entitled_nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.entitled.keys()
     }
 
     pub fn op(&self, id: &OpId) -> Option<&VerifiedOp> {
@@ -1191,6 +1207,7 @@ impl Guild {
             all.insert(i);
         }
         self.current = self.fold(&all, &self.invalid_control());
+        self.entitled = entitled_index(&self.current);
     }
 
     /// The honored removals (ban, kick, demotion) targeting `author` that an op by `author` at
@@ -1764,6 +1781,17 @@ impl Guild {
         let json = serde_json::to_vec(&snapshot).expect("snapshot serializes");
         sha256(&[&json])
     }
+}
+
+/// The nodes the members of `state` name as homes, each with how many members name it.
+fn entitled_index(state: &GuildState) -> BTreeMap<NodeId, u32> {
+    let mut index = BTreeMap::new();
+    for member in state.members.values() {
+        for node in &member.homes {
+            *index.entry(*node).or_insert(0) += 1;
+        }
+    }
+    index
 }
 
 enum ContentError {

@@ -1,5 +1,5 @@
-//! Identities and ids: users are ed25519 public keys, everything else is named by the hash of
-//! the op that created it. Both have a stable text form: 64 lowercase hex digits.
+//! Identities and ids: users and nodes are ed25519 public keys, everything else is named by the
+//! hash of the op that created it. All have a stable text form: 64 lowercase hex digits.
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,6 +88,13 @@ hash_id!(
     InviteKey
 );
 
+hash_id!(
+    /// A node: the 32 bytes of its ed25519 public key, the libp2p identity key its peer id is
+    /// made from (the net crate converts between the two). A member's `Home` names the nodes
+    /// that serve the guild to them (`spec/auth.md` §13).
+    NodeId
+);
+
 pub type GuildId = OpId;
 pub type ChannelId = OpId;
 pub type RoleId = OpId;
@@ -136,6 +143,8 @@ fn verify_strict(key: &[u8; 32], domain: &[u8], signed: &[u8], signature: &[u8; 
 pub const INVITE_KEY_DOMAIN: &[u8] = b"guildhall/invite-key/v1\0";
 /// The prefix of the bytes a join proof signs (`spec/ops.md` §6.1).
 pub const JOIN_PROOF_DOMAIN: &[u8] = b"guildhall/join-proof/v1\0";
+/// The prefix of the bytes a fetch proof signs (`spec/ops.md` §6.1).
+pub const FETCH_PROOF_DOMAIN: &[u8] = b"guildhall/join-fetch/v1\0";
 
 impl InviteKey {
     /// The signing key that the invite secret `secret` derives: the ed25519 key whose RFC 8032
@@ -177,6 +186,49 @@ impl InviteKey {
             proof,
         )
     }
+
+    /// The proof, by the key `secret` derives, that node `requester` may fetch `guild` to join
+    /// it by `invite`: the signature over `FETCH_PROOF_DOMAIN ‖ fetch_proof_bytes(guild,
+    /// invite, requester)`. It names the requesting node, whose peer id the transport
+    /// authenticates, so it opens nothing for any other node.
+    pub fn prove_fetch(
+        secret: &[u8],
+        guild: &GuildId,
+        invite: &InviteId,
+        requester: &NodeId,
+    ) -> [u8; 64] {
+        Self::keypair(secret).sign(
+            FETCH_PROOF_DOMAIN,
+            &fetch_proof_bytes(guild, invite, requester),
+        )
+    }
+
+    /// Whether `proof` is this key's signature over node `requester`'s fetch of `guild` by
+    /// `invite` (strict ed25519, weak keys refused): a proof made for another node, guild or
+    /// invite does not open it, nor does a join proof.
+    pub fn opens_fetch(
+        &self,
+        guild: &GuildId,
+        invite: &InviteId,
+        requester: &NodeId,
+        proof: &[u8; 64],
+    ) -> bool {
+        verify_strict(
+            &self.0,
+            FETCH_PROOF_DOMAIN,
+            &fetch_proof_bytes(guild, invite, requester),
+            proof,
+        )
+    }
+}
+
+/// What a fetch proof signs after `FETCH_PROOF_DOMAIN`: `guild ‖ invite ‖ requester`, 96 bytes.
+pub fn fetch_proof_bytes(guild: &GuildId, invite: &InviteId, requester: &NodeId) -> [u8; 96] {
+    let mut out = [0u8; 96];
+    out[..32].copy_from_slice(&guild.0);
+    out[32..64].copy_from_slice(&invite.0);
+    out[64..].copy_from_slice(&requester.0);
+    out
 }
 
 /// What a join proof signs after `JOIN_PROOF_DOMAIN`: `guild ‖ invite ‖ author`, 96 bytes.
@@ -215,6 +267,11 @@ impl Keypair {
 
     pub fn user_id(&self) -> UserId {
         UserId(self.signing.verifying_key().to_bytes())
+    }
+
+    /// The id of the node whose identity key this is.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.signing.verifying_key().to_bytes())
     }
 
     pub(crate) fn signing_key(&self) -> &SigningKey {

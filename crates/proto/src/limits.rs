@@ -30,3 +30,6 @@ pub const MAX_INVITES_PER_GUILD: usize = 1_000;
 pub const MAX_GUILD_STATE_OPS_PER_MINUTE: usize = 120;
 /// Values written into the metadata document (topics, descriptions, icon URLs).
 pub const MAX_META_VALUE_CHARS: usize = 1_024;
+/// Nodes a member may name as their homes in one `Home` op: the nodes that serve them the
+/// guild (`spec/auth.md` §13), so what bounds how many nodes one member entitles.
+pub const MAX_HOMES_PER_MEMBER: usize = 4;

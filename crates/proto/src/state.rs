@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::body::{Body, ChannelKind, OverwriteTarget};
 use crate::error::AuthError;
 use crate::hlc::Hlc;
-use crate::id::{ChannelId, GuildId, InviteId, InviteKey, OpId, RoleId, UserId};
+use crate::id::{ChannelId, GuildId, InviteId, InviteKey, NodeId, OpId, RoleId, UserId};
 use crate::limits;
 use crate::perm::{Permissions, base_permissions, channel_permissions};
 
@@ -24,6 +24,19 @@ pub struct Role {
 pub struct Member {
     pub roles: BTreeSet<RoleId>,
     pub joined_at: Hlc,
+    /// The nodes that serve them the guild, as their latest valid `Home` named them: empty
+    /// from their join (and for the owner from genesis) until they send one.
+    pub homes: BTreeSet<NodeId>,
+}
+
+impl Member {
+    fn joined(at: Hlc) -> Member {
+        Member {
+            roles: BTreeSet::new(),
+            joined_at: at,
+            homes: BTreeSet::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,13 +124,7 @@ impl GuildState {
             name: name.to_owned(),
             owner,
             roles: BTreeMap::from([(id, everyone)]),
-            members: BTreeMap::from([(
-                owner,
-                Member {
-                    roles: BTreeSet::new(),
-                    joined_at: at,
-                },
-            )]),
+            members: BTreeMap::from([(owner, Member::joined(at))]),
             channels: BTreeMap::new(),
             bans: BTreeMap::new(),
             invites: BTreeMap::new(),
@@ -247,6 +254,8 @@ impl GuildState {
             Body::GuildDelete => Err(AuthError::OwnerOnly),
             Body::MetaChange { change } => crate::meta::authorize_change(self, author, change),
             Body::Leave => Ok(()),
+            // A member names their own homes; nothing else is needed.
+            Body::Home { .. } => Ok(()),
             Body::RoleCreate {
                 permissions,
                 position,
@@ -425,15 +434,24 @@ impl GuildState {
         }
     }
 
-    /// Whether `invite` with `secret` admits someone at `at`: what a node checks before it
-    /// replicates a guild to a peer whose user holds the invite. The secret opens the invite
-    /// when it derives the invite's key.
-    pub fn check_invite(&self, invite: &InviteId, secret: &[u8], at: Hlc) -> Result<(), AuthError> {
-        self.check_invite_opened(invite, at, |key| InviteKey::from_secret(secret) == *key)
+    /// Whether node `requester` may fetch this guild to join it by `invite` at `at`: `proof`
+    /// must be the invite key's fetch proof for this guild, that invite and that node
+    /// (`InviteKey::prove_fetch`), and the invite usable at `at`. What a node holding the guild
+    /// checks before it serves a node no member is homed at (`spec/auth.md` §13).
+    pub fn check_fetch_proof(
+        &self,
+        invite: &InviteId,
+        requester: &NodeId,
+        proof: &[u8; 64],
+        at: Hlc,
+    ) -> Result<(), AuthError> {
+        self.check_invite_opened(invite, at, |key| {
+            key.opens_fetch(&self.id, invite, requester, proof)
+        })
     }
 
     /// Whether `invite` admits someone at `at`, `opens` saying whether what they hold (a
-    /// secret, or a join's proof) opens the invite's key.
+    /// secret, a join's proof or a fetch proof) opens the invite's key.
     fn check_invite_opened(
         &self,
         invite: &InviteId,
@@ -577,13 +595,7 @@ impl GuildState {
                 if let Some(inv) = self.invites.get_mut(invite) {
                     inv.uses += 1;
                 }
-                self.members.insert(
-                    *author,
-                    Member {
-                        roles: BTreeSet::new(),
-                        joined_at: hlc,
-                    },
-                );
+                self.members.insert(*author, Member::joined(hlc));
             }
             Body::Leave => {
                 self.members.remove(author);
@@ -605,6 +617,11 @@ impl GuildState {
                 self.bans.remove(member);
             }
             Body::GuildDelete => self.deleted = true,
+            Body::Home { nodes } => {
+                if let Some(m) = self.members.get_mut(author) {
+                    m.homes = nodes.iter().copied().collect();
+                }
+            }
             _ => {}
         }
     }

@@ -55,6 +55,7 @@ pub fn check_body(body: &Body) -> Result<(), &'static str> {
             check_content(content)
         }
         Body::ReactionAdd { emoji, .. } | Body::ReactionRemove { emoji, .. } => check_emoji(emoji),
+        Body::Home { nodes } => crate::body::check_homes(nodes),
         _ => Ok(()),
     }
 }

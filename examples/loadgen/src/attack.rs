@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use guildhall_client::{Client, Gateway};
 use guildhall_gateway::Node;
-use guildhall_net::{Multiaddr, NetHandle, PeerId};
+use guildhall_net::stranger::Stranger;
+use guildhall_net::{Multiaddr, NetConfig, NetHandle, NodeKey, PeerId};
 use guildhall_proto::body::Body;
 use guildhall_proto::id::{GuildId, Keypair, OpId, sha256};
 
@@ -150,7 +151,7 @@ type OnTop<'a> = &'a dyn Fn(&Keypair, Body) -> Vec<u8>;
 
 /// A new attacker node dials the victim and publishes `count` ops made by `craft` (given a way
 /// to sign a body on top of the guild's heads), then strangers' ops until the victim blocks it:
-/// gossip from one peer is judged in order, so by then the victim has judged the whole flood.
+/// pushes from one peer are judged in order, so by then the victim has judged the whole flood.
 async fn flood(
     victim: &Victim,
     honest_peer: &FedNode,
@@ -158,15 +159,18 @@ async fn flood(
     count: u64,
     craft: impl Fn(u64, OnTop<'_>) -> Vec<u8>,
 ) -> Flood {
-    let attacker = fed_node_dialing(std::slice::from_ref(&victim.addr)).await;
-    let net = attacker.node.net().expect("net").clone();
+    let mut config = NetConfig::new("/ip4/127.0.0.1/tcp/0".parse().expect("an address"));
+    config.bootstrap = vec![victim.addr.clone()];
+    let stranger = Arc::new(Stranger::new(gid));
+    let net = guildhall_net::start(config, NodeKey::generate_ed25519(), stranger)
+        .await
+        .expect("the attacker's swarm");
     net.serve(gid);
     let victim_id =
         guildhall_net::peer_of(&victim.addr).expect("the victim's address ends in /p2p/<id>");
-    wait_until(
-        "the attacker sees the victim serving the guild",
-        async || net.peers_serving(gid).await.contains(&victim_id),
-    )
+    wait_until("the attacker is connected to the victim", async || {
+        net.peers_entitled(gid).await.contains(&victim_id)
+    })
     .await;
     let rss_before = procfs::rss_mib(&victim.pid.to_string());
     let on_top = |key: &Keypair, body: Body| stranger_op(&honest_peer.node, gid, key, body);

@@ -3,6 +3,7 @@
 use super::*;
 use crate::body::OverwriteTarget;
 use crate::error::AuthError;
+use crate::id::{InviteKey, NodeId};
 use crate::meta::MetaValue;
 use crate::perm::Permissions as P;
 
@@ -73,18 +74,21 @@ fn invites_check_secret_expiry_uses_and_revocation() {
         r.refused(&key(2), wrong),
         (AuthError::InviteSecretMismatch, InsertError::InviteUnusable)
     );
-    // The holder's check of a secret (federation.md §5): it must derive the invite's key.
+    // The holder's check of a joining node's fetch proof (federation.md §5): only the secret
+    // makes one that opens the invite.
     let now = Hlc::from_parts(r.now, 0);
-    assert_eq!(r.guild.state().check_invite(&invite, SECRET, now), Ok(()));
-    assert_eq!(
-        r.guild.state().check_invite(&invite, b"guess", now),
-        Err(AuthError::InviteSecretMismatch)
-    );
+    let node = NodeId([9; 32]);
+    let fetch = |secret: &[u8]| InviteKey::prove_fetch(secret, &r.guild.id(), &invite, &node);
+    let (good, guess) = (fetch(SECRET), fetch(b"guess"));
+    let check = |r: &Replica, proof| {
+        r.guild
+            .state()
+            .check_fetch_proof(&invite, &node, proof, now)
+    };
+    assert_eq!(check(&r, &good), Ok(()));
+    assert_eq!(check(&r, &guess), Err(AuthError::InviteSecretMismatch));
     r.join(&key(2), invite);
-    assert_eq!(
-        r.guild.state().check_invite(&invite, SECRET, now),
-        Err(AuthError::InviteExhausted)
-    );
+    assert_eq!(check(&r, &good), Err(AuthError::InviteExhausted));
     let join3 = r.join_body(&key(3), invite);
     assert_eq!(r.act(&key(3), join3).1, invalid(AuthError::InviteExhausted));
     let join2 = r.join_body(&key(2), invite);

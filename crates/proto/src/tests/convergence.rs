@@ -79,6 +79,11 @@ enum Action {
     DeleteGuild {
         actor: u8,
     },
+    /// An actor names their home nodes (of test nodes 0 to 5).
+    Home {
+        actor: u8,
+        nodes: std::collections::BTreeSet<u8>,
+    },
     /// An actor writing on a replica other than their home one: a fork of their log.
     Equivocate {
         actor: u8,
@@ -133,6 +138,8 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(actor, member, deny)| Action::Overwrite { actor, member, deny }),
         1 => (actor(), any::<u8>()).prop_map(|(actor, name)| Action::Rename { actor, name }),
         1 => actor().prop_map(|actor| Action::DeleteGuild { actor }),
+        2 => (actor(), prop::collection::btree_set(0u8..6, 0..=crate::limits::MAX_HOMES_PER_MEMBER))
+            .prop_map(|(actor, nodes)| Action::Home { actor, nodes }),
         1 => (actor(), 0..REPLICAS).prop_map(|(actor, replica)| Action::Equivocate { actor, replica }),
         4 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Sync { from, to }),
     ]
@@ -331,6 +338,9 @@ impl World {
                 (actor, Body::MetaChange { change })
             }
             Action::DeleteGuild { actor } => (actor, Body::GuildDelete),
+            Action::Home { actor, ref nodes } => {
+                (actor, Body::home(nodes.iter().map(|n| node(*n))))
+            }
             Action::Equivocate { actor, replica } => {
                 let content = format!("fork by {actor}");
                 return Some((
@@ -476,6 +486,7 @@ proptest! {
         for r in &world.replicas {
             prop_assert_eq!(r.guild.state_hash(), expected);
             prop_assert_eq!(r.guild.pending_len(), 0);
+            prop_assert!(entitlement_is_indexed(&r.guild));
         }
 
         for seed in seeds {
@@ -486,6 +497,7 @@ proptest! {
             let delivery = shuffled(delivery, seed.rotate_left(17));
             let guild = fresh_replica_from(delivery);
             prop_assert_eq!(guild.state_hash(), expected);
+            prop_assert!(entitlement_is_indexed(&guild));
         }
 
         // The federation protocol reaches the same state: pairs reconcile by catch-up in small
@@ -516,6 +528,7 @@ proptest! {
         }
         for guild in &caught_up {
             prop_assert_eq!(guild.state_hash(), expected);
+            prop_assert!(entitlement_is_indexed(guild));
             prop_assert_eq!(guild.pending_len(), 0);
             prop_assert!(!caught_up[0].lacks_from(&guild.log_positions()));
         }
@@ -525,6 +538,7 @@ proptest! {
         let joined = join_then_backfill(&caught_up[0], recent, batch);
         prop_assert_eq!(joined.state_hash(), expected);
         prop_assert!(!joined.has_gaps());
+        prop_assert!(entitlement_is_indexed(&joined));
 
         let mut replayed = world.replicas[1].guild.clone();
         for op in &all {

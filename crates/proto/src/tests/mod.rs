@@ -5,6 +5,7 @@ mod change_scan;
 mod convergence;
 mod encoding;
 mod heads;
+mod home;
 mod simulation;
 mod vectors;
 
@@ -12,7 +13,7 @@ use crate::body::{Body, ChannelKind};
 use crate::error::AuthError;
 use crate::guild::{Guild, InsertError, Inserted, Verdict};
 use crate::hlc::Hlc;
-use crate::id::{ChannelId, Keypair, OpId, UserId, sha256};
+use crate::id::{ChannelId, Keypair, NodeId, OpId, UserId, sha256};
 use crate::op::{Envelope, VerifiedOp};
 
 pub const SECRET: &[u8] = b"open sesame";
@@ -23,6 +24,33 @@ pub fn key(n: u8) -> Keypair {
 
 pub fn user(n: u8) -> UserId {
     key(n).user_id()
+}
+
+/// The identity key of test node `n` (seeded apart from the users' keys).
+pub fn node_key(n: u8) -> Keypair {
+    Keypair::from_secret(sha256(&[b"guildhall test node ", &[n]]))
+}
+
+pub fn node(n: u8) -> NodeId {
+    node_key(n).node_id()
+}
+
+/// The nodes entitled to `guild`, found the slow way: every current member's homes.
+pub fn scanned_entitlement(guild: &Guild) -> Vec<NodeId> {
+    let nodes: std::collections::BTreeSet<NodeId> = guild
+        .state()
+        .members
+        .values()
+        .flat_map(|m| m.homes.iter().copied())
+        .collect();
+    nodes.into_iter().collect()
+}
+
+/// Whether `guild`'s entitlement index agrees with `scanned_entitlement`.
+pub fn entitlement_is_indexed(guild: &Guild) -> bool {
+    let scanned = scanned_entitlement(guild);
+    guild.entitled_nodes().copied().eq(scanned.iter().copied())
+        && scanned.iter().all(|n| guild.entitled(n))
 }
 
 pub fn genesis(owner: &Keypair, name: &str) -> VerifiedOp {

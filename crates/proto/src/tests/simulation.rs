@@ -185,7 +185,18 @@ impl Sim {
         let cutoff_of =
             |guild: &Guild, member: &UserId| guild.chain_head(member).map_or(0, |(seq, _, _)| seq);
         Some(match self.rng.random_range(0..100) {
-            0..50 => Body::MessageCreate {
+            // Homed at their node, sometimes at another too, sometimes nowhere.
+            0..3 => {
+                let mut homes = Vec::new();
+                if self.rng.random_bool(0.9) {
+                    homes.push(sim_node(home));
+                }
+                if self.rng.random_bool(0.3) {
+                    homes.push(sim_node(self.rng.random_range(0..NODES)));
+                }
+                Body::home(homes)
+            }
+            3..50 => Body::MessageCreate {
                 channel: self.general,
                 content: format!(
                     "{} says {}",
@@ -253,6 +264,10 @@ impl Sim {
                 for id in accepted {
                     node.stored.push(node.guild.op(&id).unwrap().clone());
                 }
+                assert!(
+                    entitlement_is_indexed(&node.guild),
+                    "node {at}'s entitlement index disagrees with its members"
+                );
                 true
             }
             Ok(Inserted::Duplicate) => false,
@@ -486,7 +501,10 @@ impl Sim {
                 .map(|op| {
                     let body = &op.envelope().body;
                     let kind = match body {
-                        Body::Kick { .. } | Body::Ban { .. } | Body::MemberRoleGrant { .. } => {
+                        Body::Kick { .. }
+                        | Body::Ban { .. }
+                        | Body::MemberRoleGrant { .. }
+                        | Body::Home { .. } => {
                             format!("{body:?}").split(' ').next().unwrap().to_owned()
                         }
                         _ => "op".to_owned(),
@@ -505,8 +523,14 @@ impl Sim {
         *self.events.entry("equivocation proofs".into()).or_default() = proofs;
         let honest: Vec<&SimNode> = self.nodes.iter().filter(|n| !n.malicious).collect();
         let expected = honest[0].guild.state_hash();
+        let entitled = scanned_entitlement(&honest[0].guild);
+        *self.events.entry("entitled nodes".into()).or_default() = entitled.len();
         for (i, node) in honest.iter().enumerate() {
             assert_eq!(node.guild.state_hash(), expected, "honest node {i} differs");
+            assert!(
+                node.guild.entitled_nodes().eq(entitled.iter()),
+                "honest node {i}'s entitled nodes are not its members' homes"
+            );
             for id in &self.honest_ops {
                 assert_ne!(
                     node.guild.verdict(id),
@@ -517,6 +541,11 @@ impl Sim {
             }
         }
     }
+}
+
+/// The node id of simulated node `i`.
+fn sim_node(i: usize) -> NodeId {
+    node(u8::try_from(i).unwrap())
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

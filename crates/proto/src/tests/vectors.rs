@@ -10,7 +10,10 @@ use super::*;
 use sha2::Digest;
 
 use crate::body::OverwriteTarget;
-use crate::id::{INVITE_KEY_DOMAIN, InviteKey, JOIN_PROOF_DOMAIN, join_proof_bytes};
+use crate::id::{
+    FETCH_PROOF_DOMAIN, INVITE_KEY_DOMAIN, InviteKey, JOIN_PROOF_DOMAIN, fetch_proof_bytes,
+    join_proof_bytes,
+};
 use crate::meta::MetaValue;
 use crate::op::Op;
 use crate::perm::Permissions;
@@ -229,6 +232,7 @@ fn history() -> Vec<(&'static str, u8, VerifiedOp)> {
         1,
         Body::ChannelDelete { channel: general },
     );
+    step(&mut r, "home", 1, Body::home([node(1), node(2)]));
     step(&mut r, "guild_delete", 1, Body::GuildDelete);
     out
 }
@@ -260,8 +264,34 @@ fn vector(name: &str, signer: u8, op: &VerifiedOp) -> Value {
     });
     if let Body::Join { invite, proof } = &env.body {
         case["join_proof"] = join_proof(&env.guild, invite, &env.author, proof);
+        case["fetch_proof"] = fetch_proof(&env.guild, invite);
+    }
+    if let Body::Home { nodes } = &env.body {
+        case["home_nodes"] = json!(nodes.iter().map(ToString::to_string).collect::<Vec<_>>());
     }
     case
+}
+
+/// The node that fetched the guild for the join case's author (`spec/ops.md` §6.1): the
+/// requester of the fetch proof.
+const FETCH_REQUESTER: u8 = 2;
+
+/// How a fetch proof for the join case's guild and invite follows from the invite secret and
+/// the requesting node's key: the bytes it signs, and the proof.
+fn fetch_proof(guild: &OpId, invite: &OpId) -> Value {
+    let requester = node(FETCH_REQUESTER);
+    let signed = [
+        FETCH_PROOF_DOMAIN,
+        &fetch_proof_bytes(guild, invite, &requester),
+    ]
+    .concat();
+    json!({
+        "requester_secret_key": hex::encode(node_key(FETCH_REQUESTER).secret()),
+        "requester": requester.to_string(),
+        "proof_prefix_hex": hex::encode(FETCH_PROOF_DOMAIN),
+        "proof_message_hex": hex::encode(signed),
+        "proof_hex": hex::encode(InviteKey::prove_fetch(SECRET, guild, invite, &requester)),
+    })
 }
 
 /// How the join case's proof follows from the invite secret (`spec/ops.md` §6.1): the invite
@@ -322,6 +352,44 @@ fn check_join_proof(case: &Value, invite_create: &Op) {
     assert!(signing.verifying_key().verify(&signed, &sig).is_ok());
 }
 
+/// Checks the join case's fetch proof from the secret and the requester's key alone, with
+/// `ed25519-dalek` directly, as an independent implementation would; and that the reference
+/// accepts it for that node only.
+fn check_fetch_proof(case: &Value) {
+    use ed25519_dalek::{Signer, SigningKey, Verifier};
+    let hex_field = |k: &str| hex::decode(case["fetch_proof"][k].as_str().unwrap()).unwrap();
+    let invite_secret = hex::decode(case["join_proof"]["invite_secret_hex"].as_str().unwrap());
+    let mut seed_input = b"guildhall/invite-key/v1\0".to_vec();
+    seed_input.extend_from_slice(&invite_secret.unwrap());
+    let signing = SigningKey::from_bytes(&sha2::Sha256::digest(&seed_input).into());
+    let requester_secret: [u8; 32] = hex_field("requester_secret_key").try_into().unwrap();
+    let requester = SigningKey::from_bytes(&requester_secret)
+        .verifying_key()
+        .to_bytes();
+    assert_eq!(hex::encode(requester), case["fetch_proof"]["requester"]);
+
+    let join = Op::decode(&hex::decode(case["wire_hex"].as_str().unwrap()).unwrap()).unwrap();
+    let env = join.envelope();
+    let Body::Join { invite, .. } = &env.body else {
+        panic!("the join case is a Join")
+    };
+    let mut signed = b"guildhall/join-fetch/v1\0".to_vec();
+    assert_eq!(signed, hex_field("proof_prefix_hex"));
+    signed.extend_from_slice(&env.guild.0);
+    signed.extend_from_slice(&invite.0);
+    signed.extend_from_slice(&requester);
+    assert_eq!(signed.len(), 24 + 96);
+    assert_eq!(signed, hex_field("proof_message_hex"));
+    let proof: [u8; 64] = hex_field("proof_hex").try_into().unwrap();
+    assert_eq!(signing.sign(&signed).to_bytes(), proof, "deterministic");
+    let sig = ed25519_dalek::Signature::from_bytes(&proof);
+    assert!(signing.verifying_key().verify(&signed, &sig).is_ok());
+
+    let key = InviteKey(signing.verifying_key().to_bytes());
+    assert!(key.opens_fetch(&env.guild, invite, &NodeId(requester), &proof));
+    assert!(!key.opens_fetch(&env.guild, invite, &node(FETCH_REQUESTER + 1), &proof));
+}
+
 #[test]
 fn vectors() {
     let history = history();
@@ -329,7 +397,7 @@ fn vectors() {
         .iter()
         .map(|(_, _, op)| op.envelope().body.kind())
         .collect();
-    assert_eq!(kinds.len(), 27, "every body kind has a vector");
+    assert_eq!(kinds.len(), 28, "every body kind has a vector");
     let generated: Vec<Value> = history
         .iter()
         .map(|(name, signer, op)| vector(name, *signer, op))
@@ -357,4 +425,5 @@ fn vectors() {
     let case = |name: &str| cases.iter().find(|c| c["name"] == name).unwrap();
     let invite_create = hex::decode(case("invite_create")["wire_hex"].as_str().unwrap()).unwrap();
     check_join_proof(case("join"), &Op::decode(&invite_create).unwrap());
+    check_fetch_proof(case("join"));
 }
