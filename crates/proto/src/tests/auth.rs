@@ -7,16 +7,6 @@ use crate::id::{InviteKey, NodeId};
 use crate::meta::MetaValue;
 use crate::perm::Permissions as P;
 
-/// Owner 1 with a #general channel and an invite; users 2 and 3 joined.
-fn guild_with_members() -> (Replica, ChannelId, OpId) {
-    let mut r = Replica::new(&key(1));
-    let general = r.text_channel(&key(1), "general");
-    let invite = r.invite(&key(1));
-    r.join(&key(2), invite);
-    r.join(&key(3), invite);
-    (r, general, invite)
-}
-
 fn role(r: &mut Replica, who: u8, name: &str, perms: P, position: u32) -> OpId {
     r.ok(
         &key(who),

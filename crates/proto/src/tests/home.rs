@@ -8,16 +8,6 @@ use crate::limits;
 use crate::op::Op;
 use crate::perm::Permissions as P;
 
-/// Owner 1 with a #general channel and an invite; users 2 and 3 joined.
-fn guild_with_members() -> (Replica, ChannelId, OpId) {
-    let mut r = Replica::new(&key(1));
-    let general = r.text_channel(&key(1), "general");
-    let invite = r.invite(&key(1));
-    r.join(&key(2), invite);
-    r.join(&key(3), invite);
-    (r, general, invite)
-}
-
 fn homes(r: &Replica, member: u8) -> Vec<NodeId> {
     r.guild.state().members[&user(member)]
         .homes

@@ -226,3 +226,13 @@ impl Replica {
             .map_or(0, |(seq, _, _)| seq)
     }
 }
+
+/// Owner 1 with a #general channel and an invite; users 2 and 3 joined.
+pub(super) fn guild_with_members() -> (Replica, ChannelId, OpId) {
+    let mut r = Replica::new(&key(1));
+    let general = r.text_channel(&key(1), "general");
+    let invite = r.invite(&key(1));
+    r.join(&key(2), invite);
+    r.join(&key(3), invite);
+    (r, general, invite)
+}
