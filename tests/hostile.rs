@@ -187,7 +187,7 @@ async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
     for n in 0..count {
         rogue.publish(g.gid, parked(n));
     }
-    // Gossip from one peer is applied in order: once a refused op behind them is counted,
+    // Pushes from one peer are judged in order: once a refused op behind them is counted,
     // every parked op before it has been judged.
     let marker = op_on_top(&a, g.gid, &throwaway_key(u64::MAX), Body::Leave);
     rogue.publish(g.gid, marker);

@@ -271,7 +271,7 @@ impl JoinFetch {
                 ));
             }
             // Every op after this one in (hlc, op id) order is ahead of our clock too: held
-            // back like gossip (§2), they come by catch-up once it is not.
+            // back like pushed ops (§2.2), they come by catch-up once it is not.
             if op.envelope().hlc.is_too_far_ahead(now_ms, self.max_skew_ms) {
                 return Ok(false);
             }

@@ -142,7 +142,7 @@ pub struct Node {
     /// Set when a commit failed after its op entered a replica: memory and disk may differ, so
     /// writes stop until a restart reloads from disk.
     write_failed: std::sync::atomic::AtomicBool,
-    /// The federation swarm, once started: local ops are gossiped through it.
+    /// The federation swarm, once started: local ops are pushed to peers through it.
     net: OnceLock<NetHandle>,
     /// Serializes adopting guilds fetched from peers.
     adopting: tokio::sync::Mutex<()>,

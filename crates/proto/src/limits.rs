@@ -1,6 +1,6 @@
 //! Size limits every node enforces, checked while decoding, before any signature is verified.
 
-/// A whole signed op on the wire (the gossipsub default transmit size).
+/// A whole signed op on the wire: 64 KiB.
 pub const MAX_OP_BYTES: usize = 64 * 1024;
 /// An op body's encoded fields.
 pub const MAX_BODY_BYTES: usize = 48 * 1024;
