@@ -290,36 +290,15 @@ fn read_peers_file(config: &NetConfig) -> Vec<Multiaddr> {
         .collect()
 }
 
-/// Judges a peer's push: verifies its ops (on every core), applies those that verify in the
-/// order pushed, and shows its signals.
+/// Judges a peer's push: its ops as a batch is judged, then its signals, each shown.
 async fn judge_push<H: Host>(
     host: &H,
     guild: GuildId,
     ops: Vec<Arc<Vec<u8>>>,
     signals: Vec<Arc<Vec<u8>>>,
 ) -> Judged {
-    let verified = crate::verify_ops(guild, ops.iter().map(|b| b.to_vec()).collect()).await;
-    let mut good = Vec::new();
-    let mut verdicts: Vec<Option<Result<Applied, &'static str>>> = Vec::new();
-    for op in verified {
-        match op {
-            Ok(op) => {
-                good.push(op);
-                verdicts.push(None);
-            }
-            Err(code) => verdicts.push(Some(Err(code))),
-        }
-    }
-    let mut applied = host.apply(guild, good).await.into_iter();
-    let ops = ops
-        .into_iter()
-        .zip(verdicts)
-        .map(|(bytes, verdict)| {
-            let verdict =
-                verdict.unwrap_or_else(|| Ok(applied.next().unwrap_or(Applied::Duplicate)));
-            (bytes, verdict)
-        })
-        .collect();
+    let verdicts = judge_ops(host, guild, ops.iter().map(|b| b.to_vec()).collect()).await;
+    let ops = ops.into_iter().zip(verdicts).collect();
     let signals = signals
         .into_iter()
         .map(|bytes| {
@@ -334,24 +313,42 @@ async fn judge_push<H: Host>(
     Judged { ops, signals }
 }
 
-/// Verifies a batch from a peer (signature checks are the cost, so on every core) and
-/// applies the ops that verify. Returns how many were at fault.
-async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::ByteBuf>) -> usize {
-    let verified = crate::verify_ops(guild, ops.into_iter().map(|b| b.into_vec()).collect()).await;
-    let mut faults = 0;
+/// Verifies ops from a peer (signature checks are the cost, so on every core) and applies
+/// those that verify, in order: each op's verdict, or the stable code it was refused with.
+async fn judge_ops<H: Host>(
+    host: &H,
+    guild: GuildId,
+    ops: Vec<Vec<u8>>,
+) -> Vec<Result<Applied, &'static str>> {
+    let verified = crate::verify_ops(guild, ops).await;
     let mut good = Vec::new();
+    let mut broken = Vec::new();
     for op in verified {
         match op {
-            Ok(op) => good.push(op),
-            Err(code) => {
-                tracing::warn!(%guild, code, "peer sent an op that does not verify");
-                faults += 1;
+            Ok(op) => {
+                good.push(op);
+                broken.push(None);
             }
+            Err(code) => broken.push(Some(code)),
         }
     }
-    for applied in host.apply(guild, good).await {
-        if let Applied::Refused(code) = applied {
-            tracing::warn!(%guild, code, "peer sent an op the core refused");
+    let mut applied = host.apply(guild, good).await.into_iter();
+    broken
+        .into_iter()
+        .map(|code| match code {
+            Some(code) => Err(code),
+            None => Ok(applied.next().unwrap_or(Applied::Duplicate)),
+        })
+        .collect()
+}
+
+/// Judges a catch-up or join batch from a peer. Returns how many ops were at fault.
+async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::ByteBuf>) -> usize {
+    let ops = ops.into_iter().map(|b| b.into_vec()).collect();
+    let mut faults = 0;
+    for verdict in judge_ops(host, guild, ops).await {
+        if let Ok(Applied::Refused(code)) | Err(code) = verdict {
+            tracing::warn!(%guild, code, "peer sent an op that does not verify or the core refused");
             faults += 1;
         }
     }

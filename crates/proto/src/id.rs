@@ -224,19 +224,21 @@ impl InviteKey {
 
 /// What a fetch proof signs after `FETCH_PROOF_DOMAIN`: `guild ‖ invite ‖ requester`, 96 bytes.
 pub fn fetch_proof_bytes(guild: &GuildId, invite: &InviteId, requester: &NodeId) -> [u8; 96] {
-    let mut out = [0u8; 96];
-    out[..32].copy_from_slice(&guild.0);
-    out[32..64].copy_from_slice(&invite.0);
-    out[64..].copy_from_slice(&requester.0);
-    out
+    invite_proof_bytes(guild, invite, &requester.0)
 }
 
 /// What a join proof signs after `JOIN_PROOF_DOMAIN`: `guild ‖ invite ‖ author`, 96 bytes.
 pub fn join_proof_bytes(guild: &GuildId, invite: &InviteId, author: &UserId) -> [u8; 96] {
+    invite_proof_bytes(guild, invite, &author.0)
+}
+
+/// `guild ‖ invite ‖ holder`: what both invite proofs sign, each after its own domain, the
+/// holder being the joining author or the fetching node.
+fn invite_proof_bytes(guild: &GuildId, invite: &InviteId, holder: &[u8; 32]) -> [u8; 96] {
     let mut out = [0u8; 96];
     out[..32].copy_from_slice(&guild.0);
     out[32..64].copy_from_slice(&invite.0);
-    out[64..].copy_from_slice(&author.0);
+    out[64..].copy_from_slice(holder);
     out
 }
 
