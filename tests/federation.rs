@@ -533,7 +533,7 @@ async fn forks_seen_apart_are_reconciled_with_proof_and_one_wins_everywhere() {
         let shown: Vec<String> = g
             .messages(&channel.parse().unwrap(), None, None, 100)
             .into_iter()
-            .map(|m| m.content)
+            .filter_map(|m| m.content.plain().map(str::to_owned))
             .filter(|c| c.starts_with("fork"))
             .collect();
         assert!(
@@ -816,7 +816,7 @@ impl Host for LyingHolder {
                 for n in 0..per_batch {
                     let body = Body::MessageCreate {
                         channel: self.channel,
-                        content: format!("filler {n}"),
+                        content: format!("filler {n}").into(),
                         reply_to: None,
                     };
                     Self::sign(&mut g, &self.owner, body);

@@ -175,7 +175,7 @@ async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
                 guildhall_gateway::node::now_ms(),
                 Body::MessageCreate {
                     channel: g.channel.parse().unwrap(),
-                    content: content.clone(),
+                    content: content.clone().into(),
                     reply_to: None,
                 },
             )

@@ -1133,7 +1133,7 @@ pub async fn create_message(
     let channel: ChannelId = id(&c, "channel id")?;
     let body = Body::MessageCreate {
         channel,
-        content: req.content,
+        content: req.content.into(),
         reply_to: req.reply_to,
     };
     let mid = send_message(&node, &me.user_id, &gid, body, req.nonce.as_deref()).await?;
@@ -1236,7 +1236,7 @@ pub async fn edit_message(
     })?;
     let body = Body::MessageEdit {
         message,
-        content: req.content,
+        content: req.content.into(),
     };
     check_content(&body)?;
     node.submit(&me.user_id, &gid, body).await?;
@@ -1382,7 +1382,7 @@ pub async fn create_thread(
     let channel: ChannelId = id(&c, "channel id")?;
     let body = Body::ThreadCreate {
         channel,
-        name: req.name.clone(),
+        name: req.name.clone().into(),
         message: req.message_id,
     };
     let thread = submit_checked(&node, &me.user_id, &gid, body).await?;
@@ -1406,7 +1406,7 @@ pub async fn list_threads(
         let threads: Vec<Value> = g
             .threads(&cid)
             .into_iter()
-            .map(|(id, name)| json!({ "id": id, "channel_id": cid, "name": name }))
+            .map(|(id, name)| json!({ "id": id, "channel_id": cid, "name": views::shown_text(&name) }))
             .collect();
         Ok(Json(json!(threads)))
     })
@@ -1448,7 +1448,11 @@ pub async fn search(
                 hits.extend(
                     g.messages(&channel, None, None, usize::MAX)
                         .into_iter()
-                        .filter(|m| m.content.to_lowercase().contains(&needle)),
+                        .filter(|m| {
+                            m.content
+                                .plain()
+                                .is_some_and(|text| text.to_lowercase().contains(&needle))
+                        }),
                 );
             }
         }

@@ -8,10 +8,17 @@ use guildhall_proto::history::MessageView;
 use guildhall_proto::id::{ChannelId, OpId, UserId};
 use guildhall_proto::meta::MetaValue;
 use guildhall_proto::perm::Permissions;
+use guildhall_proto::sealed::Text;
 use guildhall_proto::state::Channel;
 use serde_json::{Value, json};
 
 use crate::node::{Event, Gate};
+
+/// What clients see of a text field. This node does not open sealed text yet (it neither makes
+/// nor fetches channel keys), so sealed text shows as empty.
+pub(crate) fn shown_text(text: &Text) -> &str {
+    text.plain().unwrap_or_default()
+}
 
 pub fn message_json(m: &MessageView) -> Value {
     let reactions: Vec<Value> = m
@@ -23,7 +30,7 @@ pub fn message_json(m: &MessageView) -> Value {
         "id": m.id,
         "channel_id": m.channel,
         "author_id": m.author,
-        "content": m.content,
+        "content": shown_text(&m.content),
         "timestamp_ms": m.hlc.ms(),
         "hlc": m.hlc.0.to_string(),
         "edited_at_ms": m.edited_at.map(|h| h.ms()),
@@ -206,7 +213,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
                 guild: gid,
                 gate: Gate::Channel(*channel),
                 name: "THREAD_CREATE",
-                data: json!({ "id": id, "channel_id": channel, "name": name, "message_id": message }),
+                data: json!({ "id": id, "channel_id": channel, "name": shown_text(name), "message_id": message }),
             }),
             Body::ChannelCreate { .. } => guild.state().channels.get(id).map(|c| Event {
                 guild: gid,

@@ -649,7 +649,7 @@ async fn handle(
             node.user_rate_check(&user).map_err(fail)?;
             let body = Body::MessageCreate {
                 channel: send.channel_id,
-                content: send.content,
+                content: send.content.into(),
                 reply_to: send.reply_to,
             };
             let id =

@@ -101,7 +101,7 @@ impl Builder {
 fn message(channel: ChannelId, i: usize) -> Body {
     Body::MessageCreate {
         channel,
-        content: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
+        content: format!("message number {i}: the quick brown fox jumps over the lazy dog").into(),
         reply_to: None,
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{ChannelId, GuildId, InviteId, InviteKey, MessageId, NodeId, OpId, RoleId, UserId};
 use crate::limits;
+use crate::sealed::{Sealed, Text};
 use crate::wire::{DecodeError, Reader, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -116,15 +117,16 @@ pub enum Body {
     Home {
         nodes: Vec<NodeId>,
     },
-    // Content ops: channel history. Never cited by `deps`.
+    // Content ops: channel history. Never cited by `deps`. Their text is sealed (kinds 40 to
+    // 42) in a channel not every member may view.
     MessageCreate {
         channel: ChannelId,
-        content: String,
+        content: Text,
         reply_to: Option<MessageId>,
     },
     MessageEdit {
         message: MessageId,
-        content: String,
+        content: Text,
     },
     MessageDelete {
         message: MessageId,
@@ -145,7 +147,7 @@ pub enum Body {
     },
     ThreadCreate {
         channel: ChannelId,
-        name: String,
+        name: Text,
         message: Option<MessageId>,
     },
 }
@@ -179,6 +181,17 @@ impl Body {
         }
     }
 
+    /// The text a content op carries: a message's content, or a thread's name.
+    pub fn text(&self) -> Option<&Text> {
+        match self {
+            Body::MessageCreate { content, .. } | Body::MessageEdit { content, .. } => {
+                Some(content)
+            }
+            Body::ThreadCreate { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> u16 {
         match self {
             Body::Genesis { .. } => 1,
@@ -201,6 +214,9 @@ impl Body {
             Body::Unban { .. } => 18,
             Body::GuildDelete => 19,
             Body::Home { .. } => 20,
+            Body::MessageCreate { content, .. } if content.is_sealed() => 40,
+            Body::MessageEdit { content, .. } if content.is_sealed() => 41,
+            Body::ThreadCreate { name, .. } if name.is_sealed() => 42,
             Body::MessageCreate { .. } => 32,
             Body::MessageEdit { .. } => 33,
             Body::MessageDelete { .. } => 34,
@@ -349,12 +365,12 @@ impl Body {
                 reply_to,
             } => {
                 w.fixed(&channel.0);
-                w.str(content);
+                encode_text(w, content);
                 w.option(reply_to.as_ref(), |w, m| w.fixed(&m.0));
             }
             Body::MessageEdit { message, content } => {
                 w.fixed(&message.0);
-                w.str(content);
+                encode_text(w, content);
             }
             Body::MessageDelete { message } | Body::Pin { message } | Body::Unpin { message } => {
                 w.fixed(&message.0)
@@ -369,7 +385,7 @@ impl Body {
                 message,
             } => {
                 w.fixed(&channel.0);
-                w.str(name);
+                encode_text(w, name);
                 w.option(message.as_ref(), |w, m| w.fixed(&m.0));
             }
         }
@@ -493,14 +509,14 @@ impl Body {
                 check_homes(&nodes).map_err(DecodeError::Invalid)?;
                 Body::Home { nodes }
             }
-            32 => Body::MessageCreate {
+            32 | 40 => Body::MessageCreate {
                 channel: op_id(r, "channel")?,
-                content: r.str("content", limits::MAX_CONTENT_BYTES)?.to_owned(),
+                content: decode_text(r, kind == 40, limits::MAX_CONTENT_BYTES)?,
                 reply_to: r.option("reply to", |r| op_id(r, "reply to"))?,
             },
-            33 => Body::MessageEdit {
+            33 | 41 => Body::MessageEdit {
                 message: op_id(r, "message")?,
-                content: r.str("content", limits::MAX_CONTENT_BYTES)?.to_owned(),
+                content: decode_text(r, kind == 41, limits::MAX_CONTENT_BYTES)?,
             },
             34 => Body::MessageDelete {
                 message: op_id(r, "message")?,
@@ -520,9 +536,9 @@ impl Body {
             38 => Body::Unpin {
                 message: op_id(r, "message")?,
             },
-            39 => Body::ThreadCreate {
+            39 | 42 => Body::ThreadCreate {
                 channel: op_id(r, "channel")?,
-                name: name(r)?,
+                name: decode_text(r, kind == 42, limits::MAX_NAME_BYTES)?,
                 message: r.option("message", |r| op_id(r, "message"))?,
             },
             tag => {
@@ -569,4 +585,21 @@ fn decode_target(r: &mut Reader<'_>) -> Result<OverwriteTarget, DecodeError> {
             tag: tag.into(),
         }),
     }
+}
+
+fn encode_text(w: &mut Writer, text: &Text) {
+    match text {
+        Text::Plain(text) => w.str(text),
+        Text::Sealed(sealed) => sealed.encode(w),
+    }
+}
+
+/// A text field: a string of at most `max_plain` bytes, or sealed text (the body's kind says
+/// which).
+fn decode_text(r: &mut Reader<'_>, sealed: bool, max_plain: usize) -> Result<Text, DecodeError> {
+    Ok(if sealed {
+        Text::Sealed(Sealed::decode(r)?)
+    } else {
+        Text::Plain(r.str("text", max_plain)?.to_owned())
+    })
 }

@@ -358,7 +358,7 @@ pub fn seal(sealing: &Sealing, random: &SealRandomness) -> Result<DmEnvelope, Dm
     if random.wrap_nonces.len() != sealing.members.len() {
         return Err(DmError::Malformed("one wrap nonce per member".into()));
     }
-    let padded = pad(sealing.plaintext);
+    let padded = pad(sealing.plaintext, DM_PADDING);
     if padded.len() + 16 > MAX_DM_BODY_BYTES {
         return Err(DmError::TooLarge(padded.len() + 16));
     }
@@ -490,13 +490,13 @@ fn wrap_key(
     key
 }
 
-fn aead(key: &[u8; 32]) -> XChaCha20Poly1305 {
+pub(crate) fn aead(key: &[u8; 32]) -> XChaCha20Poly1305 {
     XChaCha20Poly1305::new(&(*key).into())
 }
 
-/// Plaintext, a 0x80 marker, then zeros up to a multiple of `DM_PADDING`.
-fn pad(plaintext: &[u8]) -> Vec<u8> {
-    let len = (plaintext.len() + 1).div_ceil(DM_PADDING) * DM_PADDING;
+/// Plaintext, a 0x80 marker, then zeros up to a multiple of `block`.
+pub(crate) fn pad(plaintext: &[u8], block: usize) -> Vec<u8> {
+    let len = (plaintext.len() + 1).div_ceil(block) * block;
     let mut padded = Vec::with_capacity(len);
     padded.extend_from_slice(plaintext);
     padded.push(0x80);
@@ -504,7 +504,7 @@ fn pad(plaintext: &[u8]) -> Vec<u8> {
     padded
 }
 
-fn unpad(mut padded: Vec<u8>) -> Result<Vec<u8>, DmError> {
+pub(crate) fn unpad(mut padded: Vec<u8>) -> Result<Vec<u8>, DmError> {
     let marker = padded
         .iter()
         .rposition(|&b| b != 0)

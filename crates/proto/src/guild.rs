@@ -25,6 +25,7 @@ use crate::limits;
 use crate::meta::{self, MetaDoc, MetaValue};
 use crate::op::{Envelope, Op, VerifiedOp};
 use crate::perm::Permissions;
+use crate::sealed::Text;
 use crate::state::GuildState;
 
 /// Why an op was refused outright. Unlike an authorization verdict, these are faults of the op
@@ -1741,7 +1742,7 @@ impl Guild {
     }
 
     /// Threads of a channel: (thread id, name), in creation order.
-    pub fn threads(&self, channel: &ChannelId) -> Vec<(OpId, String)> {
+    pub fn threads(&self, channel: &ChannelId) -> Vec<(OpId, Text)> {
         self.history
             .threads(channel)
             .into_iter()

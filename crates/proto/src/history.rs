@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::hlc::Hlc;
 use crate::id::{ChannelId, MessageId, OpId, UserId};
+use crate::sealed::Text;
 
 /// A message as every replica shows it: the latest edit by its author, add-wins reactions per
 /// user, the latest pin or unpin.
@@ -15,7 +16,7 @@ pub struct MessageView {
     pub channel: ChannelId,
     pub author: UserId,
     pub hlc: Hlc,
-    pub content: String,
+    pub content: Text,
     pub edited_at: Option<Hlc>,
     pub reply_to: Option<MessageId>,
     pub reactions: BTreeMap<String, BTreeSet<UserId>>,

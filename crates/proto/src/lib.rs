@@ -14,6 +14,7 @@ pub mod limits;
 pub mod meta;
 pub mod op;
 pub mod perm;
+pub mod sealed;
 pub mod signal;
 pub mod state;
 pub mod validate;
@@ -23,6 +24,7 @@ pub use body::{Body, ChannelKind, OverwriteTarget};
 pub use hlc::Hlc;
 pub use id::{ChannelId, GuildId, InviteId, Keypair, MessageId, OpId, RoleId, UserId};
 pub use op::{Envelope, Op, OpError, VerifiedOp, verify_batch};
+pub use sealed::{ChannelKey, KeyId, Sealed, Text};
 
 #[cfg(test)]
 mod tests;

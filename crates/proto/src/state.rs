@@ -176,6 +176,39 @@ impl GuildState {
         }
     }
 
+    /// Whether every member, present and future, may view `channel`: @everyone may, and no
+    /// overwrite there denies it to a role or a member. Text in any other channel is sealed.
+    pub fn open_to_all(&self, channel: &ChannelId) -> bool {
+        let Some(channel) = self.channels.get(channel) else {
+            return false;
+        };
+        let everyone = OverwriteTarget::Role(self.id);
+        let mut perms = self
+            .everyone_role()
+            .map(|r| r.permissions)
+            .unwrap_or_default();
+        if let Some(ow) = channel.overwrites.get(&everyone) {
+            perms = (perms - ow.deny) | ow.allow;
+        }
+        let viewable = perms.intersects(Permissions::VIEW_CHANNEL | Permissions::ADMINISTRATOR);
+        viewable
+            && channel.overwrites.iter().all(|(target, ow)| {
+                *target == everyone || !ow.deny.contains(Permissions::VIEW_CHANNEL)
+            })
+    }
+
+    /// The nodes home to a member who may view `channel`: those a channel key may be given to.
+    pub fn viewer_nodes(&self, channel: &ChannelId) -> BTreeSet<NodeId> {
+        self.members
+            .iter()
+            .filter(|(user, _)| {
+                self.channel_permissions(user, channel)
+                    .contains(Permissions::VIEW_CHANNEL)
+            })
+            .flat_map(|(_, member)| member.homes.iter().copied())
+            .collect()
+    }
+
     pub fn require_in_channel(
         &self,
         user: &UserId,

@@ -3,8 +3,9 @@
 use crate::body::Body;
 use crate::change_scan::{self, ScanError};
 use crate::limits;
+use crate::sealed::Text;
 
-fn check_name(name: &str) -> Result<(), &'static str> {
+pub fn check_name(name: &str) -> Result<(), &'static str> {
     let chars = name.chars().count();
     if name.trim().is_empty() {
         return Err("names must not be blank");
@@ -38,12 +39,21 @@ fn check_emoji(emoji: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Plain text by its field's rule; sealed text by its shape only, since only the nodes that
+/// can open it can check what it says (they check the same rule when they open it).
+fn check_text(text: &Text, rule: fn(&str) -> Result<(), &'static str>) -> Result<(), &'static str> {
+    match text {
+        Text::Plain(text) => rule(text),
+        Text::Sealed(sealed) => sealed.check(),
+    }
+}
+
 pub fn check_body(body: &Body) -> Result<(), &'static str> {
     match body {
         Body::Genesis { name }
         | Body::RoleCreate { name, .. }
-        | Body::ChannelCreate { name, .. }
-        | Body::ThreadCreate { name, .. } => check_name(name),
+        | Body::ChannelCreate { name, .. } => check_name(name),
+        Body::ThreadCreate { name, .. } => check_text(name, check_name),
         Body::MetaChange { change } if change.is_empty() => Err("empty metadata change"),
         // Automerge expands every run of a change, so the op count is bounded before it parses.
         Body::MetaChange { change } => {
@@ -52,7 +62,7 @@ pub fn check_body(body: &Body) -> Result<(), &'static str> {
                 .map_err(ScanError::reason)
         }
         Body::MessageCreate { content, .. } | Body::MessageEdit { content, .. } => {
-            check_content(content)
+            check_text(content, check_content)
         }
         Body::ReactionAdd { emoji, .. } | Body::ReactionRemove { emoji, .. } => check_emoji(emoji),
         Body::Home { nodes } => crate::body::check_homes(nodes),

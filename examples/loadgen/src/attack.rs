@@ -245,7 +245,7 @@ fn parked_op(node: &Arc<Node>, gid: GuildId, n: u64, content: &str) -> Vec<u8> {
         guildhall_gateway::node::now_ms(),
         Body::MessageCreate {
             channel,
-            content: content.to_owned(),
+            content: content.into(),
             reply_to: None,
         },
     );

@@ -516,7 +516,7 @@ async fn write_messages(
             for i in 0..per_writer {
                 let body = guildhall_proto::body::Body::MessageCreate {
                     channel,
-                    content: format!("writer {w} message {i}: some ordinary chat text"),
+                    content: format!("writer {w} message {i}: some ordinary chat text").into(),
                     reply_to: None,
                 };
                 let id = node.submit(&author, &guild, body).await.expect("submit");

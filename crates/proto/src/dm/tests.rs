@@ -144,7 +144,7 @@ fn a_member_cannot_alter_the_body_for_the_others() {
         .encrypt(
             &XNonce::from(envelope.body_nonce),
             Payload {
-                msg: &pad(b"pay cal 500"),
+                msg: &pad(b"pay cal 500", DM_PADDING),
                 aad: &body_aad(&envelope),
             },
         )

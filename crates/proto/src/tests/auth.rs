@@ -489,7 +489,7 @@ fn threads_inherit_parent_permissions() {
     assert_eq!(r.guild.message(&m).unwrap().thread, Some(thread));
     assert_eq!(
         r.guild.threads(&general),
-        vec![(thread, "discussion".to_string())]
+        vec![(thread, "discussion".into())]
     );
     r.ok(
         &key(1),

@@ -212,7 +212,7 @@ impl World {
                     actor,
                     Body::MessageCreate {
                         channel: general,
-                        content,
+                        content: content.into(),
                         reply_to,
                     },
                 )
@@ -220,7 +220,13 @@ impl World {
             Action::Edit { actor, pick } => {
                 let message = nth(&messages(at_home(actor)), pick)?;
                 let content = format!("edited by {actor}");
-                (actor, Body::MessageEdit { message, content })
+                (
+                    actor,
+                    Body::MessageEdit {
+                        message,
+                        content: content.into(),
+                    },
+                )
             }
             Action::Delete { actor, pick } => {
                 let message = nth(&messages(at_home(actor)), pick)?;
@@ -257,7 +263,7 @@ impl World {
                     actor,
                     Body::ThreadCreate {
                         channel: general,
-                        name,
+                        name: name.into(),
                         message,
                     },
                 )
@@ -348,7 +354,7 @@ impl World {
                     replica,
                     Body::MessageCreate {
                         channel: general,
-                        content,
+                        content: content.into(),
                         reply_to: None,
                     },
                 ));

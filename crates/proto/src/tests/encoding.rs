@@ -6,6 +6,7 @@ use super::*;
 use crate::guild::InsertError;
 use crate::limits;
 use crate::op::{Op, OpError, verify_batch};
+use crate::sealed::Text;
 
 fn message_envelope(r: &Replica, who: &Keypair, text: &str) -> Envelope {
     r.guild.next_envelope(
@@ -465,7 +466,7 @@ fn an_equivocating_author_is_no_longer_trusted_from_the_fork_on() {
         for forked in [left, right, after] {
             assert_eq!(r.verdict(&forked), Verdict::Forked);
         }
-        let shown: Vec<String> = r
+        let shown: Vec<Text> = r
             .guild
             .messages(&general, None, None, 10)
             .into_iter()

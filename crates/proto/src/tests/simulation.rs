@@ -202,7 +202,8 @@ impl Sim {
                     "{} says {}",
                     &who.to_string()[..6],
                     self.rng.random::<u16>()
-                ),
+                )
+                .into(),
                 reply_to: self.pick(&messages),
             },
             50..62 => Body::ReactionAdd {

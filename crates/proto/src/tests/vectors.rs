@@ -17,6 +17,7 @@ use crate::id::{
 use crate::meta::MetaValue;
 use crate::op::Op;
 use crate::perm::Permissions;
+use crate::sealed::{ChannelKey, KEY_ID_DOMAIN, SEALED_AAD_DOMAIN, SEALED_PADDING, Sealed, Text};
 use crate::wire::Writer;
 
 fn vectors_path() -> PathBuf {
@@ -177,6 +178,38 @@ fn history() -> Vec<(&'static str, u8, VerifiedOp)> {
             message: Some(hello),
         },
     );
+    let channel_key = vector_channel_key(&r.guild.id(), general);
+    let sealed =
+        |text: &str, nonce: u8| Text::Sealed(channel_key.seal(&user(2), text, [nonce; 24]));
+    let secret = step(
+        &mut r,
+        "message_create_sealed",
+        2,
+        Body::MessageCreate {
+            channel: general,
+            content: sealed("for those who may view", 1),
+            reply_to: None,
+        },
+    );
+    step(
+        &mut r,
+        "message_edit_sealed",
+        2,
+        Body::MessageEdit {
+            message: secret,
+            content: sealed("for those who may view, edited", 2),
+        },
+    );
+    step(
+        &mut r,
+        "thread_create_sealed",
+        2,
+        Body::ThreadCreate {
+            channel: general,
+            name: sealed("a sealed thread", 3),
+            message: Some(secret),
+        },
+    );
     step(
         &mut r,
         "message_delete",
@@ -270,6 +303,32 @@ fn vector(name: &str, signer: u8, op: &VerifiedOp) -> Value {
         case["home_nodes"] = json!(nodes.iter().map(ToString::to_string).collect::<Vec<_>>());
     }
     case
+}
+
+/// The channel key of the sealed cases: a fixed key for the vectors' text channel.
+fn vector_channel_key(guild: &OpId, channel: ChannelId) -> ChannelKey {
+    ChannelKey {
+        guild: *guild,
+        channel,
+        key: [0x5a; 32],
+    }
+}
+
+/// How a sealed case's text follows from the channel key (`spec/ops.md` §5.4): the key id's
+/// preimage, the associated data, the padded plaintext and the text.
+fn sealed_case(key: &ChannelKey, author: &UserId, sealed: &Sealed) -> Value {
+    let text = key.open(author, sealed).expect("the vector's key opens it");
+    json!({
+        "channel_key_hex": hex::encode(key.key),
+        "key_id_preimage_hex": hex::encode(
+            [KEY_ID_DOMAIN, &key.guild.0, &key.channel.0, &key.key].concat()
+        ),
+        "key_id": key.id().to_string(),
+        "nonce_hex": hex::encode(sealed.nonce),
+        "aad_hex": hex::encode([SEALED_AAD_DOMAIN, &sealed.key.0, &author.0].concat()),
+        "padded_plaintext_hex": hex::encode(crate::dm::pad(text.as_bytes(), SEALED_PADDING)),
+        "plaintext": text,
+    })
 }
 
 /// The node that fetched the guild for the join case's author (`spec/ops.md` §6.1): the
@@ -397,10 +456,23 @@ fn vectors() {
         .iter()
         .map(|(_, _, op)| op.envelope().body.kind())
         .collect();
-    assert_eq!(kinds.len(), 28, "every body kind has a vector");
+    assert_eq!(kinds.len(), 31, "every body kind has a vector");
+    let general = history
+        .iter()
+        .find(|(name, _, _)| *name == "channel_create_text")
+        .map(|(_, _, op)| op.id())
+        .unwrap();
+    let channel_key = vector_channel_key(&history[0].2.id(), general);
     let generated: Vec<Value> = history
         .iter()
-        .map(|(name, signer, op)| vector(name, *signer, op))
+        .map(|(name, signer, op)| {
+            let mut case = vector(name, *signer, op);
+            let env = op.envelope();
+            if let Some(Text::Sealed(sealed)) = env.body.text() {
+                case["sealed"] = sealed_case(&channel_key, &env.author, sealed);
+            }
+            case
+        })
         .collect();
     let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
     let path = vectors_path();
