@@ -598,7 +598,7 @@ fn encode_text(w: &mut Writer, text: &Text) {
 /// which).
 fn decode_text(r: &mut Reader<'_>, sealed: bool, max_plain: usize) -> Result<Text, DecodeError> {
     Ok(if sealed {
-        Text::Sealed(Sealed::decode(r)?)
+        Text::Sealed(Sealed::decode(r, max_plain)?)
     } else {
         Text::Plain(r.str("text", max_plain)?.to_owned())
     })

@@ -1,6 +1,6 @@
 //! Sealed text: the content of a channel that not every member may view, encrypted under a
 //! channel key, so that a node replicating the guild for members who cannot view the channel
-//! stores and forwards it without being able to read it (`spec/ops.md` §5.4, `spec/auth.md`
+//! stores and forwards it without being able to read it (`spec/ops.md` §6.1, `spec/auth.md`
 //! §9). Pure functions: keys and nonces are passed in.
 //!
 //! A channel key is 32 random bytes made by the node that first needs one; its id is a hash
@@ -15,19 +15,21 @@ use serde::{Serialize, Serializer};
 
 use crate::dm::{aead, pad, unpad};
 use crate::id::{ChannelId, GuildId, UserId, sha256};
-use crate::limits;
 use crate::wire::{DecodeError, Reader, Writer};
 
 pub const KEY_ID_DOMAIN: &[u8] = b"guildhall/channel-key/v1\0";
 pub const SEALED_AAD_DOMAIN: &[u8] = b"guildhall/sealed/v1\0";
 /// Sealed plaintext is padded to a multiple of this, so lengths leak only coarsely.
 pub const SEALED_PADDING: usize = 64;
-/// The largest ciphertext: the largest plaintext field, padded, plus the 16-byte tag.
-pub const MAX_SEALED_BYTES: usize =
-    (limits::MAX_CONTENT_BYTES + 1).div_ceil(SEALED_PADDING) * SEALED_PADDING + 16;
+
+/// The largest ciphertext of a field whose plain form holds at most `max_plain` bytes: that
+/// text padded, plus the 16-byte tag. A sealed field is bounded as its plain form is.
+pub const fn max_sealed_bytes(max_plain: usize) -> usize {
+    (max_plain + 1).div_ceil(SEALED_PADDING) * SEALED_PADDING + 16
+}
 
 /// The id of a channel key: `sha256(domain ‖ guild ‖ channel ‖ key)`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId(pub [u8; 32]);
 
 impl fmt::Debug for KeyId {
@@ -135,11 +137,12 @@ impl Sealed {
         w.bytes(&self.ciphertext);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Sealed, DecodeError> {
+    /// Decodes a sealed field whose plain form holds at most `max_plain` bytes.
+    pub(crate) fn decode(r: &mut Reader<'_>, max_plain: usize) -> Result<Sealed, DecodeError> {
         Ok(Sealed {
             key: KeyId(r.array("key id")?),
             nonce: r.array("nonce")?,
-            ciphertext: r.bytes("ciphertext", MAX_SEALED_BYTES)?.to_vec(),
+            ciphertext: r.bytes("ciphertext", max_sealed_bytes(max_plain))?.to_vec(),
         })
     }
 

@@ -177,7 +177,8 @@ impl GuildState {
     }
 
     /// Whether every member, present and future, may view `channel`: @everyone may, and no
-    /// overwrite there denies it to a role or a member. Text in any other channel is sealed.
+    /// overwrite there denies it to a role or a member. Text in any other channel is to be
+    /// sealed (`spec/auth.md` §9; not enforced yet).
     pub fn open_to_all(&self, channel: &ChannelId) -> bool {
         let Some(channel) = self.channels.get(channel) else {
             return false;

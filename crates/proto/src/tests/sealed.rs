@@ -4,6 +4,7 @@
 use super::*;
 use crate::OverwriteTarget;
 use crate::error::AuthError;
+use crate::limits;
 use crate::perm::Permissions;
 use crate::sealed::{ChannelKey, Sealed, Text};
 
@@ -200,6 +201,27 @@ fn sealed_bodies_round_trip_and_ciphertext_shape_is_checked() {
         assert_eq!(decoded.envelope().body, body);
         assert!((40..=42).contains(&body.kind()));
     }
+    // A sealed field is bounded as its plain form is: 528 bytes is past a name's 464.
+    let long = Sealed {
+        ciphertext: vec![0; 8 * crate::sealed::SEALED_PADDING + 16],
+        ..sealed.clone()
+    };
+    assert_eq!(crate::sealed::max_sealed_bytes(limits::MAX_NAME_BYTES), 464);
+    let sign = |body| {
+        r.guild
+            .next_envelope(user(2), r.now + 1, body)
+            .sign(&key(2))
+    };
+    assert!(sign(sealed_message(staff, long.clone())).is_ok());
+    let long_name = Body::ThreadCreate {
+        channel: staff,
+        name: Text::Sealed(long),
+        message: None,
+    };
+    assert!(matches!(
+        sign(long_name),
+        Err(crate::op::OpError::Decode(_))
+    ));
     let mut short = sealed;
     short.ciphertext.truncate(20);
     assert!(
