@@ -1163,3 +1163,189 @@ async fn peers_flooding_sync_requests_are_refused_then_blocked_while_honest_catc
         .unwrap();
     assert_eq!(page.len(), 5, "the honest catch-up brought all of bob's");
 }
+
+const VIEW_CHANNEL: u64 = 1 << 10;
+
+/// The channel key id a node's replica shows for a sealed message.
+fn sealing_key(node: &TestNode, guild: &GuildId, message: &str) -> guildhall_proto::sealed::KeyId {
+    let g = node.node.guild(guild).unwrap();
+    let g = g.lock().unwrap();
+    let view = g
+        .message(&message.parse().unwrap())
+        .expect("the message is held");
+    view.content.sealed().expect("the text is sealed").key
+}
+
+/// Waits until `client` reads `text` as the content of `message` in `channel`.
+async fn reads(client: &Client, guild: &str, channel: &str, message: &str, text: &str) {
+    eventually(&format!("the message reads {text:?}"), async || {
+        // Refused until the client's node has seen a grant of the channel.
+        client
+            .messages(guild, channel, &Page::default())
+            .await
+            .is_ok_and(|page| page.iter().any(|m| m.id == message && m.content == text))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_private_channel_is_sealed_from_nodes_with_no_viewer_until_one_is_granted() {
+    let a = TestNode::federated(&[]).await;
+    let b = TestNode::federated(&[&a]).await;
+    let c = TestNode::federated(&[&a, &b]).await;
+    let Shared {
+        alice,
+        guild,
+        gid,
+        mut members,
+        ..
+    } = shared_guild(&a, "Private", &[("bob", &b), ("carol", &c)]).await;
+    let (carol, carol_user) = members.pop().unwrap();
+    let (bob, _) = members.pop().unwrap();
+    let staff = alice
+        .create_channel(&guild.id, "staff", "text")
+        .await
+        .unwrap()
+        .id;
+    alice
+        .set_member_overwrite(&guild.id, &staff, &carol_user.id, 0, VIEW_CHANNEL)
+        .await
+        .unwrap();
+    converged(&[&a, &b, &c], &guild.id).await;
+
+    let mut bob_gw = Gateway::connect(&bob).await.unwrap();
+    let secret = "zebra plan 7731";
+    let sent = alice.send(&guild.id, &staff, secret).await.unwrap();
+    assert_eq!(sent.content, secret, "the author's node opens its own seal");
+    // B fetches the key from A and shows the message as it reads, whichever comes first.
+    loop {
+        let d = bob_gw.next_dispatch(WAIT).await.unwrap();
+        if d.data["id"] == sent.id.as_str() && d.data["content"] == secret {
+            break;
+        }
+    }
+    let reply = bob
+        .send(&guild.id, &staff, "bob's sealed reply")
+        .await
+        .unwrap();
+    reads(&alice, &guild.id, &staff, &reply.id, "bob's sealed reply").await;
+    converged(&[&a, &b, &c], &guild.id).await;
+
+    // C holds both ops (the same state hash) but can open neither, and is given no key.
+    let first_key = sealing_key(&c, &gid, &sent.id);
+    let reply_key = sealing_key(&c, &gid, &reply.id);
+    assert_ne!(
+        first_key, reply_key,
+        "each node seals with a key of its own"
+    );
+    {
+        let g = c.node.guild(&gid).unwrap();
+        let g = g.lock().unwrap();
+        assert!(g.keyring().get(&first_key).is_none());
+        assert!(g.keyring().get(&reply_key).is_none());
+    }
+    assert!(
+        c.net()
+            .channel_keys(gid, &[first_key, reply_key])
+            .await
+            .is_empty(),
+        "A and B give C no key of a channel its user may not view"
+    );
+    assert_eq!(
+        b.net().channel_keys(gid, &[first_key]).await.len(),
+        1,
+        "a viewer node is given it"
+    );
+    let on_disk = std::fs::read(c.node.config.data_dir.join("guildhall.redb")).unwrap();
+    assert!(
+        !on_disk
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes()),
+        "C's store holds no plaintext of the private channel"
+    );
+    assert!(
+        carol
+            .messages(&guild.id, &staff, &Page::default())
+            .await
+            .is_err(),
+        "carol may not read #staff"
+    );
+
+    // Granted the channel, C fetches the keys and carol reads its history.
+    alice
+        .set_member_overwrite(&guild.id, &staff, &carol_user.id, VIEW_CHANNEL, 0)
+        .await
+        .unwrap();
+    reads(&carol, &guild.id, &staff, &sent.id, secret).await;
+    reads(&carol, &guild.id, &staff, &reply.id, "bob's sealed reply").await;
+
+    // Shut out again, C cannot open what is sealed after it sees that.
+    alice
+        .set_member_overwrite(&guild.id, &staff, &carol_user.id, 0, VIEW_CHANNEL)
+        .await
+        .unwrap();
+    converged(&[&a, &b, &c], &guild.id).await;
+    let later = alice
+        .send(&guild.id, &staff, "after carol left staff")
+        .await
+        .unwrap();
+    reads(&bob, &guild.id, &staff, &later.id, "after carol left staff").await;
+    converged(&[&a, &b, &c], &guild.id).await;
+    let later_key = sealing_key(&c, &gid, &later.id);
+    assert_ne!(later_key, first_key, "the key changed with the state");
+    assert!(c.net().channel_keys(gid, &[later_key]).await.is_empty());
+    let g = c.node.guild(&gid).unwrap();
+    assert!(g.lock().unwrap().keyring().get(&later_key).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranger_asking_for_channel_keys_is_refused_then_blocked() {
+    let a = TestNode::federated_with(&[], |c| c.channel_key_budget = Budget::new(2.0, 10.0)).await;
+    let (alice, _) = a.user("alice").await;
+    let guild = alice.create_guild("Keys").await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    let a_id = a.net().peer_id();
+    let rogue = rogue_peer(&a, gid).await;
+    let ask = |count: usize| guildhall_net::protocol::Request::ChannelKeys {
+        guild: gid,
+        keys: vec![serde_bytes::ByteArray::new([7; 32]); count],
+    };
+    let refusal = |answer: Result<guildhall_net::protocol::Response, NetError>| match answer {
+        Err(NetError::Refused(r)) => r.code,
+        other => panic!("a stranger was answered: {other:?}"),
+    };
+    assert_eq!(refusal(rogue.request(a_id, ask(1)).await), "not_entitled");
+    let too_many = guildhall_net::protocol::MAX_CHANNEL_KEYS + 1;
+    assert_eq!(
+        refusal(rogue.request(a_id, ask(too_many)).await),
+        "too_many_keys"
+    );
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    loop {
+        match rogue.request(a_id, ask(1)).await {
+            Err(NetError::Refused(r)) => *codes.entry(r.code).or_default() += 1,
+            Err(_) => break,
+            Ok(answer) => panic!("a stranger was answered: {answer:?}"),
+        }
+        assert!(
+            codes.values().sum::<usize>() < 1_000,
+            "never blocked: {codes:?}"
+        );
+    }
+    assert!(codes["rate_limited"] >= 64, "{codes:?}");
+    eventually("A drops the blocked stranger", async || {
+        !a.net().peers().await.contains(&rogue.peer_id())
+    })
+    .await;
+    let faults = a.net().faults().await;
+    assert!(faults["too_many_keys"] >= 1, "{faults:?}");
+    assert!(faults["not_entitled"] >= 2, "{faults:?}");
+    alice
+        .send(
+            &guild.id,
+            guild.first_text_channel().unwrap().id.as_str(),
+            "still here",
+        )
+        .await
+        .unwrap();
+}

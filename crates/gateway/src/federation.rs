@@ -12,6 +12,7 @@ use guildhall_proto::guild::{Guild, Inserted, LogPositions};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, NodeId, OpId, UserId};
 use guildhall_proto::op::VerifiedOp;
+use guildhall_proto::sealed::{ChannelKey, KeyId};
 use guildhall_proto::signal::Signal;
 
 use crate::error::ApiError;
@@ -98,6 +99,10 @@ impl Host for Node {
 
     async fn apply(&self, guild: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
         self.apply_remote(guild, ops).await
+    }
+
+    fn channel_keys(&self, guild: &GuildId, requester: &NodeId, ids: &[KeyId]) -> Vec<ChannelKey> {
+        self.give_channel_keys(guild, requester, ids)
     }
 
     fn dm_keys(&self, user: &UserId) -> Vec<Vec<u8>> {

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 mod backfill;
+mod channel_keys;
 pub mod dm;
 pub mod error;
 pub mod federation;

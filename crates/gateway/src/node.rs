@@ -160,6 +160,7 @@ pub struct Node {
     pub(crate) dm_delivery: Arc<tokio::sync::Notify>,
     /// The SFU and voice states, once voice is started.
     pub(crate) voice: OnceLock<crate::voice::VoiceHub>,
+    pub(crate) key_fetch: crate::channel_keys::KeyFetch,
 }
 
 /// How often, at most, send nonces past their retention are looked for.
@@ -234,7 +235,11 @@ impl Node {
         let mut guilds = HashMap::new();
         let mut loading = HashMap::new();
         for id in store.guilds().map_err(|e| e.to_string())? {
-            let (guild, older) = crate::history::load_recent(&store, &id, config.restart_recent)?;
+            let (mut guild, older) =
+                crate::history::load_recent(&store, &id, config.restart_recent)?;
+            for key in store.channel_keys(&id).map_err(|e| e.to_string())? {
+                guild.add_channel_key(key);
+            }
             guilds.insert(id, Arc::new(Mutex::new(guild)));
             if let Some(older) = older {
                 loading.insert(id, older);
@@ -267,6 +272,7 @@ impl Node {
             backfill_runs: Mutex::new(HashMap::new()),
             dm_delivery: Arc::new(tokio::sync::Notify::new()),
             voice: OnceLock::new(),
+            key_fetch: Default::default(),
         });
         node.spawn_history_loader();
         Ok(node)
@@ -344,6 +350,7 @@ impl Node {
         });
         self.spawn_pending_expiry();
         self.spawn_dm_delivery();
+        self.spawn_key_fetch();
         self.resume_backfills();
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -420,6 +427,15 @@ impl Node {
             .collect();
         ids.sort();
         ids
+    }
+
+    pub(crate) fn guild_ids(&self) -> Vec<GuildId> {
+        self.guilds
+            .read()
+            .expect("guild map lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     pub fn guild_count(&self) -> usize {
@@ -593,11 +609,19 @@ impl Node {
             if !matches!(body, Body::Join { .. }) {
                 member_gate(g.state(), user)?;
             }
-            let envelope = g.next_envelope(*user, now_ms(), body);
+            let mut envelope = g.next_envelope(*user, now_ms(), body);
+            let made_key =
+                g.seal_new_text(user, &mut envelope.body, rand::random(), rand::random());
+            if let Some(key) = made_key {
+                // Queued ahead of every op sealed with it, so never an op without its key on
+                // disk; not awaited: the op's own commit comes after it.
+                drop(self.store.enqueue(vec![Write::ChannelKey(key)])?);
+            }
             g.precheck(&envelope)?;
             let op = envelope.sign_verified(&key)?;
             let id = op.id();
             let bytes = op.encode();
+            let control = op.envelope().body.is_control();
             let write = Write::op(*guild_id, &op);
             let outcome = match g.insert(op)? {
                 Inserted::Applied { changes, .. } if g.verdict(&id) == Some(&Verdict::Valid) => {
@@ -627,14 +651,17 @@ impl Node {
             (
                 id,
                 self.store.enqueue(writes),
-                outcome.map(|events| (events, bytes)),
+                outcome.map(|events| (events, bytes, control)),
             )
         };
         self.settle(committed).await?;
         self.metrics.ops_committed.fetch_add(1, Ordering::Relaxed);
-        let (events, bytes) = outcome?;
+        let (events, bytes, control) = outcome?;
         if let Some(net) = self.net.get() {
             net.publish(*guild_id, bytes);
+        }
+        if control {
+            self.want_keys(*guild_id);
         }
         for event in events {
             self.publish(event);
@@ -671,6 +698,7 @@ impl Node {
             let mut results = Vec::with_capacity(ops.len());
             let mut writes = Vec::new();
             let mut changes = Vec::new();
+            let mut stored_ids = Vec::new();
             for op in ops {
                 // Held back, not judged: validity must not depend on our clock. The op comes
                 // again with a later catch-up.
@@ -686,6 +714,7 @@ impl Node {
                         changes: changed,
                         gaps,
                     }) => {
+                        stored_ids.extend(accepted.iter().copied());
                         writes.extend(op_writes(&g, accepted));
                         changes.extend(changed);
                         if gaps.is_empty() {
@@ -697,6 +726,9 @@ impl Node {
                     Err(InsertError::PendingFull) => Applied::Ignored("pending_full"),
                     Err(e) => Applied::Refused(e.code()),
                 });
+            }
+            if crate::channel_keys::may_want_keys(&g, &stored_ids) {
+                self.want_keys(guild_id);
             }
             let mut events = views::events_for(&g, &changes);
             if history {
@@ -766,6 +798,7 @@ impl Node {
                 .insert(id, progress);
         }
         self.hold(guild);
+        self.want_keys(id);
         Ok(true)
     }
 

@@ -1082,7 +1082,7 @@ pub async fn list_messages(
             let messages: Vec<Value> = g
                 .messages(&cid, before, after, limit)
                 .iter()
-                .map(views::message_json)
+                .map(|m| views::message_json(g, m))
                 .collect();
             Ok(messages)
         })
@@ -1203,7 +1203,7 @@ fn message_view(
     message: &MessageId,
 ) -> Result<Value> {
     node.with_member_guild(me, gid, |g| {
-        shown(g, me, channel, message).map(|m| views::message_json(&m))
+        shown(g, me, channel, message).map(|m| views::message_json(g, &m))
     })
 }
 
@@ -1326,7 +1326,7 @@ pub async fn list_pins(
             .messages(&cid, None, None, usize::MAX)
             .iter()
             .filter(|m| m.pinned)
-            .map(views::message_json)
+            .map(|m| views::message_json(g, m))
             .collect();
         Ok(Json(json!(pins)))
     })
@@ -1405,8 +1405,8 @@ pub async fn list_threads(
         viewable(g, &me.user_id, &cid)?;
         let threads: Vec<Value> = g
             .threads(&cid)
-            .into_iter()
-            .map(|(id, name)| json!({ "id": id, "channel_id": cid, "name": views::shown_text(&name) }))
+            .iter()
+            .filter_map(|(id, _)| views::thread_json(g, id))
             .collect();
         Ok(Json(json!(threads)))
     })
@@ -1449,8 +1449,7 @@ pub async fn search(
                     g.messages(&channel, None, None, usize::MAX)
                         .into_iter()
                         .filter(|m| {
-                            m.content
-                                .plain()
+                            g.open_text(&m.author, &m.content, &m.channel)
                                 .is_some_and(|text| text.to_lowercase().contains(&needle))
                         }),
                 );
@@ -1459,7 +1458,9 @@ pub async fn search(
         hits.sort_by_key(|m| std::cmp::Reverse((m.hlc, m.id)));
         hits.truncate(limit);
         Ok(Json(json!(
-            hits.iter().map(views::message_json).collect::<Vec<_>>()
+            hits.iter()
+                .map(|m| views::message_json(g, m))
+                .collect::<Vec<_>>()
         )))
     })
 }

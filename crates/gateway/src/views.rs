@@ -1,11 +1,12 @@
 //! The JSON shapes clients see (`spec/rest.md`), and the gateway events an applied op causes.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::guild::{Guild, Verdict};
 use guildhall_proto::history::MessageView;
-use guildhall_proto::id::{ChannelId, OpId, UserId};
+use guildhall_proto::id::{ChannelId, GuildId, OpId, UserId};
 use guildhall_proto::meta::MetaValue;
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::sealed::Text;
@@ -14,13 +15,18 @@ use serde_json::{Value, json};
 
 use crate::node::{Event, Gate};
 
-/// What clients see of a text field. This node does not open sealed text yet (it neither makes
-/// nor fetches channel keys), so sealed text shows as empty.
-pub(crate) fn shown_text(text: &Text) -> &str {
-    text.plain().unwrap_or_default()
+/// What clients see of a text field by `author` in `channel`: sealed text opened with the
+/// channel keys held here, or empty until its key is fetched.
+pub(crate) fn shown_text<'a>(
+    guild: &Guild,
+    author: &UserId,
+    text: &'a Text,
+    channel: &ChannelId,
+) -> Cow<'a, str> {
+    guild.open_text(author, text, channel).unwrap_or_default()
 }
 
-pub fn message_json(m: &MessageView) -> Value {
+pub fn message_json(guild: &Guild, m: &MessageView) -> Value {
     let reactions: Vec<Value> = m
         .reactions
         .iter()
@@ -30,7 +36,7 @@ pub fn message_json(m: &MessageView) -> Value {
         "id": m.id,
         "channel_id": m.channel,
         "author_id": m.author,
-        "content": shown_text(&m.content),
+        "content": shown_text(guild, &m.author, &m.content, &m.channel),
         "timestamp_ms": m.hlc.ms(),
         "hlc": m.hlc.0.to_string(),
         "edited_at_ms": m.edited_at.map(|h| h.ms()),
@@ -39,6 +45,21 @@ pub fn message_json(m: &MessageView) -> Value {
         "pinned": m.pinned,
         "thread_id": m.thread,
     })
+}
+
+/// A thread, if `id` is a `ThreadCreate` held.
+pub fn thread_json(guild: &Guild, id: &OpId) -> Option<Value> {
+    let env = guild.op(id)?.envelope();
+    let Body::ThreadCreate {
+        channel,
+        name,
+        message,
+    } = &env.body
+    else {
+        return None;
+    };
+    let name = shown_text(guild, &env.author, name, channel);
+    Some(json!({ "id": id, "channel_id": channel, "name": name, "message_id": message }))
 }
 
 fn meta_str(guild: &Guild, key: &str) -> Option<String> {
@@ -162,7 +183,7 @@ fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Ev
         guild: guild.id(),
         gate: Gate::Channel(gate_channel(guild, &view.channel)),
         name,
-        data: message_json(&view),
+        data: message_json(guild, &view),
     })
 }
 
@@ -205,15 +226,11 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
             | Body::Pin { message }
             | Body::Unpin { message } => message_event(guild, "MESSAGE_UPDATE", message),
             Body::MessageDelete { message } => delete_event(guild, message),
-            Body::ThreadCreate {
-                channel,
-                name,
-                message,
-            } => Some(Event {
+            Body::ThreadCreate { channel, .. } => thread_json(guild, id).map(|data| Event {
                 guild: gid,
                 gate: Gate::Channel(*channel),
                 name: "THREAD_CREATE",
-                data: json!({ "id": id, "channel_id": channel, "name": shown_text(name), "message_id": message }),
+                data,
             }),
             Body::ChannelCreate { .. } => guild.state().channels.get(id).map(|c| Event {
                 guild: gid,
@@ -269,10 +286,35 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
         };
         events.extend(event);
     }
-    // Every event says which guild it belongs to.
+    with_guild_ids(gid, events)
+}
+
+/// The events clients should see once channel keys arrived that open the sealed text of `ops`:
+/// the message or thread as it now reads.
+pub fn events_opened(guild: &Guild, ops: &[OpId]) -> Vec<Event> {
+    let events = ops
+        .iter()
+        .filter(|id| guild.verdict(id).is_some_and(Verdict::is_valid))
+        .filter_map(|id| match &guild.op(id)?.envelope().body {
+            Body::MessageCreate { .. } => message_event(guild, "MESSAGE_UPDATE", id),
+            Body::MessageEdit { message, .. } => message_event(guild, "MESSAGE_UPDATE", message),
+            Body::ThreadCreate { channel, .. } => thread_json(guild, id).map(|data| Event {
+                guild: guild.id(),
+                gate: Gate::Channel(*channel),
+                name: "THREAD_UPDATE",
+                data,
+            }),
+            _ => None,
+        })
+        .collect();
+    with_guild_ids(guild.id(), events)
+}
+
+/// Every event says which guild it belongs to.
+fn with_guild_ids(guild: GuildId, mut events: Vec<Event>) -> Vec<Event> {
     for event in &mut events {
         if let Some(data) = event.data.as_object_mut() {
-            data.entry("guild_id").or_insert(json!(gid));
+            data.entry("guild_id").or_insert(json!(guild));
         }
     }
     events

@@ -28,6 +28,7 @@ pub(crate) enum Traffic {
     Join,
     Backfill,
     Dm,
+    ChannelKeys,
 }
 
 impl Traffic {
@@ -38,6 +39,7 @@ impl Traffic {
             Request::Join { .. } => Traffic::Join,
             Request::Backfill { .. } => Traffic::Backfill,
             Request::DmKeys { .. } | Request::Dms { .. } => Traffic::Dm,
+            Request::ChannelKeys { .. } => Traffic::ChannelKeys,
         }
     }
 }
@@ -50,6 +52,7 @@ impl NetConfig {
             Traffic::Join => self.join_budget,
             Traffic::Backfill => self.backfill_budget,
             Traffic::Dm => self.dm_budget,
+            Traffic::ChannelKeys => self.channel_key_budget,
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod protocol;
 pub mod stranger;
 mod swarm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use guildhall_proto::guild::LogPositions;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, InviteId, InviteKey, NodeId, OpId, UserId};
 use guildhall_proto::op::{Op, VerifiedOp};
+use guildhall_proto::sealed::{ChannelKey, KeyId};
 use guildhall_proto::signal::Signal;
 pub use libp2p::identity::Keypair as NodeKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -60,6 +61,8 @@ pub struct NetConfig {
     pub backfill_budget: Budget,
     /// DM key lookups and DM hand-overs together.
     pub dm_budget: Budget,
+    /// Channel key requests.
+    pub channel_key_budget: Budget,
     /// A peer's requests being answered at once; more are refused with `rate_limited`. This
     /// node keeps its own catch-ups with one peer to a quarter of it, so two honest nodes never
     /// meet it.
@@ -88,6 +91,9 @@ impl NetConfig {
             join_budget: Budget::new(10.0, 100.0),
             backfill_budget: Budget::new(10.0, 100.0),
             dm_budget: Budget::new(10.0, 100.0),
+            // A node asks when sealed text it cannot open arrives, or its users' view changes:
+            // once per guild per round, to each peer.
+            channel_key_budget: Budget::new(10.0, 100.0),
             max_requests_in_flight: 32,
         }
     }
@@ -194,6 +200,16 @@ pub trait Host: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<Applied>> + Send;
     /// The signed DM key records held for a user, oldest version first.
     fn dm_keys(&self, user: &UserId) -> Vec<Vec<u8>>;
+    /// The channel keys among `ids` held for a guild whose channel `requester` is a viewer
+    /// node of (`Guild::keys_for`); a host that seals nothing holds none.
+    fn channel_keys(
+        &self,
+        _guild: &GuildId,
+        _requester: &NodeId,
+        _ids: &[KeyId],
+    ) -> Vec<ChannelKey> {
+        Vec::new()
+    }
     /// Verifies and durably stores DMs a peer hands over for this node's users; answers once
     /// they are stored, with how many there were.
     fn take_dms(
@@ -235,8 +251,8 @@ enum Command {
     Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
 }
 
-/// How long a DM key lookup waits for each peer.
-const DM_KEYS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a DM or channel key lookup waits for each peer.
+const KEYS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The node's handle on the running swarm; cheap to clone.
 #[derive(Clone)]
@@ -341,7 +357,7 @@ impl NetHandle {
     pub async fn dm_keys(&self, user: UserId) -> Vec<Vec<u8>> {
         let asks = self.peers().await.into_iter().map(|peer| async move {
             let asked = self.ask(peer, None, protocol::Request::DmKeys { user });
-            match tokio::time::timeout(DM_KEYS_TIMEOUT, asked).await {
+            match tokio::time::timeout(KEYS_TIMEOUT, asked).await {
                 Ok(Ok(protocol::Response::DmKeys { records })) => {
                     let newest = records.len().saturating_sub(protocol::MAX_DM_KEY_RECORDS);
                     records
@@ -358,6 +374,58 @@ impl NetHandle {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// The channel keys among `ids` (at most `MAX_CHANNEL_KEYS`) that the connected peers
+    /// entitled to the guild give this node, all asked at once, each left out after
+    /// `KEYS_TIMEOUT`. A key that is not one asked for (its id does not match) strikes its
+    /// sender.
+    pub async fn channel_keys(&self, guild: GuildId, ids: &[KeyId]) -> Vec<ChannelKey> {
+        let ids: BTreeSet<KeyId> = ids
+            .iter()
+            .take(protocol::MAX_CHANNEL_KEYS)
+            .copied()
+            .collect();
+        let wire: Vec<_> = ids
+            .iter()
+            .map(|id| serde_bytes::ByteArray::new(id.0))
+            .collect();
+        let asks = self.peers_entitled(guild).await.into_iter().map(|peer| {
+            let request = protocol::Request::ChannelKeys {
+                guild,
+                keys: wire.clone(),
+            };
+            let ids = &ids;
+            async move {
+                let asked = self.ask(peer, None, request);
+                let Ok(Ok(protocol::Response::ChannelKeys { keys })) =
+                    tokio::time::timeout(KEYS_TIMEOUT, asked).await
+                else {
+                    return Vec::new();
+                };
+                let keys: Vec<ChannelKey> = keys
+                    .into_iter()
+                    .map(|(channel, key)| ChannelKey {
+                        guild,
+                        channel,
+                        key: key.into_array(),
+                    })
+                    .collect();
+                if keys.iter().any(|key| !ids.contains(&key.id())) {
+                    self.strike(peer, "bad_channel_key");
+                    return Vec::new();
+                }
+                keys
+            }
+        });
+        let mut given: Vec<ChannelKey> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        given.sort_by_key(ChannelKey::id);
+        given.dedup_by_key(|key| key.id());
+        given
     }
 
     /// Hands DMs to the home node at `addr` (ending in `/p2p/<peer id>`); returns once that
@@ -388,6 +456,16 @@ impl NetHandle {
             NetError::Unreachable(addr.to_string(), "the address has no /p2p/<peer id>".into())
         })?;
         self.ask(peer, Some(addr), request).await
+    }
+
+    /// Sends `peer` any request, as it is: for attacking a node in tests.
+    #[cfg(feature = "stranger")]
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: protocol::Request,
+    ) -> Result<protocol::Response, NetError> {
+        self.ask(peer, None, request).await
     }
 
     async fn ask(

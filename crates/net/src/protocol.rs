@@ -25,6 +25,8 @@ pub const MAX_DMS_PER_REQUEST: usize = 64;
 pub const MAX_DM_REQUEST_BYTES: usize = 192 * 1024;
 /// DM key records in one answer (a user's newest).
 pub const MAX_DM_KEY_RECORDS: usize = 64;
+/// Channel keys asked for in one request.
+pub const MAX_CHANNEL_KEYS: usize = 64;
 /// Ops and signals in one push, and their total bytes: whichever is reached first. Well
 /// under `MAX_REQUEST_BYTES`, which also holds the request's framing; an op of the largest
 /// size (`limits::MAX_OP_BYTES`) always fits alone.
@@ -96,6 +98,12 @@ pub enum Request {
     Backfill { guild: GuildId, before: Cursor },
     /// "What DM key records do you hold for this user?"
     DmKeys { user: UserId },
+    /// "Give me these channel keys of a guild": answered with those the answering node holds
+    /// whose channel the requester is a viewer node of in its current state (`auth.md` §9).
+    ChannelKeys {
+        guild: GuildId,
+        keys: Vec<serde_bytes::ByteArray<32>>,
+    },
     /// "Here are DMs for members whose home you are": signed envelopes (`spec/dm.md`).
     Dms {
         envelopes: Vec<serde_bytes::ByteBuf>,
@@ -118,6 +126,11 @@ pub enum Response {
     /// Signed DM key records, oldest version first.
     DmKeys {
         records: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Channel keys asked for, each as its channel and the key (the requester checks each
+    /// against the key id it asked for).
+    ChannelKeys {
+        keys: Vec<(OpId, serde_bytes::ByteArray<32>)>,
     },
     /// Every DM of the request is durably stored (or was already).
     DmsTaken {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use guildhall_proto::id::{GuildId, NodeId};
 use guildhall_proto::op::Op;
+use guildhall_proto::sealed::KeyId;
 use guildhall_proto::signal::Signal;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::multiaddr::Protocol;
@@ -1085,7 +1086,16 @@ impl<H: Host> Task<H> {
                 "unknown_guild",
                 "this node does not serve that guild",
             )),
-            Request::Catchup { guild, .. } | Request::Backfill { guild, .. }
+            Request::ChannelKeys { keys, .. } if keys.len() > protocol::MAX_CHANNEL_KEYS => {
+                self.strike(peer, "too_many_keys", 1);
+                Some(Refusal::new(
+                    "too_many_keys",
+                    "too many keys in one request",
+                ))
+            }
+            Request::Catchup { guild, .. }
+            | Request::Backfill { guild, .. }
+            | Request::ChannelKeys { guild, .. }
                 if !self.entitled(guild, &peer) =>
             {
                 *self.faults.entry("not_entitled").or_default() += 1;
@@ -1163,7 +1173,10 @@ impl<H: Host> Task<H> {
                 state.done = true;
                 self.finish_if_done(key);
             }
-            Response::DmKeys { .. } | Response::DmsTaken { .. } | Response::Pushed { .. } => {
+            Response::DmKeys { .. }
+            | Response::DmsTaken { .. }
+            | Response::Pushed { .. }
+            | Response::ChannelKeys { .. } => {
                 tracing::debug!(%peer, %guild, "a catch-up answered with the wrong kind");
                 state.done = true;
                 self.finish_if_done(key);
@@ -1196,6 +1209,18 @@ async fn answer<H: Host>(
                 .map(serde_bytes::ByteBuf::from)
                 .collect();
             (Response::DmKeys { records }, AfterAnswer::Nothing)
+        }
+        Request::ChannelKeys { guild, keys } => {
+            let ids: Vec<KeyId> = keys.into_iter().map(|k| KeyId(k.into_array())).collect();
+            let keys = match requester {
+                Some(requester) => host.channel_keys(&guild, &requester, &ids),
+                None => Vec::new(),
+            };
+            let keys = keys
+                .into_iter()
+                .map(|key| (key.channel, serde_bytes::ByteArray::new(key.key)))
+                .collect();
+            (Response::ChannelKeys { keys }, AfterAnswer::Nothing)
         }
         Request::Dms { envelopes } => {
             let bytes: usize = envelopes.iter().map(|e| e.len()).sum();

@@ -192,6 +192,16 @@ impl Body {
         }
     }
 
+    pub fn text_mut(&mut self) -> Option<&mut Text> {
+        match self {
+            Body::MessageCreate { content, .. } | Body::MessageEdit { content, .. } => {
+                Some(content)
+            }
+            Body::ThreadCreate { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> u16 {
         match self {
             Body::Genesis { .. } => 1,

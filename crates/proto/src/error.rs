@@ -71,6 +71,8 @@ pub enum AuthError {
     GuildDeleted,
     #[error("only the guild's owner may do this")]
     OwnerOnly,
+    #[error("text in a channel not every member may view must be sealed")]
+    NotSealed,
 }
 
 impl AuthError {
@@ -107,6 +109,7 @@ impl AuthError {
             AuthError::ForkedChain => "forked_chain",
             AuthError::TooManyInvites => "too_many_invites",
             AuthError::GuildStateRate(_) => "guild_state_rate",
+            AuthError::NotSealed => "not_sealed",
         }
     }
 }

@@ -21,12 +21,15 @@ use crate::error::AuthError;
 use crate::history::{History, MessageView};
 use crate::hlc::Hlc;
 use crate::id::{ChannelId, GuildId, InviteId, MessageId, NodeId, OpId, UserId, sha256};
+use crate::keyring::Keyring;
 use crate::limits;
 use crate::meta::{self, MetaDoc, MetaValue};
 use crate::op::{Envelope, Op, VerifiedOp};
 use crate::perm::Permissions;
 use crate::sealed::Text;
 use crate::state::GuildState;
+
+mod sealing;
 
 /// Why an op was refused outright. Unlike an authorization verdict, these are faults of the op
 /// (or of whoever sent it), independent of what else the guild holds.
@@ -190,6 +193,10 @@ pub struct Guild {
     effective_removals: BitSet,
     /// The rounds the last `resolve_all` took to find it.
     removal_rounds: usize,
+    /// Bumped whenever `current` is rebuilt: channel keys for sealing new text outlive no
+    /// change of it.
+    state_version: u64,
+    keyring: Keyring,
 }
 
 impl Guild {
@@ -229,6 +236,8 @@ impl Guild {
             equivocations: Vec::new(),
             effective_removals: BitSet::default(),
             removal_rounds: 1,
+            state_version: 0,
+            keyring: Keyring::new(id),
         };
         guild.add_op(genesis);
         guild.verdicts.insert(id, Verdict::Valid);
@@ -1044,6 +1053,9 @@ impl Guild {
         {
             self.dependents.entry(target).or_default().push(id);
         }
+        if let Some(sealed) = env.body.text().and_then(Text::sealed) {
+            self.keyring.note_sealed(id, sealed.key);
+        }
         let (author, seq, hlc, prev) = (env.author, env.seq, env.hlc, env.prev);
         if let Some(prev) = prev.filter(|p| !self.ops.contains_key(p)) {
             self.awaiting_prev.entry(prev).or_default().push(id);
@@ -1209,6 +1221,7 @@ impl Guild {
         }
         self.current = self.fold(&all, &self.invalid_control());
         self.entitled = entitled_index(&self.current);
+        self.state_version += 1;
     }
 
     /// The honored removals (ban, kick, demotion) targeting `author` that an op by `author` at
@@ -1389,6 +1402,9 @@ impl Guild {
                 needed
             };
             state.require_in_channel(&env.author, &parent, needed | Permissions::VIEW_CHANNEL)?;
+            if env.body.text().is_some_and(|t| !t.is_sealed()) && !state.open_to_all(&parent) {
+                return Err(AuthError::NotSealed.into());
+            }
             Ok(())
         };
         match &env.body {

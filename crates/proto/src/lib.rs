@@ -10,6 +10,7 @@ pub mod guild;
 pub mod history;
 pub mod hlc;
 pub mod id;
+pub mod keyring;
 pub mod limits;
 pub mod meta;
 pub mod op;

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 
 use guildhall_proto::id::{GuildId, OpId, UserId};
 use guildhall_proto::op::{Op, VerifiedOp};
+use guildhall_proto::sealed::ChannelKey;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -63,6 +64,10 @@ const DM_INBOX_INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("dm_inb
 const DM_INBOX_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("dm_inbox_counts");
 /// DM id ‖ member user id → the member's home node address: DMs still to hand to other nodes.
 const DM_OUTBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dm_outbox");
+
+/// guild id ‖ key id → channel id ‖ key: the channel keys this node made or was given
+/// (`spec/auth.md` §9), kept as long as the guild's sealed text they open.
+const CHANNEL_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("channel_keys");
 
 /// How many queued write jobs one transaction takes at most.
 const MAX_GROUP: usize = 4096;
@@ -156,6 +161,8 @@ pub enum Write {
         channel: OpId,
         message: OpId,
     },
+    /// A channel key this node made (stored before anything sealed with it) or was given.
+    ChannelKey(ChannelKey),
     /// A verified DM key record; a (user, version) already stored keeps its first record.
     DmKey {
         user: UserId,
@@ -308,6 +315,7 @@ impl Store {
             txn.open_table(DM_INBOX_COUNTS).map_err(db_err)?;
             txn.open_table(DM_OUTBOX).map_err(db_err)?;
             txn.open_table(DM_INBOX_INDEX).map_err(db_err)?;
+            txn.open_table(CHANNEL_KEYS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         let (jobs, rx) = mpsc::channel();
@@ -570,6 +578,30 @@ impl Store {
 }
 
 impl Store {
+    /// The channel keys held for a guild.
+    pub fn channel_keys(&self, guild: &GuildId) -> Result<Vec<ChannelKey>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CHANNEL_KEYS).map_err(db_err)?;
+        let start = [&guild.0[..], &[0; 32]].concat();
+        let end = [&guild.0[..], &[0xff; 32]].concat();
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+        {
+            let value = entry.map_err(db_err)?.1.value().to_vec();
+            let (channel, key) = value
+                .split_at_checked(32)
+                .ok_or_else(|| db_err("short key"))?;
+            out.push(ChannelKey {
+                guild: *guild,
+                channel: OpId(channel.try_into().map_err(db_err)?),
+                key: key.try_into().map_err(db_err)?,
+            });
+        }
+        Ok(out)
+    }
+
     /// A user's DM key records, oldest version first.
     pub fn dm_keys(&self, user: &UserId) -> Result<Vec<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -836,6 +868,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<JobResults, StoreError> 
             dm_inbox_counts: txn.open_table(DM_INBOX_COUNTS).map_err(db_err)?,
             dm_inbox_index: txn.open_table(DM_INBOX_INDEX).map_err(db_err)?,
             dm_outbox: txn.open_table(DM_OUTBOX).map_err(db_err)?,
+            channel_keys: txn.open_table(CHANNEL_KEYS).map_err(db_err)?,
             new_counts: HashMap::new(),
         };
         for job in group {
@@ -871,6 +904,7 @@ struct Tables<'t> {
     dm_inbox_counts: redb::Table<'t, &'static [u8], u64>,
     dm_inbox_index: redb::Table<'t, &'static [u8], u64>,
     dm_outbox: redb::Table<'t, &'static [u8], &'static [u8]>,
+    channel_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     new_counts: HashMap<GuildId, u64>,
 }
 
@@ -1025,6 +1059,13 @@ impl Tables<'_> {
                 let key = [&user.0[..], &channel.0[..]].concat();
                 self.read_states
                     .insert(key.as_slice(), message.0.as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::ChannelKey(key) => {
+                let id = [&key.guild.0[..], &key.id().0[..]].concat();
+                let value = [&key.channel.0[..], &key.key[..]].concat();
+                self.channel_keys
+                    .insert(id.as_slice(), value.as_slice())
                     .map_err(db_err)?;
             }
             Write::DmKey {

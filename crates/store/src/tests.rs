@@ -454,3 +454,34 @@ async fn a_schema_2_database_gets_its_logs_indexed_at_upgrade() {
         "genesis (guild state) and the author's latest op"
     );
 }
+
+#[tokio::test]
+async fn channel_keys_are_kept_per_guild_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guildhall.redb");
+    let key = |guild: u8, channel: u8, byte: u8| ChannelKey {
+        guild: OpId([guild; 32]),
+        channel: OpId([channel; 32]),
+        key: [byte; 32],
+    };
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .write(vec![
+                Write::ChannelKey(key(1, 2, 3)),
+                Write::ChannelKey(key(1, 2, 4)),
+                Write::ChannelKey(key(5, 2, 3)),
+            ])
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let mut held = store.channel_keys(&OpId([1; 32])).unwrap();
+    held.sort_by_key(|k| k.key);
+    assert_eq!(held, vec![key(1, 2, 3), key(1, 2, 4)]);
+    assert_eq!(
+        store.channel_keys(&OpId([5; 32])).unwrap(),
+        vec![key(5, 2, 3)]
+    );
+    assert!(store.channel_keys(&OpId([9; 32])).unwrap().is_empty());
+}
