@@ -540,9 +540,9 @@ fn unexpected(response: protocol::Response) -> NetError {
     NetError::BadResponse(format!("an answer of the wrong kind: {response:?}"))
 }
 
-/// Decodes and verifies one op from a peer, which must belong to `guild`.
-fn verify_op(guild: GuildId, bytes: &[u8]) -> Result<VerifiedOp, &'static str> {
-    match Op::decode(bytes).and_then(Op::verify) {
+/// Decodes ops from a peer and checks they belong to `guild`; the signatures are checked next.
+fn decode_op(guild: GuildId, bytes: &[u8]) -> Result<Op, &'static str> {
+    match Op::decode(bytes) {
         Ok(op) if op.guild() == guild => Ok(op),
         Ok(_) => Err("wrong_guild"),
         Err(e) => Err(e.code()),
@@ -550,19 +550,38 @@ fn verify_op(guild: GuildId, bytes: &[u8]) -> Result<VerifiedOp, &'static str> {
 }
 
 /// Decodes and verifies ops of `guild` from a peer on the blocking pool, split across the
-/// machine's cores; each op gets its own verdict (a stable error code on failure), in order.
+/// machine's cores, each part verified as one batch (`proto::op::verify_batch`); each op gets
+/// its own verdict (a stable error code on failure), in order.
 pub async fn verify_ops(
     guild: GuildId,
     ops: Vec<Vec<u8>>,
 ) -> Vec<Result<VerifiedOp, &'static str>> {
-    let verify = move |bytes: &Vec<u8>| verify_op(guild, bytes);
+    let verify = move |part: &[Vec<u8>]| {
+        let mut verdicts = Vec::with_capacity(part.len());
+        let (mut at, mut well_formed) = (Vec::new(), Vec::new());
+        for bytes in part {
+            match decode_op(guild, bytes) {
+                Ok(op) => {
+                    at.push(verdicts.len());
+                    well_formed.push(op);
+                    verdicts.push(Err("unverified"));
+                }
+                Err(code) => verdicts.push(Err(code)),
+            }
+        }
+        let verified = guildhall_proto::verify_batch(well_formed, rand::rng());
+        for (i, verdict) in at.into_iter().zip(verified) {
+            verdicts[i] = verdict.map_err(|e| e.code());
+        }
+        verdicts
+    };
     tokio::task::spawn_blocking(move || {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = ops.len().div_ceil(cores).max(64);
         std::thread::scope(|scope| {
             let workers: Vec<_> = ops
                 .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(verify).collect::<Vec<_>>()))
+                .map(|part| scope.spawn(move || verify(part)))
                 .collect();
             workers
                 .into_iter()

@@ -205,7 +205,7 @@ fn bench_verify(c: &mut Criterion) {
             bn.iter_batched(
                 || batch.clone(),
                 |batch| {
-                    let out = verify_batch(batch);
+                    let out = verify_batch(batch, rand::rng());
                     assert!(out.iter().all(Result::is_ok));
                     out
                 },

@@ -195,7 +195,7 @@ fn batch_verification_pinpoints_the_bad_op() {
     let last = bad.len() - 1;
     bad[last] ^= 0x80;
     ops[5] = Op::decode(&bad).unwrap();
-    let results = verify_batch(ops);
+    let results = verify_batch(ops, rand::rng());
     for (i, res) in results.iter().enumerate() {
         assert_eq!(res.is_ok(), i != 5, "op {i}");
     }
@@ -477,7 +477,52 @@ fn an_equivocating_author_is_no_longer_trusted_from_the_fork_on() {
     assert_eq!(a.guild.state_hash(), b.guild.state_hash());
 }
 
+/// The ed25519 identity point, a small-order point: as an `R` or as an author key.
+const IDENTITY: [u8; 32] = {
+    let mut point = [0; 32];
+    point[0] = 1;
+    point
+};
+
 proptest! {
+    /// One batch equation and one check per op accept the same ops (ZIP-215), whatever mix of
+    /// good and broken signatures the batch holds, so a node's verdict never depends on how its
+    /// ops were batched.
+    #[test]
+    fn batch_and_single_verification_agree(
+        damage in proptest::collection::vec(0u8..6, 1..24),
+    ) {
+        let r = Replica::new(&key(1));
+        let ops: Vec<Op> = damage
+            .iter()
+            .enumerate()
+            .map(|(i, how)| {
+                let signer = key(1 + (i % 3) as u8);
+                let mut wire = message_envelope(&r, &signer, &format!("message {i}"))
+                    .sign(&signer)
+                    .unwrap()
+                    .encode();
+                let sig = wire.len() - 64;
+                match how {
+                    1 => wire[sig + 7] ^= 0x10,
+                    2 => wire[sig..sig + 32].copy_from_slice(&IDENTITY),
+                    // S not below the group order.
+                    3 => wire[sig + 32..].copy_from_slice(&[0xff; 32]),
+                    // A weak author: the identity point.
+                    4 => wire[33..65].copy_from_slice(&IDENTITY),
+                    _ => {}
+                }
+                Op::decode(&wire).unwrap()
+            })
+            .collect();
+        let single: Vec<bool> = ops.iter().cloned().map(|op| op.verify().is_ok()).collect();
+        let batch: Vec<bool> = verify_batch(ops, rand::rng()).iter().map(Result::is_ok).collect();
+        prop_assert_eq!(&single, &batch);
+        for (ok, how) in single.iter().zip(&damage) {
+            prop_assert_eq!(*ok, *how == 0 || *how == 5, "damage {}", how);
+        }
+    }
+
     #[test]
     fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         if let Ok(op) = Op::decode(&bytes) {
