@@ -6,6 +6,7 @@ mod convergence;
 mod encoding;
 mod heads;
 mod home;
+mod removal;
 mod sealed;
 mod simulation;
 mod vectors;
