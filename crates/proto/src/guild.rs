@@ -1191,10 +1191,9 @@ impl Guild {
             }
         }
         if judged.is_err() && self.inert_if_refused(idx) {
-            if first_round {
-                // Honored in the round after the first, refused in the one after that.
-                self.removal_rounds += 1;
-            }
+            // Valid in some round, it is honored in the next and may be refused in the one
+            // after: the reference may take one round more.
+            self.removal_rounds += 1;
             self.resolutions.incremental_removals += 1;
             return NewControl::Alone(judged);
         }
@@ -1391,11 +1390,11 @@ impl Guild {
     }
 
     /// Whether removal `idx`, judged invalid, changes no other verdict, so that it needs no
-    /// re-resolution (`spec/auth.md` §6, incremental insertion): every other guild-state op held is in its causal
-    /// past, so it is concurrent with none, and cuts nothing whichever round of the reference
-    /// algorithm honors it; it can only delay that algorithm's fixed point by one round, which
-    /// the last resolution left room for. A flood of removals nobody may make costs what
-    /// judging each costs, not a resolution each.
+    /// re-resolution (`spec/auth.md` §6, incremental insertion): every other guild-state op
+    /// held is in its causal past, so it is concurrent with none, and cuts nothing whichever
+    /// round of the reference algorithm honors it; it can only delay that algorithm's fixed
+    /// point by one round, which the rounds counted leave room for. A flood of removals nobody
+    /// may make costs what judging each costs, not a resolution each.
     fn inert_if_refused(&self, idx: usize) -> bool {
         self.control[idx].past.len() + 1 == self.control.len()
             && self.removal_rounds < MAX_REMOVAL_ROUNDS - 1
