@@ -382,7 +382,7 @@ fn bench_ban(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(1));
     for (name, op) in [
-        ("ban_full_resolve", &ban),
+        ("valid_ban", &ban),
         ("refused_ban_incremental", &refused_ban),
         ("role_create_incremental", &role),
     ] {
