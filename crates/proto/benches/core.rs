@@ -382,7 +382,7 @@ fn bench_ban(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(1));
     for (name, op) in [
-        ("ban_full_resolve", &ban),
+        ("valid_ban", &ban),
         ("refused_ban_incremental", &refused_ban),
         ("role_create_incremental", &role),
     ] {
@@ -391,6 +391,132 @@ fn bench_ban(c: &mut Criterion) {
                 || (b.guild.clone(), op.clone()),
                 |(mut guild, op)| {
                     guild.insert(op).unwrap();
+                    guild
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// An owner, `members` members, a text channel and `messages` messages from the members in
+/// turn, with a role created every 250 messages so that messages cite different heads.
+fn chat_guild(members: u32, messages: usize) -> (Builder, Keypair, Vec<Keypair>) {
+    let (mut b, owner, keys, channel) = small_guild(members);
+    for i in 0..messages {
+        b.ok(&keys[i % keys.len()], message(channel, i));
+        if i % 250 == 249 {
+            b.ok(
+                &owner,
+                Body::RoleCreate {
+                    name: format!("role {i}"),
+                    permissions: Permissions::DEFAULT_EVERYONE.bits(),
+                    color: 0,
+                    position: 1,
+                },
+            );
+        }
+    }
+    (b, owner, keys)
+}
+
+/// `by`'s ban of `target`, cutting their log above `cutoff`, signed but not inserted.
+fn ban_of(b: &mut Builder, by: &Keypair, target: &Keypair, cutoff: u64) -> VerifiedOp {
+    b.make(
+        by,
+        Body::Ban {
+            member: target.user_id(),
+            cutoff,
+            reason: "spam".into(),
+        },
+    )
+}
+
+/// What a removal costs as guilds grow: one ban in guilds of 10k and 50k messages (with the
+/// target's log held to its head, and purging the target's last 100 messages), and floods of
+/// 100 and 400 concurrent bans, each by another moderator, into a guild of 1,000 messages.
+fn bench_removal_cost(c: &mut Criterion) {
+    let insert_all = |guild: &Guild, ops: &[VerifiedOp]| {
+        let mut guild = guild.clone();
+        for op in ops {
+            guild.insert(op.clone()).unwrap();
+        }
+        guild
+    };
+    let mut g = c.benchmark_group("removal");
+    g.sample_size(10);
+    for messages in [10_000usize, 50_000] {
+        let (mut b, owner, keys) = chat_guild(20, messages);
+        let target = &keys[1];
+        let head = b.guild.chain_head(&target.user_id()).unwrap().0;
+        let mut cases = vec![("ban_one", ban_of(&mut b, &owner, target, head))];
+        if messages == 10_000 {
+            cases.push((
+                "ban_purging_100",
+                ban_of(&mut b, &owner, target, head - 100),
+            ));
+        }
+        for (name, ban) in cases {
+            let after = insert_all(&b.guild, std::slice::from_ref(&ban));
+            assert_eq!(after.verdict(&ban.id()), Some(&Verdict::Valid));
+            g.bench_function(format!("{name}/{messages}_messages"), |bn| {
+                bn.iter_batched(
+                    || (b.guild.clone(), ban.clone()),
+                    |(mut guild, ban)| {
+                        guild.insert(ban).unwrap();
+                        guild
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+
+    const MODERATORS: u32 = 400;
+    let (mut b, owner, keys) = chat_guild(2 * MODERATORS, 1_000);
+    let (moderators, targets) = keys.split_at(MODERATORS as usize);
+    let mods = b.ok(
+        &owner,
+        Body::RoleCreate {
+            name: "mods".into(),
+            permissions: (Permissions::DEFAULT_EVERYONE | Permissions::BAN_MEMBERS).bits(),
+            color: 0,
+            position: 2,
+        },
+    );
+    for m in moderators {
+        b.ok(
+            &owner,
+            Body::MemberRoleGrant {
+                member: m.user_id(),
+                role: mods,
+            },
+        );
+    }
+    // Every ban cites the same heads: each is concurrent with all the others.
+    let bans: Vec<VerifiedOp> = moderators
+        .iter()
+        .zip(targets)
+        .map(|(m, t)| {
+            let cutoff = b.guild.chain_head(&t.user_id()).unwrap().0;
+            ban_of(&mut b, m, t, cutoff)
+        })
+        .collect();
+    let after = insert_all(&b.guild, &bans);
+    assert!(
+        bans.iter()
+            .all(|ban| after.verdict(&ban.id()) == Some(&Verdict::Valid))
+    );
+    for n in [100usize, 400] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("concurrent_bans/{n}"), |bn| {
+            bn.iter_batched(
+                || (b.guild.clone(), bans[..n].to_vec()),
+                |(mut guild, bans)| {
+                    for ban in bans {
+                        guild.insert(ban).unwrap();
+                    }
                     guild
                 },
                 BatchSize::PerIteration,
@@ -476,6 +602,7 @@ fn bench_fanout_gate(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_decode, bench_verify, bench_apply, bench_ban, bench_dm, bench_fanout_gate
+    targets = bench_decode, bench_verify, bench_apply, bench_ban, bench_removal_cost, bench_dm,
+        bench_fanout_gate
 }
 criterion_main!(benches);

@@ -44,6 +44,43 @@ impl BitSet {
         }
     }
 
+    pub fn remove(&mut self, i: usize) {
+        let i = index(i);
+        let after = self.ranges.partition_point(|&(start, _)| start <= i);
+        let Some(at) = after.checked_sub(1).filter(|&at| i < self.ranges[at].1) else {
+            return;
+        };
+        let (start, end) = self.ranges[at];
+        match (start == i, end == i + 1) {
+            (true, true) => {
+                self.ranges.remove(at);
+            }
+            (true, false) => self.ranges[at].0 = i + 1,
+            (false, true) => self.ranges[at].1 = i,
+            (false, false) => {
+                self.ranges[at].1 = i;
+                self.ranges.insert(at + 1, (i + 1, end));
+            }
+        }
+    }
+
+    /// Whether the two sets share an element.
+    pub fn intersects(&self, other: &BitSet) -> bool {
+        let (mut a, mut b) = (0, 0);
+        while a < self.ranges.len() && b < other.ranges.len() {
+            let (x, y) = (self.ranges[a], other.ranges[b]);
+            if x.0.max(y.0) < x.1.min(y.1) {
+                return true;
+            }
+            if x.1 < y.1 {
+                a += 1;
+            } else {
+                b += 1;
+            }
+        }
+        false
+    }
+
     pub fn union_with(&mut self, other: &BitSet) {
         if other.ranges.is_empty() {
             return;
@@ -136,10 +173,19 @@ mod tests {
         fn behaves_like_a_set_of_integers(
             a in prop::collection::vec(0usize..70, 0..60),
             b in prop::collection::vec(0usize..70, 0..60),
+            removed in prop::collection::vec(0usize..70, 0..20),
         ) {
             let (mut x, mut rx) = of(&a);
             let (y, ry) = of(&b);
             agrees(&x, &rx)?;
+            prop_assert_eq!(x.intersects(&y), !rx.is_disjoint(&ry));
+            let mut fewer = x.clone();
+            let mut rfewer = rx.clone();
+            for &i in &removed {
+                fewer.remove(i);
+                rfewer.remove(&i);
+                agrees(&fewer, &rfewer)?;
+            }
             let mut both = x.clone();
             both.intersect_with(&y);
             let rboth: BTreeSet<usize> = rx.intersection(&ry).copied().collect();

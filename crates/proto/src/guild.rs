@@ -2,8 +2,9 @@
 //!
 //! Everything here is a deterministic function of the set of valid ops: `Guild::insert` in any
 //! order, any number of times, ends in the same `state_hash`. Incremental insertion is the fast
-//! path; whenever an op can change the verdict of ops already held (a removal, an equivocation)
-//! the guild re-resolves from scratch with the reference algorithm of `spec/auth.md`.
+//! path, and a removal re-judges only what it cuts; whenever an op can change verdicts in ways
+//! that path does not follow (an equivocation, a removal cutting another removal) the guild
+//! re-resolves from scratch with the reference algorithm of `spec/auth.md`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -109,6 +110,15 @@ pub enum Inserted {
     },
 }
 
+/// How a replica reached its verdicts after guild-state ops: resolutions from scratch (the
+/// reference algorithm, costing the whole guild) and removals decided without one (costing
+/// what they cut).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resolutions {
+    pub full: u64,
+    pub incremental_removals: u64,
+}
+
 #[derive(Debug, Clone)]
 struct ControlNode {
     id: OpId,
@@ -116,6 +126,9 @@ struct ControlNode {
     /// Every guild-state op reachable through deps (this op's causal past).
     past: BitSet,
     has_children: bool,
+    /// For a removal, its effective cutoff (`spec/auth.md` §6): a function of its past, so
+    /// fixed when it arrives.
+    cutoff: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -189,14 +202,23 @@ pub struct Guild {
     /// Held ops whose `prev` is not held, by that `prev`: judged across a gap until it comes.
     awaiting_prev: Map<OpId, Vec<OpId>>,
     equivocations: Vec<EquivocationProof>,
-    /// The removals honored against concurrent ops: the fixed point found by `resolve_all`.
+    /// The removals honored against concurrent ops: the fixed point of the reference, found
+    /// by `resolve_all` and kept by incremental insertion.
     effective_removals: BitSet,
-    /// The rounds the last `resolve_all` took to find it.
+    /// The rounds the reference takes to find it on the ops held (at most that many more after
+    /// refused removals judged where they stand).
     removal_rounds: usize,
     /// Bumped whenever `current` is rebuilt: channel keys for sealing new text outlive no
     /// change of it.
     state_version: u64,
     keyring: Keyring,
+    /// The guild-state ops invalid in the first round of the reference, where no removal is
+    /// honored. A new op changes no other op's first-round verdict, so between resolutions
+    /// this only grows; within two rounds, the honored set is the removals valid here.
+    first_round_invalid: BitSet,
+    /// Each user's removals (ban, kick, demotion) by target: those that may cut their ops.
+    removals_by_target: Map<UserId, Vec<usize>>,
+    resolutions: Resolutions,
 }
 
 impl Guild {
@@ -238,6 +260,9 @@ impl Guild {
             removal_rounds: 1,
             state_version: 0,
             keyring: Keyring::new(id),
+            first_round_invalid: BitSet::default(),
+            removals_by_target: Map::default(),
+            resolutions: Resolutions::default(),
         };
         guild.add_op(genesis);
         guild.verdicts.insert(id, Verdict::Valid);
@@ -301,6 +326,11 @@ impl Guild {
 
     pub fn equivocations(&self) -> &[EquivocationProof] {
         &self.equivocations
+    }
+
+    /// How often this replica resolved from scratch, and how many removals it decided without.
+    pub fn resolutions(&self) -> Resolutions {
+        self.resolutions
     }
 
     pub fn pending_len(&self) -> usize {
@@ -726,7 +756,7 @@ impl Guild {
         let mut state = self.fold(past, &self.invalid_control());
         let exempt = env.body.removal().map(|(target, _)| target);
         let removals =
-            self.concurrent_removals(&env.author, env.seq, past, &self.effective_removals, exempt);
+            self.removals_cutting(&env.author, env.seq, past, &self.effective_removals, exempt);
         self.apply_removals(&mut state, removals);
         Cow::Owned(state)
     }
@@ -1014,11 +1044,19 @@ impl Guild {
                 past.insert(d);
                 self.control[d].has_children = true;
             }
+            let cutoff = env
+                .body
+                .removal()
+                .map(|(target, stated)| self.effective_cutoff(&past, &target, stated));
+            if let Some((target, _)) = env.body.removal() {
+                self.removals_by_target.entry(target).or_default().push(idx);
+            }
             self.control.push(ControlNode {
                 id,
                 hlc: env.hlc,
                 past,
                 has_children: false,
+                cutoff,
             });
             self.control_index.insert(id, idx);
             self.control_order.insert((env.hlc, id), idx);
@@ -1091,30 +1129,33 @@ impl Guild {
     fn accept(&mut self, op: VerifiedOp) -> Vec<(OpId, Verdict)> {
         let id = op.id();
         let is_control = op.envelope().body.is_control();
-        let is_removal = op.envelope().body.removal().is_some();
         let unsettled = self.add_op(op);
         let canonical = self.canonical[&id];
         if unsettled || (!canonical && !self.tops_its_chain(&id)) {
             return self.resolve_all();
         }
         let verdict = if !canonical {
+            if is_control {
+                self.first_round_invalid.insert(self.control_index[&id]);
+            }
             Verdict::Forked
         } else if is_control {
             let idx = self.control_index[&id];
-            let invalid = self.invalid_control();
-            let judged = self.judge_control(idx, &invalid, &self.effective_removals, None);
-            if is_removal && (judged.is_ok() || !self.inert_if_refused(idx)) {
-                return self.resolve_all();
+            match self.judge_new_control(idx) {
+                NewControl::Alone(judged) => {
+                    let verdict = match judged {
+                        Ok(()) => self.apply_meta_of(id),
+                        Err(e) => Verdict::Invalid(e),
+                    };
+                    if verdict.is_valid() {
+                        self.refold_current();
+                        self.add_valid_head(idx);
+                    }
+                    verdict
+                }
+                NewControl::Honored => return self.honor_new_removal(idx),
+                NewControl::Unsettled => return self.resolve_all(),
             }
-            let verdict = match judged {
-                Ok(()) => self.apply_meta_of(id),
-                Err(e) => Verdict::Invalid(e),
-            };
-            if verdict.is_valid() {
-                self.refold_current();
-                self.add_valid_head(idx);
-            }
-            verdict
         } else {
             self.judge_content(id)
         };
@@ -1125,8 +1166,227 @@ impl Guild {
         }
         // Content ops that named this op before it arrived (a thread, or a channel outside
         // their causal past) were waiting for it.
-        changes.extend(self.rejudge_dependents(id));
+        changes.extend(self.rejudge_content(self.dependents_of(&id)));
         changes
+    }
+
+    /// Judges new canonical guild-state op `idx` in the verdicts held, records its verdict in
+    /// the first round of the reference, and says whether that decides it (`spec/auth.md` §6,
+    /// incremental removal). Within two rounds the honored set is the removals valid in the
+    /// first, so a removal valid in neither round, like any other op, changes no other verdict,
+    /// and one valid in both joins the honored set with a recut; one valid in just one of them
+    /// moves the reference into more rounds.
+    fn judge_new_control(&mut self, idx: usize) -> NewControl {
+        let invalid = self.invalid_control();
+        let base = self.fold(&self.control[idx].past, &invalid);
+        let judged = self.judge_control(idx, &invalid, &self.effective_removals, Some(&base));
+        let first_round = self.valid_in_first_round(idx, &invalid, &base, &judged);
+        if !first_round {
+            self.first_round_invalid.insert(idx);
+        }
+        if self.ops[&self.control[idx].id]
+            .envelope()
+            .body
+            .removal()
+            .is_none()
+        {
+            return NewControl::Alone(judged);
+        }
+        if self.removal_rounds <= 2 {
+            match (first_round, judged.is_ok()) {
+                (false, false) => {
+                    self.resolutions.incremental_removals += 1;
+                    return NewControl::Alone(judged);
+                }
+                (true, true) => return NewControl::Honored,
+                _ => {}
+            }
+        }
+        if judged.is_err() && self.inert_if_refused(idx) {
+            // Valid in some round, it is honored in the next and may be refused in the one
+            // after: the reference may take one round more.
+            self.removal_rounds += 1;
+            self.resolutions.incremental_removals += 1;
+            return NewControl::Alone(judged);
+        }
+        NewControl::Unsettled
+    }
+
+    /// Whether guild-state op `idx` is valid in the first round of the reference, where no
+    /// removal is honored, given `judged`, its verdict on `base` (its past folded without the
+    /// ops `invalid`) with the honored removals applied. The same verdict, unless the two
+    /// rounds differ in its past or an honored removal cuts it.
+    fn valid_in_first_round(
+        &self,
+        idx: usize,
+        invalid: &BitSet,
+        base: &GuildState,
+        judged: &Result<(), AuthError>,
+    ) -> bool {
+        let past = &self.control[idx].past;
+        let mut first = self.first_round_invalid.clone();
+        first.intersect_with(past);
+        let mut last = invalid.clone();
+        last.intersect_with(past);
+        let none_honored = BitSet::default();
+        if !first.same_as(&last) {
+            self.judge_control(idx, &self.first_round_invalid, &none_honored, None)
+                .is_ok()
+        } else if self
+            .removals_cutting_control(idx, &self.effective_removals)
+            .is_empty()
+        {
+            judged.is_ok()
+        } else {
+            self.judge_control(idx, invalid, &none_honored, Some(base))
+                .is_ok()
+        }
+    }
+
+    /// Honors new removal `idx`, valid in the first round and with the honored set applied:
+    /// re-judges what it cuts and what builds on that, or resolves from scratch when that
+    /// changes a removal or a metadata change.
+    fn honor_new_removal(&mut self, idx: usize) -> Vec<(OpId, Verdict)> {
+        let Some(recut) = self.recut(idx) else {
+            return self.resolve_all();
+        };
+        self.resolutions.incremental_removals += 1;
+        let id = self.control[idx].id;
+        self.verdicts.insert(id, Verdict::Valid);
+        let mut changes = vec![(id, Verdict::Valid)];
+        for (c, judged) in recut.control {
+            let verdict = match judged {
+                Ok(()) => Verdict::Valid,
+                Err(e) => Verdict::Invalid(e),
+            };
+            let cid = self.control[c].id;
+            if self.verdicts.get(&cid) != Some(&verdict) {
+                self.verdicts.insert(cid, verdict.clone());
+                changes.push((cid, verdict));
+            }
+        }
+        self.effective_removals.insert(idx);
+        self.removal_rounds = 2;
+        if recut.flipped.is_empty() {
+            self.add_valid_head(idx);
+        } else {
+            self.states_at.clear();
+            self.recompute_valid_heads();
+        }
+        self.refold_current();
+        let mut content = recut.content;
+        if let Some(first) = recut.first_flipped {
+            content.extend(self.content_seeing(&recut.flipped, first));
+        }
+        content.extend(self.dependents_of(&id));
+        changes.extend(self.rejudge_content(content));
+        changes
+    }
+
+    /// The last round of the reference with removal `idx` honored as well, where it differs
+    /// from the verdicts held: the guild-state ops it cuts and those whose past holds one that
+    /// changed validity, re-judged in (hlc, id) order. `None` when a removal or a metadata
+    /// change among them changes validity: the honored set or the document would move, which
+    /// takes more rounds than this one.
+    fn recut(&self, idx: usize) -> Option<Recut> {
+        let mut effective = self.effective_removals.clone();
+        effective.insert(idx);
+        let (cut_control, content) = self.ops_cut_by(idx);
+        let mut recut = Recut {
+            control: Vec::new(),
+            flipped: BitSet::default(),
+            first_flipped: None,
+            content,
+        };
+        let key = |i: usize| (self.control[i].hlc, self.control[i].id);
+        let Some(from) = cut_control.iter().map(|&c| key(c)).min() else {
+            return Some(recut);
+        };
+        let mut cut = BitSet::default();
+        for c in cut_control {
+            cut.insert(c);
+        }
+        let mut invalid = self.invalid_control();
+        for (&at, &c) in self.control_order.range(from..) {
+            let node = &self.control[c];
+            if !self.canonical[&node.id]
+                || !(cut.contains(c) || node.past.intersects(&recut.flipped))
+            {
+                continue;
+            }
+            let judged = self.judge_control(c, &invalid, &effective, None);
+            if judged.is_ok() == invalid.contains(c) {
+                let body = &self.ops[&node.id].envelope().body;
+                if body.removal().is_some() || matches!(body, Body::MetaChange { .. }) {
+                    return None;
+                }
+                if judged.is_ok() {
+                    invalid.remove(c);
+                } else {
+                    invalid.insert(c);
+                }
+                recut.flipped.insert(c);
+                recut.first_flipped.get_or_insert(at);
+            }
+            recut.control.push((c, judged));
+        }
+        Some(recut)
+    }
+
+    /// The ops removal `idx` cuts when honored (`spec/auth.md` §6): its target's canonical ops
+    /// above its effective cutoff that do not see it, but for removals of its own author (the
+    /// mutual-removal exemption, which content ops do not have). Guild-state ops, then content
+    /// ops; read from the target's log, whatever the size of the guild.
+    fn ops_cut_by(&self, idx: usize) -> (Vec<usize>, Vec<OpId>) {
+        let node = &self.control[idx];
+        let env = self.ops[&node.id].envelope();
+        let (Some((target, _)), Some(cutoff)) = (env.body.removal(), node.cutoff) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut seen = BitSet::default();
+        seen.insert(idx);
+        let (mut control, mut content) = (Vec::new(), Vec::new());
+        let above = self
+            .chains
+            .get(&target)
+            .into_iter()
+            .flat_map(|chain| chain.ops.range(cutoff + 1..))
+            .flat_map(|(_, ids)| ids)
+            .filter(|id| self.canonical[*id]);
+        for id in above {
+            let cut = self.ops[id].envelope();
+            match self.control_index.get(id) {
+                Some(&c) => {
+                    let exempt = cut.body.removal().is_some_and(|(t, _)| t == env.author);
+                    if !exempt && !self.control[c].past.contains(idx) {
+                        control.push(c);
+                    }
+                }
+                None if !self.deps_see(&cut.deps, &seen) => content.push(*id),
+                None => {}
+            }
+        }
+        (control, content)
+    }
+
+    /// Whether ops with these deps have one of `ops` in their causal past.
+    fn deps_see(&self, deps: &[OpId], ops: &BitSet) -> bool {
+        deps.iter().any(|d| {
+            let d = self.control_index[d];
+            ops.contains(d) || self.control[d].past.intersects(ops)
+        })
+    }
+
+    /// The canonical content ops after `from` whose deps see one of `ops`: those judged in a
+    /// state that changed when `ops` changed validity. Content citing them comes after them.
+    fn content_seeing(&self, ops: &BitSet, from: (Hlc, OpId)) -> Vec<OpId> {
+        self.order
+            .range((Bound::Excluded(from), Bound::Unbounded))
+            .map(|(_, id)| id)
+            .filter(|id| self.canonical[*id] && !self.control_index.contains_key(*id))
+            .filter(|id| self.deps_see(&self.ops[*id].envelope().deps, ops))
+            .copied()
+            .collect()
     }
 
     /// Whether op `id` is alone at the highest seq of its author's log here: then its being
@@ -1142,11 +1402,11 @@ impl Guild {
     }
 
     /// Whether removal `idx`, judged invalid, changes no other verdict, so that it needs no
-    /// re-resolution (`spec/auth.md` §6, incremental insertion): every other guild-state op held is in its causal
-    /// past, so it is concurrent with none, and cuts nothing whichever round of the reference
-    /// algorithm honors it; it can only delay that algorithm's fixed point by one round, which
-    /// the last resolution left room for. A flood of removals nobody may make costs what
-    /// judging each costs, not a resolution each.
+    /// re-resolution (`spec/auth.md` §6, incremental insertion): every other guild-state op
+    /// held is in its causal past, so it is concurrent with none, and cuts nothing whichever
+    /// round of the reference algorithm honors it; it can only delay that algorithm's fixed
+    /// point by one round, which the rounds counted leave room for. A flood of removals nobody
+    /// may make costs what judging each costs, not a resolution each.
     fn inert_if_refused(&self, idx: usize) -> bool {
         self.control[idx].past.len() + 1 == self.control.len()
             && self.removal_rounds < MAX_REMOVAL_ROUNDS - 1
@@ -1224,10 +1484,11 @@ impl Guild {
         self.state_version += 1;
     }
 
-    /// The honored removals (ban, kick, demotion) targeting `author` that an op by `author` at
-    /// `seq` with causal past `past` did not see, skipping those by `exempt_remover` (mutual
-    /// removal).
-    fn concurrent_removals(
+    /// The honored removals (ban, kick, demotion) in `effective` that cut an op by `author` at
+    /// `seq` with causal past `past`: targeting `author`, not seen, above their effective
+    /// cutoff, and not by `exempt_remover` (mutual removal). In (hlc, id) order, the order
+    /// they apply in; read from the index of `author`'s removals.
+    fn removals_cutting(
         &self,
         author: &UserId,
         seq: u64,
@@ -1235,34 +1496,38 @@ impl Guild {
         effective: &BitSet,
         exempt_remover: Option<UserId>,
     ) -> Vec<usize> {
-        self.control_order
-            .values()
+        let mut cutting: Vec<usize> = self
+            .removals_by_target
+            .get(author)
+            .into_iter()
+            .flatten()
             .copied()
-            .filter(|&idx| effective.contains(idx) && !past.contains(idx))
-            .filter(|&idx| {
-                let env = self.ops[&self.control[idx].id].envelope();
-                match env.body.removal() {
-                    Some((target, cutoff)) => {
-                        target == *author
-                            && Some(env.author) != exempt_remover
-                            && seq > self.effective_cutoff(idx, &target, cutoff)
-                    }
-                    None => false,
-                }
-            })
-            .collect()
+            .filter(|&r| effective.contains(r) && !past.contains(r))
+            .filter(|&r| self.control[r].cutoff.is_some_and(|cutoff| seq > cutoff))
+            .filter(|&r| Some(self.ops[&self.control[r].id].envelope().author) != exempt_remover)
+            .collect();
+        cutting.sort_by_key(|&r| (self.control[r].hlc, self.control[r].id));
+        cutting
+    }
+
+    /// `removals_cutting` guild-state op `idx`: a removal is exempt from its own target's.
+    fn removals_cutting_control(&self, idx: usize, effective: &BitSet) -> Vec<usize> {
+        let node = &self.control[idx];
+        let env = self.ops[&node.id].envelope();
+        let exempt = env.body.removal().map(|(target, _)| target);
+        self.removals_cutting(&env.author, env.seq, &node.past, effective, exempt)
     }
 
     /// A removal never cuts the target's guild-state ops that the remover had seen: its cut
-    /// is at least the target's highest seq among them, whatever cutoff it states.
-    fn effective_cutoff(&self, removal: usize, target: &UserId, stated: u64) -> u64 {
-        let past = &self.control[removal].past;
-        self.control_order
-            .values()
-            .filter(|&&i| past.contains(i))
-            .map(|&i| self.ops[&self.control[i].id].envelope())
-            .filter(|env| env.author == *target)
-            .map(|env| env.seq)
+    /// is at least the target's highest seq among them (in the removal's `past`), whatever
+    /// cutoff it states.
+    fn effective_cutoff(&self, past: &BitSet, target: &UserId, stated: u64) -> u64 {
+        self.control_by_author
+            .get(target)
+            .into_iter()
+            .flatten()
+            .filter(|(_, i)| past.contains(*i))
+            .map(|(_, i)| self.ops[&self.control[*i].id].envelope().seq)
             .fold(stated, u64::max)
     }
 
@@ -1287,9 +1552,7 @@ impl Guild {
         };
         // Mutual removal: a removal is not undone by a concurrent removal of its author by its
         // own target; both apply.
-        let exempt = env.body.removal().map(|(target, _)| target);
-        let removals =
-            self.concurrent_removals(&env.author, env.seq, &node.past, effective, exempt);
+        let removals = self.removals_cutting_control(idx, effective);
         self.apply_removals(&mut state, removals);
         state.authorize(&env.author, &env.body, env.hlc)?;
         if let Body::MetaChange { change } = &env.body {
@@ -1327,7 +1590,7 @@ impl Guild {
         let (past, base) = (&at.0, &at.1);
         let env = self.ops[&id].envelope();
         let removals =
-            self.concurrent_removals(&env.author, env.seq, past, &self.effective_removals, None);
+            self.removals_cutting(&env.author, env.seq, past, &self.effective_removals, None);
         let mut owned;
         let state = if removals.is_empty() {
             base
@@ -1477,22 +1740,33 @@ impl Guild {
         }
     }
 
-    /// Re-judges the content ops that refer to `target` after its verdict changed, and theirs.
-    fn rejudge_dependents(&mut self, target: OpId) -> Vec<(OpId, Verdict)> {
-        let mut changes = Vec::new();
-        let mut queue = vec![target];
-        while let Some(t) = queue.pop() {
-            for dep in self.dependents.get(&t).cloned().unwrap_or_default() {
-                let verdict = self.judge_content(dep);
-                if self.verdicts.get(&dep) != Some(&verdict) {
-                    self.index_content(dep, &verdict);
-                    self.verdicts.insert(dep, verdict.clone());
-                    changes.push((dep, verdict));
-                    queue.push(dep);
-                }
+    /// The content ops that refer to `target`.
+    fn dependents_of(&self, target: &OpId) -> Vec<OpId> {
+        self.dependents.get(target).cloned().unwrap_or_default()
+    }
+
+    /// Re-judges content ops `ids`, and those that refer to any whose verdict changes, and
+    /// theirs. Returns the verdicts that changed, in (hlc, id) order.
+    fn rejudge_content(&mut self, ids: Vec<OpId>) -> Vec<(OpId, Verdict)> {
+        let mut before: BTreeMap<(Hlc, OpId), Verdict> = BTreeMap::new();
+        let mut queue = ids;
+        while let Some(id) = queue.pop() {
+            let verdict = self.judge_content(id);
+            let held = &self.verdicts[&id];
+            if *held != verdict {
+                before
+                    .entry((self.ops[&id].envelope().hlc, id))
+                    .or_insert_with(|| held.clone());
+                self.index_content(id, &verdict);
+                self.verdicts.insert(id, verdict);
+                queue.extend(self.dependents_of(&id));
             }
         }
-        changes
+        before
+            .into_iter()
+            .filter(|((_, id), was)| self.verdicts[id] != *was)
+            .map(|((_, id), _)| (id, self.verdicts[&id].clone()))
+            .collect()
     }
 
     /// One pass over the guild-state ops in (hlc, id) order, honoring the removals in
@@ -1536,6 +1810,7 @@ impl Guild {
     /// The reference algorithm: canonical chains, then guild-state ops to a fixed point of
     /// strong removal, then the metadata document, then every content op.
     fn resolve_all(&mut self) -> Vec<(OpId, Verdict)> {
+        self.resolutions.full += 1;
         let before = std::mem::take(&mut self.verdicts);
         self.recompute_canonical();
         self.states_at.clear();
@@ -1558,6 +1833,9 @@ impl Guild {
         let mut rounds = 0;
         let (invalid, mut errors) = loop {
             let (invalid, errors) = self.judge_all_control(&forked, &effective);
+            if rounds == 0 {
+                self.first_round_invalid = invalid.clone();
+            }
             let mut valid_removals = BitSet::default();
             for &r in &removals {
                 if !invalid.contains(r) {
@@ -1612,7 +1890,7 @@ impl Guild {
         // arrived late with an older timestamp); settle those.
         for (_, id) in &content {
             if self.verdicts[id].is_valid() {
-                self.rejudge_dependents(*id);
+                self.rejudge_content(self.dependents_of(id));
             }
         }
 
@@ -1800,6 +2078,28 @@ impl Guild {
     }
 }
 
+#[cfg(test)]
+impl Guild {
+    /// A copy of this replica with every verdict resolved again by the reference algorithm:
+    /// what incremental insertion must agree with.
+    pub(crate) fn resolved_from_scratch(&self) -> Guild {
+        let mut guild = self.clone();
+        guild.resolve_all();
+        guild
+    }
+
+    /// The honored removals, sorted, and the rounds the reference takes to find them (an
+    /// upper bound after refused removals judged where they stand).
+    pub(crate) fn honored_removals(&self) -> (Vec<OpId>, usize) {
+        let mut honored: Vec<OpId> = (0..self.control.len())
+            .filter(|&i| self.effective_removals.contains(i))
+            .map(|i| self.control[i].id)
+            .collect();
+        honored.sort();
+        (honored, self.removal_rounds)
+    }
+}
+
 /// The nodes the members of `state` name as homes, each with how many members name it.
 fn entitled_index(state: &GuildState) -> BTreeMap<NodeId, u32> {
     let mut index = BTreeMap::new();
@@ -1809,6 +2109,28 @@ fn entitled_index(state: &GuildState) -> BTreeMap<NodeId, u32> {
         }
     }
     index
+}
+
+/// What judging a new guild-state op on its own decides (`Guild::judge_new_control`).
+enum NewControl {
+    /// Its verdict, which changes no other.
+    Alone(Result<(), AuthError>),
+    /// A removal that joins the honored set: valid, with what it cuts to re-judge.
+    Honored,
+    /// More than this op's verdict may change in ways only a resolution follows.
+    Unsettled,
+}
+
+/// The verdicts honoring one more removal changes (`Guild::recut`).
+struct Recut {
+    /// The guild-state ops re-judged, in (hlc, id) order, with their verdicts.
+    control: Vec<(usize, Result<(), AuthError>)>,
+    /// Those of them whose validity changed.
+    flipped: BitSet,
+    /// The first of those in (hlc, id) order: content after it may be judged in a new state.
+    first_flipped: Option<(Hlc, OpId)>,
+    /// The content ops the removal cuts.
+    content: Vec<OpId>,
 }
 
 enum ContentError {

@@ -36,18 +36,25 @@ impl History {
         self.channels.entry(channel).or_default().insert((hlc, id));
     }
 
+    /// Takes a message out; a channel left with none goes, as if it never had any (what a
+    /// history rebuilt from scratch holds, and so what `Guild::state_hash` lists).
     pub fn remove_message(&mut self, channel: ChannelId, hlc: Hlc, id: MessageId) {
         if let Some(set) = self.channels.get_mut(&channel) {
             set.remove(&(hlc, id));
+            if set.is_empty() {
+                self.channels.remove(&channel);
+            }
         }
     }
 
     pub fn set_thread(&mut self, channel: ChannelId, thread: OpId, valid: bool) {
-        let set = self.threads.entry(channel).or_default();
         if valid {
-            set.insert(thread);
-        } else {
+            self.threads.entry(channel).or_default().insert(thread);
+        } else if let Some(set) = self.threads.get_mut(&channel) {
             set.remove(&thread);
+            if set.is_empty() {
+                self.threads.remove(&channel);
+            }
         }
     }
 

@@ -285,7 +285,10 @@ impl Op {
 /// one batch equation accepts the same signatures as checking each, so the batch is checked at
 /// once (each author's key decoded once, its terms summed), and only a batch that fails is
 /// checked op by op to find which. `rng` draws the batch's random coefficients.
-pub fn verify_batch(ops: Vec<Op>, rng: impl rand_core::CryptoRng) -> Vec<Result<VerifiedOp, OpError>> {
+pub fn verify_batch(
+    ops: Vec<Op>,
+    rng: impl rand_core::CryptoRng,
+) -> Vec<Result<VerifiedOp, OpError>> {
     let mut usable: HashMap<UserId, bool> = HashMap::new();
     let mut batch = ed25519_zebra::batch::Verifier::new();
     let authors_ok: Vec<bool> = ops

@@ -7,28 +7,6 @@ use crate::id::{InviteKey, NodeId};
 use crate::meta::MetaValue;
 use crate::perm::Permissions as P;
 
-fn role(r: &mut Replica, who: u8, name: &str, perms: P, position: u32) -> OpId {
-    r.ok(
-        &key(who),
-        Body::RoleCreate {
-            name: name.into(),
-            permissions: perms.bits(),
-            color: 0,
-            position,
-        },
-    )
-}
-
-fn grant(r: &mut Replica, who: u8, member: u8, role: OpId) -> (OpId, Verdict) {
-    r.act(
-        &key(who),
-        Body::MemberRoleGrant {
-            member: user(member),
-            role,
-        },
-    )
-}
-
 fn invalid(e: AuthError) -> Verdict {
     Verdict::Invalid(e)
 }

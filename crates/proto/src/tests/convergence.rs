@@ -381,18 +381,6 @@ fn member_index(member: &UserId) -> u8 {
         .expect("an actor")
 }
 
-/// A deterministic shuffle (xorshift), so a failing case replays exactly.
-fn shuffled<T>(mut items: Vec<T>, mut seed: u64) -> Vec<T> {
-    seed |= 1;
-    for i in (1..items.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        items.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
-    items
-}
-
 /// A catch-up as nodes run it: `to` states its log positions once and `from` answers in
 /// batches of `max_ops`, each after the cursor the previous one reached.
 fn catch_up(to: &mut Guild, from: &Guild, max_ops: usize) {
@@ -450,19 +438,6 @@ fn join_then_backfill(source: &Guild, recent: usize, max_ops: usize) -> Guild {
         }
     }
     joined
-}
-
-fn fresh_replica_from(ops: Vec<VerifiedOp>) -> Guild {
-    let genesis = ops
-        .iter()
-        .find(|op| op.envelope().is_genesis())
-        .expect("genesis is held")
-        .clone();
-    let mut guild = Guild::new(genesis).unwrap();
-    for op in ops {
-        guild.insert(op).unwrap();
-    }
-    guild
 }
 
 proptest! {

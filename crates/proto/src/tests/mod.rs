@@ -6,6 +6,7 @@ mod convergence;
 mod encoding;
 mod heads;
 mod home;
+mod removal;
 mod sealed;
 mod simulation;
 mod vectors;
@@ -16,6 +17,7 @@ use crate::guild::{Guild, InsertError, Inserted, Verdict};
 use crate::hlc::Hlc;
 use crate::id::{ChannelId, Keypair, NodeId, OpId, UserId, sha256};
 use crate::op::{Envelope, VerifiedOp};
+use crate::perm::Permissions;
 
 pub const SECRET: &[u8] = b"open sesame";
 
@@ -236,4 +238,60 @@ pub(super) fn guild_with_members() -> (Replica, ChannelId, OpId) {
     r.join(&key(2), invite);
     r.join(&key(3), invite);
     (r, general, invite)
+}
+
+/// Role `name`, created by `who` with `perms` at `position`; it must be valid.
+pub(super) fn role(
+    r: &mut Replica,
+    who: u8,
+    name: &str,
+    perms: Permissions,
+    position: u32,
+) -> OpId {
+    r.ok(
+        &key(who),
+        Body::RoleCreate {
+            name: name.into(),
+            permissions: perms.bits(),
+            color: 0,
+            position,
+        },
+    )
+}
+
+/// `who` grants `role` to `member`.
+pub(super) fn grant(r: &mut Replica, who: u8, member: u8, role: OpId) -> (OpId, Verdict) {
+    r.act(
+        &key(who),
+        Body::MemberRoleGrant {
+            member: user(member),
+            role,
+        },
+    )
+}
+
+/// A deterministic shuffle (xorshift), so a failing case replays exactly.
+pub(super) fn shuffled<T>(mut items: Vec<T>, mut seed: u64) -> Vec<T> {
+    seed |= 1;
+    for i in (1..items.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        items.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    items
+}
+
+/// A replica that received `ops` in this order.
+pub(super) fn fresh_replica_from(ops: Vec<VerifiedOp>) -> Guild {
+    let genesis = ops
+        .iter()
+        .find(|op| op.envelope().is_genesis())
+        .expect("genesis is held")
+        .clone();
+    let mut guild = Guild::new(genesis).unwrap();
+    for op in ops {
+        guild.insert(op).unwrap();
+    }
+    guild
 }
