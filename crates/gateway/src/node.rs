@@ -387,7 +387,16 @@ impl Node {
         self.events.subscribe()
     }
 
+    /// Whether any session (or the voice hub) listens for events: without one, building and
+    /// serializing them is wasted (a catch-up applies thousands of ops a second).
+    fn has_listeners(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     pub fn publish(&self, event: Event) {
+        if !self.has_listeners() {
+            return;
+        }
         let data = event.data.to_string().into();
         let _ = self.events.send(Arc::new(Published { event, data }));
     }
@@ -730,7 +739,11 @@ impl Node {
             if crate::channel_keys::may_want_keys(&g, &stored_ids) {
                 self.want_keys(guild_id);
             }
-            let mut events = views::events_for(&g, &changes);
+            let mut events = if self.has_listeners() {
+                views::events_for(&g, &changes)
+            } else {
+                Vec::new()
+            };
             if history {
                 events.retain(|e| !matches!(e.name, "MESSAGE_CREATE" | "THREAD_CREATE"));
             }
