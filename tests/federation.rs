@@ -1349,3 +1349,51 @@ async fn a_stranger_asking_for_channel_keys_is_refused_then_blocked() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_of_too_many_items_is_refused_and_struck_before_anything_is_judged() {
+    let a = TestNode::federated(&[]).await;
+    let (alice, _) = a.user("alice").await;
+    let guild = alice.create_guild("Pushed").await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    let a_id = a.net().peer_id();
+    let held_before = a.node.guild(&gid).unwrap().lock().unwrap().len();
+    let rogue = rogue_peer(&a, gid).await;
+    let too_many = guildhall_net::protocol::MAX_PUSH_ITEMS + 1;
+    let push = guildhall_net::protocol::Request::Push {
+        guild: gid,
+        ops: vec![serde_bytes::ByteBuf::from(vec![1u8; 8]); too_many],
+        signals: Vec::new(),
+    };
+    for _ in 0..2 {
+        match rogue.request(a_id, push.clone()).await {
+            Err(NetError::Refused(r)) => assert_eq!(r.code, "push_too_large"),
+            other => panic!("an oversized push was taken: {other:?}"),
+        }
+    }
+    let faults = a.net().faults().await;
+    assert_eq!(faults["push_too_large"], 2, "{faults:?}");
+    assert_eq!(
+        faults.get("malformed_op"),
+        None,
+        "nothing in the push was decoded"
+    );
+    // A third strike blocks the peer.
+    let _ = rogue.request(a_id, push).await;
+    eventually("A drops the stranger", async || {
+        !a.net().peers().await.contains(&rogue.peer_id())
+    })
+    .await;
+    assert_eq!(
+        a.node.guild(&gid).unwrap().lock().unwrap().len(),
+        held_before
+    );
+    alice
+        .send(
+            &guild.id,
+            guild.first_text_channel().unwrap().id.as_str(),
+            "unbothered",
+        )
+        .await
+        .unwrap();
+}

@@ -358,7 +358,33 @@ async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::By
 
 /// Applies catch-up batches one at a time, in the order received, while the swarm task
 /// fetches the next.
+/// Hands each catch-up batch to its guild's worker, so that a guild whose batches are slow to
+/// apply holds up only its own catch-ups; within a guild, batches are applied in the order
+/// received. A worker lives as long as the swarm: guilds are the ones this node serves. What
+/// waits is bounded by `MAX_QUEUED_BATCHES` per catch-up.
 async fn apply_batches<H: Host>(
+    host: Arc<H>,
+    mut batches: mpsc::UnboundedReceiver<SyncBatch>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let mut workers: HashMap<GuildId, mpsc::UnboundedSender<SyncBatch>> = HashMap::new();
+    while let Some(batch) = batches.recv().await {
+        let worker = workers.entry(batch.guild).or_insert_with(|| {
+            let (to_worker, from_dispatch) = mpsc::unbounded_channel();
+            tokio::spawn(apply_guild_batches(
+                host.clone(),
+                from_dispatch,
+                reports.clone(),
+            ));
+            to_worker
+        });
+        if worker.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+async fn apply_guild_batches<H: Host>(
     host: Arc<H>,
     mut batches: mpsc::UnboundedReceiver<SyncBatch>,
     reports: mpsc::UnboundedSender<Report>,
