@@ -1397,3 +1397,40 @@ async fn a_push_of_too_many_items_is_refused_and_struck_before_anything_is_judge
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_is_kept_about_strangers_that_left_is_dropped_after_a_while() {
+    let a = TestNode::federated_with(&[], |c| {
+        c.forget_peers_after = Duration::from_millis(300);
+        c.catchup_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (alice, _) = a.user("alice").await;
+    let guild = alice.create_guild("Forgetful").await.unwrap();
+    let gid: GuildId = guild.id.parse().unwrap();
+    let a_id = a.net().peer_id();
+    let mut strangers = Vec::new();
+    for _ in 0..20 {
+        let rogue = rogue_peer(&a, gid).await;
+        let ask = guildhall_net::protocol::Request::ChannelKeys {
+            guild: gid,
+            keys: vec![serde_bytes::ByteArray::new([7; 32])],
+        };
+        assert!(rogue.request(a_id, ask).await.is_err());
+        strangers.push(rogue);
+    }
+    assert!(a.net().tracked_peers().await >= 20);
+    drop(strangers);
+    eventually("A forgets the strangers that left", async || {
+        a.net().tracked_peers().await == 0
+    })
+    .await;
+    alice
+        .send(
+            &guild.id,
+            guild.first_text_channel().unwrap().id.as_str(),
+            "still fine",
+        )
+        .await
+        .unwrap();
+}

@@ -32,6 +32,15 @@ pub(crate) enum Traffic {
 }
 
 impl Traffic {
+    pub(crate) const ALL: [Traffic; 6] = [
+        Traffic::Gossip,
+        Traffic::Catchup,
+        Traffic::Join,
+        Traffic::Backfill,
+        Traffic::Dm,
+        Traffic::ChannelKeys,
+    ];
+
     pub(crate) fn of(request: &Request) -> Traffic {
         match request {
             Request::Push { .. } => Traffic::Gossip,

@@ -63,6 +63,10 @@ pub struct NetConfig {
     pub dm_budget: Budget,
     /// Channel key requests.
     pub channel_key_budget: Budget,
+    /// How long what is kept about a peer that left (its budgets, refusals and strikes) is
+    /// kept: long enough that leaving and coming back refills no budget and clears no strike
+    /// sooner than waiting would.
+    pub forget_peers_after: Duration,
     /// A peer's requests being answered at once; more are refused with `rate_limited`. This
     /// node keeps its own catch-ups with one peer to a quarter of it, so two honest nodes never
     /// meet it.
@@ -95,6 +99,7 @@ impl NetConfig {
             // once per guild per round, to each peer.
             channel_key_budget: Budget::new(10.0, 100.0),
             max_requests_in_flight: 32,
+            forget_peers_after: Duration::from_secs(600),
         }
     }
 }
@@ -249,6 +254,7 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerId>>),
     PeersEntitled(GuildId, oneshot::Sender<Vec<PeerId>>),
     Faults(oneshot::Sender<BTreeMap<&'static str, u64>>),
+    TrackedPeers(oneshot::Sender<usize>),
 }
 
 /// How long a DM or channel key lookup waits for each peer.
@@ -508,6 +514,14 @@ impl NetHandle {
     pub async fn faults(&self) -> BTreeMap<&'static str, u64> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Faults(reply));
+        answer.await.unwrap_or_default()
+    }
+
+    /// Peers this node keeps budgets, refusals or strikes for: those connected and those that
+    /// left less than `forget_peers_after` ago (at most `MAX_DEPARTED` of them).
+    pub async fn tracked_peers(&self) -> usize {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::TrackedPeers(reply));
         answer.await.unwrap_or_default()
     }
 

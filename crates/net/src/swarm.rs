@@ -141,6 +141,10 @@ const MAX_QUEUED_BATCHES: usize = 2;
 const REFUSALS_PER_STRIKE: u32 = 64;
 /// The window those refusals are counted in.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Peers that left whose budgets and strikes are kept at most, and peers blocked for faults
+/// at most (an operator's deny-list is apart and kept whole).
+const MAX_DEPARTED: usize = 10_000;
+const MAX_STRUCK_OUT: usize = 10_000;
 
 pub(crate) async fn start<H: Host>(
     config: NetConfig,
@@ -214,6 +218,9 @@ pub(crate) async fn start<H: Host>(
         answering: HashMap::new(),
         refusals: HashMap::new(),
         known,
+        departed: VecDeque::new(),
+        last_left: HashMap::new(),
+        struck_out: VecDeque::new(),
     };
     tokio::spawn(task.run());
     is_listening
@@ -446,6 +453,11 @@ struct Task<H: Host> {
     refusals: HashMap<PeerId, (u32, Instant)>,
     /// Peers to keep connected with, and where to reach them.
     known: HashMap<PeerId, Multiaddr>,
+    /// Peers that left, oldest first: what is kept about them is dropped after a while.
+    departed: VecDeque<(PeerId, Instant)>,
+    last_left: HashMap<PeerId, Instant>,
+    /// Peers blocked for their faults, oldest first.
+    struck_out: VecDeque<PeerId>,
 }
 
 impl<H: Host> Task<H> {
@@ -502,6 +514,16 @@ impl<H: Host> Task<H> {
             Command::Strike(peer, code) => self.strike(peer, code, 1),
             Command::Faults(reply) => {
                 let _ = reply.send(self.faults.clone());
+            }
+            Command::TrackedPeers(reply) => {
+                let tracked: HashSet<PeerId> = self
+                    .buckets
+                    .keys()
+                    .map(|(peer, _)| *peer)
+                    .chain(self.strikes.keys().copied())
+                    .chain(self.refusals.keys().copied())
+                    .collect();
+                let _ = reply.send(tracked.len());
             }
             Command::PeersEntitled(guild, reply) => {
                 let _ = reply.send(self.peers_entitled(&guild));
@@ -718,6 +740,7 @@ impl<H: Host> Task<H> {
     fn catch_up_everywhere(&mut self) {
         let now = Instant::now();
         self.grace.retain(|_, until| *until > now);
+        self.forget_departed();
         let guilds: Vec<GuildId> = self.served.iter().copied().collect();
         for guild in guilds {
             self.catch_up_with_all(guild);
@@ -739,6 +762,46 @@ impl<H: Host> Task<H> {
         }
     }
 
+    /// Drops what is kept about peers that left `forget_peers_after` ago and have not come
+    /// back, and about the oldest of them at once when more than `MAX_DEPARTED` wait: a
+    /// stranger minting peer ids costs a bounded amount of memory.
+    fn forget_departed(&mut self) {
+        let now = Instant::now();
+        let mut forgotten = HashSet::new();
+        while let Some(&(peer, left)) = self.departed.front() {
+            let due = now.saturating_duration_since(left) >= self.config.forget_peers_after;
+            if !due && self.departed.len() <= MAX_DEPARTED {
+                break;
+            }
+            self.departed.pop_front();
+            // Only its latest departure counts, and only if it has not come back since.
+            if self.last_left.get(&peer) == Some(&left) {
+                self.last_left.remove(&peer);
+                if !self.swarm.is_connected(&peer) {
+                    forgotten.insert(peer);
+                }
+            }
+        }
+        if forgotten.is_empty() {
+            return;
+        }
+        for peer in &forgotten {
+            for traffic in Traffic::ALL {
+                self.buckets.remove(&(*peer, traffic));
+            }
+            self.strikes.remove(peer);
+            self.refusals.remove(peer);
+            self.answering.remove(peer);
+            self.catchups_in_flight.remove(peer);
+            self.catchups_waiting.remove(peer);
+        }
+        self.syncing
+            .retain(|(peer, _), _| !forgotten.contains(peer));
+        for peers in self.entitled_at_last_push.values_mut() {
+            peers.retain(|peer| !forgotten.contains(peer));
+        }
+    }
+
     /// Counts a fault against a peer; past the limit the peer is blocked.
     fn strike(&mut self, peer: PeerId, why: &'static str, count: u32) {
         *self.faults.entry(why).or_default() += u64::from(count);
@@ -749,6 +812,15 @@ impl<H: Host> Task<H> {
             tracing::warn!(%peer, "blocking the peer: too many faults");
             self.known.remove(&peer);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.struck_out.push_back(peer);
+            // Peer ids are free to make: the oldest blocks go first, never a denied peer's.
+            while self.struck_out.len() > MAX_STRUCK_OUT {
+                if let Some(oldest) = self.struck_out.pop_front()
+                    && !self.config.deny.contains(&oldest)
+                {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(oldest);
+                }
+            }
         }
     }
 
@@ -934,6 +1006,10 @@ impl<H: Host> Task<H> {
                 // What was queued comes by catch-up when the peer is back.
                 self.outboxes.remove(&peer_id);
                 self.node_ids.remove(&peer_id);
+                let now = Instant::now();
+                self.departed.push_back((peer_id, now));
+                self.last_left.insert(peer_id, now);
+                self.forget_departed();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
