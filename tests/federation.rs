@@ -709,6 +709,7 @@ macro_rules! ignores_signals_ops_and_dms {
         async fn apply(
             &self,
             _: guildhall_proto::id::GuildId,
+            _: guildhall_proto::id::NodeId,
             ops: Vec<guildhall_proto::op::VerifiedOp>,
         ) -> Vec<guildhall_net::Applied> {
             vec![guildhall_net::Applied::Duplicate; ops.len()]

@@ -11,7 +11,7 @@ use guildhall_gateway::federation::InviteCode;
 use guildhall_gateway::node::now_ms;
 use guildhall_net::{NetError, NetHandle};
 use guildhall_proto::body::Body;
-use guildhall_proto::guild::MAX_PENDING_BYTES;
+use guildhall_proto::guild::MAX_PENDING_BYTES_PER_PEER;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{GuildId, OpId};
 
@@ -156,14 +156,14 @@ async fn strangers_ops_are_refused_unstored_and_their_sender_blocked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
+async fn ops_parked_on_missing_deps_stay_under_the_senders_share_of_the_pending_cap() {
     let a = TestNode::federated(&[]).await;
     let b = TestNode::federated(&[&a]).await;
     let g = guild_on_two(&a, &b).await;
     let rogue = rogue_peer(&a, g.gid).await;
 
     // Big messages citing a guild-state op nobody has: they can only wait for it. More of
-    // them than the cap holds.
+    // them than one peer's share holds.
     let content = "😀".repeat(guildhall_proto::limits::MAX_CONTENT_CHARS);
     let parked = |n: u64| {
         let key = throwaway_key(n);
@@ -183,7 +183,7 @@ async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
         env.deps = vec![OpId(guildhall_proto::id::sha256(&[&n.to_le_bytes()]))];
         env.sign(&key).unwrap().encode()
     };
-    let count = (MAX_PENDING_BYTES / content.len() + 50) as u64;
+    let count = (MAX_PENDING_BYTES_PER_PEER / content.len() + 50) as u64;
     for n in 0..count {
         rogue.publish(g.gid, parked(n));
     }
@@ -200,12 +200,12 @@ async fn ops_parked_on_missing_deps_stay_under_the_pending_cap() {
         let guild = guild.lock().unwrap();
         (guild.pending_len(), guild.pending_bytes())
     };
-    assert!(bytes <= MAX_PENDING_BYTES, "{bytes} bytes pending");
+    assert!(bytes <= MAX_PENDING_BYTES_PER_PEER, "{bytes} bytes pending");
     let forwarded = b.node.guild(&g.gid).unwrap().lock().unwrap().pending_len();
     assert_eq!(forwarded, 0, "what waits is not forwarded");
     assert!(
-        pending < count as usize && bytes > MAX_PENDING_BYTES / 2,
-        "the cap, not the flood, ended it: {pending} of {count} pending, {bytes} bytes"
+        pending < count as usize && bytes > MAX_PENDING_BYTES_PER_PEER / 2,
+        "the peer's share, not the flood, ended it: {pending} of {count} pending, {bytes} bytes"
     );
     honest_members_still_chat(&a, &b, &g).await;
 }

@@ -258,6 +258,11 @@ const handlers = {
     if (parent && (!parent.thread_id || d.id < parent.thread_id)) onMessage({ ...parent, thread_id: d.id });
     refreshPanelFor('threads');
   },
+  // A sealed thread name this node could not open at first: the thread as it now reads.
+  THREAD_UPDATE(d) {
+    app.noteThread({ id: d.id, channel_id: d.channel_id, name: d.name, guild_id: d.guild_id });
+    refreshPanelFor('threads');
+  },
   CHANNEL_CREATE(d) {
     app.addChannel(d);
   },

@@ -195,7 +195,9 @@ impl Node {
                 before: (op.envelope().hlc.0, op.id()),
                 source: progress.source.clone(),
             });
-        let applied = self.apply_from_peer(*guild, ops, true).await;
+        let applied = self
+            .apply_from_peer(*guild, guildhall_net::node_of(&peer), ops, true)
+            .await;
         if applied.contains(&Applied::Ignored("storage_failed")) {
             return Err(ApiError::internal("storing back-filled history failed"));
         }

@@ -97,8 +97,8 @@ impl Host for Node {
         self.apply_signal(signal)
     }
 
-    async fn apply(&self, guild: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
-        self.apply_remote(guild, ops).await
+    async fn apply(&self, guild: GuildId, from: NodeId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+        self.apply_remote(guild, from, ops).await
     }
 
     fn channel_keys(&self, guild: &GuildId, requester: &NodeId, ids: &[KeyId]) -> Vec<ChannelKey> {

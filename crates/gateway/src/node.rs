@@ -13,7 +13,7 @@ use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::error::AuthError;
 use guildhall_proto::guild::{Guild, InsertError, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
-use guildhall_proto::id::{ChannelId, GuildId, Keypair, OpId, UserId};
+use guildhall_proto::id::{ChannelId, GuildId, Keypair, NodeId, OpId, UserId};
 use guildhall_proto::op::{Envelope, VerifiedOp};
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::signal::{Signal, SignalKind};
@@ -681,8 +681,13 @@ impl Node {
     /// The write path for ops from peers (already signature-checked): insert, store every op
     /// that entered the replica, await the commit, then fan out. Same core, same store, same
     /// events as a local op.
-    pub async fn apply_remote(&self, guild_id: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
-        self.apply_from_peer(guild_id, ops, false).await
+    pub async fn apply_remote(
+        &self,
+        guild_id: GuildId,
+        from: NodeId,
+        ops: Vec<VerifiedOp>,
+    ) -> Vec<Applied> {
+        self.apply_from_peer(guild_id, Some(from), ops, false).await
     }
 
     /// `apply_remote`; for `history` (back-filled ops, old news), without the events that
@@ -690,6 +695,7 @@ impl Node {
     pub(crate) async fn apply_from_peer(
         &self,
         guild_id: GuildId,
+        from: Option<NodeId>,
         ops: Vec<VerifiedOp>,
         history: bool,
     ) -> Vec<Applied> {
@@ -715,7 +721,7 @@ impl Node {
                     results.push(Applied::Ignored("too_far_ahead"));
                     continue;
                 }
-                results.push(match g.insert(op) {
+                results.push(match g.insert_from(op, from) {
                     Ok(Inserted::Duplicate) => Applied::Duplicate,
                     Ok(Inserted::Pending { .. }) => Applied::Pending,
                     Ok(Inserted::Applied {
@@ -733,6 +739,8 @@ impl Node {
                         }
                     }
                     Err(InsertError::PendingFull) => Applied::Ignored("pending_full"),
+                    // Without blame: a peer relaying a partition's worth may meet it honestly.
+                    Err(InsertError::PeerPendingFull) => Applied::Ignored("peer_pending_full"),
                     Err(e) => Applied::Refused(e.code()),
                 });
             }

@@ -197,10 +197,12 @@ pub trait Host: Send + Sync + 'static {
     /// Shows a peer's signal (signature checked, of the guild it was pushed for) to local
     /// clients: `Accepted` if it is forwarded on.
     fn signal(&self, signal: Signal) -> Applied;
-    /// Validates, stores and fans out ops of one guild from a peer, in order.
+    /// Validates, stores and fans out ops of one guild from the peer at `from`, in order;
+    /// what waits for missing deps is charged to that peer.
     fn apply(
         &self,
         guild: GuildId,
+        from: NodeId,
         ops: Vec<VerifiedOp>,
     ) -> impl Future<Output = Vec<Applied>> + Send;
     /// The signed DM key records held for a user, oldest version first.

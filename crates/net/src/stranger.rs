@@ -62,7 +62,7 @@ impl Host for Stranger {
         self.received.fetch_add(1, Ordering::Relaxed);
         Applied::Ignored("a stranger shows nothing")
     }
-    async fn apply(&self, _: GuildId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
+    async fn apply(&self, _: GuildId, _: NodeId, ops: Vec<VerifiedOp>) -> Vec<Applied> {
         self.received.fetch_add(ops.len(), Ordering::Relaxed);
         vec![Applied::Ignored("a stranger keeps nothing"); ops.len()]
     }

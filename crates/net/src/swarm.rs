@@ -302,10 +302,12 @@ fn read_peers_file(config: &NetConfig) -> Vec<Multiaddr> {
 async fn judge_push<H: Host>(
     host: &H,
     guild: GuildId,
+    from: NodeId,
     ops: Vec<Arc<Vec<u8>>>,
     signals: Vec<Arc<Vec<u8>>>,
 ) -> Judged {
-    let verdicts = judge_ops(host, guild, ops.iter().map(|b| b.to_vec()).collect()).await;
+    let ops_bytes = ops.iter().map(|b| b.to_vec()).collect();
+    let verdicts = judge_ops(host, guild, from, ops_bytes).await;
     let ops = ops.into_iter().zip(verdicts).collect();
     let signals = signals
         .into_iter()
@@ -326,6 +328,7 @@ async fn judge_push<H: Host>(
 async fn judge_ops<H: Host>(
     host: &H,
     guild: GuildId,
+    from: NodeId,
     ops: Vec<Vec<u8>>,
 ) -> Vec<Result<Applied, &'static str>> {
     let verified = crate::verify_ops(guild, ops).await;
@@ -340,7 +343,7 @@ async fn judge_ops<H: Host>(
             Err(code) => broken.push(Some(code)),
         }
     }
-    let mut applied = host.apply(guild, good).await.into_iter();
+    let mut applied = host.apply(guild, from, good).await.into_iter();
     broken
         .into_iter()
         .map(|code| match code {
@@ -350,11 +353,18 @@ async fn judge_ops<H: Host>(
         .collect()
 }
 
-/// Judges a catch-up or join batch from a peer. Returns how many ops were at fault.
-async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::ByteBuf>) -> usize {
-    let ops = ops.into_iter().map(|b| b.into_vec()).collect();
+/// Judges a catch-up batch from a peer. Returns how many ops were at fault.
+async fn apply_batch<H: Host>(host: &H, batch: SyncBatch) -> usize {
+    // Catch-ups are asked only of peers entitled to the guild, which have node keys.
+    let Some(from) = node_of(&batch.peer) else {
+        return batch.ops.len();
+    };
+    let (guild, ops) = (
+        batch.guild,
+        batch.ops.into_iter().map(|b| b.into_vec()).collect(),
+    );
     let mut faults = 0;
-    for verdict in judge_ops(host, guild, ops).await {
+    for verdict in judge_ops(host, guild, from, ops).await {
         if let Ok(Applied::Refused(code)) | Err(code) = verdict {
             tracing::warn!(%guild, code, "peer sent an op that does not verify or the core refused");
             faults += 1;
@@ -363,8 +373,6 @@ async fn apply_batch<H: Host>(host: &H, guild: GuildId, ops: Vec<serde_bytes::By
     faults
 }
 
-/// Applies catch-up batches one at a time, in the order received, while the swarm task
-/// fetches the next.
 /// Hands each catch-up batch to its guild's worker, so that a guild whose batches are slow to
 /// apply holds up only its own catch-ups; within a guild, batches are applied in the order
 /// received. A worker lives as long as the swarm: guilds are the ones this node serves. What
@@ -397,10 +405,11 @@ async fn apply_guild_batches<H: Host>(
     reports: mpsc::UnboundedSender<Report>,
 ) {
     while let Some(batch) = batches.recv().await {
-        let faults = apply_batch(&*host, batch.guild, batch.ops).await;
+        let (peer, guild) = (batch.peer, batch.guild);
+        let faults = apply_batch(&*host, batch).await;
         let report = Report::Applied {
-            peer: batch.peer,
-            guild: batch.guild,
+            peer,
+            guild,
             faults,
         };
         if reports.send(report).is_err() {
@@ -549,11 +558,16 @@ impl<H: Host> Task<H> {
     /// Whether `peer` may be sent anything of `guild`: it is home to a current member, or
     /// proved an invite to fetch the guild within `JOIN_GRACE` and has not been home to a
     /// member since (the grace ends there, so a ban ends what the join began).
+    /// The node key a connected peer's id carries (`node_of`), remembered while it stays.
+    fn node_id(&mut self, peer: &PeerId) -> Option<NodeId> {
+        *self.node_ids.entry(*peer).or_insert_with(|| node_of(peer))
+    }
+
     fn entitled(&mut self, guild: &GuildId, peer: &PeerId) -> bool {
         if !self.served.contains(guild) {
             return false;
         }
-        let node = *self.node_ids.entry(*peer).or_insert_with(|| node_of(peer));
+        let node = self.node_id(peer);
         if node.is_some_and(|node| self.host.entitled(guild, &node)) {
             self.grace.remove(&(*guild, *peer));
             return true;
@@ -1188,6 +1202,10 @@ impl<H: Host> Task<H> {
                 "unknown_guild",
                 "this node does not serve that guild",
             )),
+            Request::Push { .. } if self.node_id(&peer).is_none() => Some(Refusal::new(
+                "not_entitled",
+                "only nodes with ed25519 keys may push",
+            )),
             Request::ChannelKeys { keys, .. } if keys.len() > protocol::MAX_CHANNEL_KEYS => {
                 self.strike(peer, "too_many_keys", 1);
                 Some(Refusal::new(
@@ -1219,6 +1237,9 @@ impl<H: Host> Task<H> {
             signals,
         } = request
         {
+            let from = self
+                .node_id(&peer)
+                .expect("keyless pushers are refused above");
             let ops = ops.into_iter().map(|b| Arc::new(b.into_vec())).collect();
             let signals = signals
                 .into_iter()
@@ -1226,7 +1247,7 @@ impl<H: Host> Task<H> {
                 .map(|b| Arc::new(b.into_vec()))
                 .collect();
             tokio::spawn(async move {
-                let judged = judge_push(&*host, guild, ops, signals).await;
+                let judged = judge_push(&*host, guild, from, ops, signals).await;
                 let _ = reports.send(Report::Pushed {
                     peer,
                     guild,
@@ -1236,7 +1257,7 @@ impl<H: Host> Task<H> {
             });
             return;
         }
-        let requester = *self.node_ids.entry(peer).or_insert_with(|| node_of(&peer));
+        let requester = self.node_id(&peer);
         tokio::spawn(async move {
             let (response, after) = answer(host, requester, request).await;
             let _ = reports.send(Report::Answer {

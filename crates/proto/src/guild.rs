@@ -44,6 +44,8 @@ pub enum InsertError {
     CausalityViolation,
     #[error("too many ops are waiting for missing guild-state deps")]
     PendingFull,
+    #[error("the peer that sent it has as many ops waiting for missing deps as one peer may")]
+    PeerPendingFull,
     #[error("the author is not a member in the op's causal past, and only a join makes one")]
     AuthorNotMember,
     #[error("the author made 120 guild-state ops in the minute before this one")]
@@ -59,6 +61,7 @@ impl InsertError {
             InsertError::DepNotGuildState => "dep_not_guild_state",
             InsertError::CausalityViolation => "causality_violation",
             InsertError::PendingFull => "pending_full",
+            InsertError::PeerPendingFull => "peer_pending_full",
             InsertError::AuthorNotMember => "author_not_member",
             InsertError::GuildStateRate => "guild_state_rate",
             InsertError::InviteUnusable => "invite_unusable",
@@ -148,6 +151,9 @@ const LOG_DIGEST_DOMAIN: &[u8] = b"guildhall/log-digest/v1\0";
 /// so these only bound what a peer can park here.
 pub const MAX_PENDING: usize = 10_000;
 pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of pending ops one peer may have parked in a guild: an eighth of the guild's, so
+/// that no one peer (a stranger minting keys, say) fills what others' ops may need.
+pub const MAX_PENDING_BYTES_PER_PEER: usize = MAX_PENDING_BYTES / 8;
 
 /// The cap on states kept by deps set (`Guild::state_at`). Content ops mostly cite the few
 /// newest sets; without a cap, members citing ever new ones made every replica keep a whole
@@ -198,6 +204,9 @@ pub struct Guild {
     order: BTreeSet<(Hlc, OpId)>,
     pending: Map<OpId, VerifiedOp>,
     pending_bytes: usize,
+    /// The peer each pending op came from, when known, and the bytes each peer has pending.
+    pending_from: Map<OpId, NodeId>,
+    pending_by_peer: Map<NodeId, usize>,
     waiting_on: Map<OpId, Vec<OpId>>,
     /// Held ops whose `prev` is not held, by that `prev`: judged across a gap until it comes.
     awaiting_prev: Map<OpId, Vec<OpId>>,
@@ -253,6 +262,8 @@ impl Guild {
             order: BTreeSet::new(),
             pending: Map::default(),
             pending_bytes: 0,
+            pending_from: Map::default(),
+            pending_by_peer: Map::default(),
             waiting_on: Map::default(),
             awaiting_prev: Map::default(),
             equivocations: Vec::new(),
@@ -364,8 +375,22 @@ impl Guild {
 
     fn take_pending(&mut self, id: &OpId) -> Option<VerifiedOp> {
         let op = self.pending.remove(id)?;
-        self.pending_bytes -= op.op().encoded_len();
+        let bytes = op.op().encoded_len();
+        self.pending_bytes -= bytes;
+        if let Some(peer) = self.pending_from.remove(id)
+            && let Some(held) = self.pending_by_peer.get_mut(&peer)
+        {
+            *held -= bytes;
+            if *held == 0 {
+                self.pending_by_peer.remove(&peer);
+            }
+        }
         Some(op)
+    }
+
+    /// Bytes of pending ops that came from `peer`.
+    pub fn pending_bytes_from(&self, peer: &NodeId) -> usize {
+        self.pending_by_peer.get(peer).copied().unwrap_or(0)
     }
 
     /// Highest seq held per author (a version vector for catch-up).
@@ -806,6 +831,16 @@ impl Guild {
 
     /// Adds an op (whose signature was verified) to the guild.
     pub fn insert(&mut self, op: VerifiedOp) -> Result<Inserted, InsertError> {
+        self.insert_from(op, None)
+    }
+
+    /// `insert` for an op a peer sent, `from` its node key when known: while the op waits for
+    /// its deps, that peer is charged for it, up to `MAX_PENDING_BYTES_PER_PEER`.
+    pub fn insert_from(
+        &mut self,
+        op: VerifiedOp,
+        from: Option<NodeId>,
+    ) -> Result<Inserted, InsertError> {
         if op.guild() != self.id {
             return Err(InsertError::WrongGuild);
         }
@@ -818,6 +853,13 @@ impl Guild {
             let bytes = op.op().encoded_len();
             if self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > MAX_PENDING_BYTES {
                 return Err(InsertError::PendingFull);
+            }
+            if let Some(peer) = from {
+                if self.pending_bytes_from(&peer) + bytes > MAX_PENDING_BYTES_PER_PEER {
+                    return Err(InsertError::PeerPendingFull);
+                }
+                *self.pending_by_peer.entry(peer).or_default() += bytes;
+                self.pending_from.insert(id, peer);
             }
             self.pending_bytes += bytes;
             for m in &missing {

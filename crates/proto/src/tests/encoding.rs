@@ -590,3 +590,64 @@ fn pending_ops_are_bounded_in_bytes_and_expire() {
     }
     assert_eq!(reader.guild.state_hash(), author.guild.state_hash());
 }
+
+#[test]
+fn each_peer_may_park_only_its_share_of_pending_bytes_and_is_released_when_they_apply() {
+    use crate::guild::MAX_PENDING_BYTES_PER_PEER;
+    let mut author = Replica::new(&key(1));
+    let general = author.text_channel(&key(1), "general");
+    let big = "😀".repeat(crate::limits::MAX_CONTENT_CHARS);
+    let count = MAX_PENDING_BYTES_PER_PEER / big.len() + 5;
+    let messages: Vec<VerifiedOp> = (0..2 * count)
+        .map(|_| {
+            let (id, _) = author.say(&key(1), general, &big);
+            author.guild.op(&id).unwrap().clone()
+        })
+        .collect();
+    let channel = author.guild.op(&general).unwrap().clone();
+
+    let mut reader = Replica::new(&key(1));
+    let (flooder, other) = (node(7), node(8));
+    let mut refused = 0;
+    for op in &messages[..count] {
+        match reader.guild.insert_from(op.clone(), Some(flooder)) {
+            Ok(Inserted::Pending { .. }) => {}
+            Err(e) => {
+                assert_eq!(e, InsertError::PeerPendingFull);
+                assert_eq!(e.code(), "peer_pending_full");
+                refused += 1;
+            }
+            other => panic!("expected pending or full, got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "the peer's share was reached");
+    let parked = reader.guild.pending_bytes_from(&flooder);
+    assert!(parked <= MAX_PENDING_BYTES_PER_PEER && parked == reader.guild.pending_bytes());
+    // Another peer still parks what it sends, and local inserts are not charged to anyone.
+    for op in &messages[count..count + 3] {
+        assert!(matches!(
+            reader.guild.insert_from(op.clone(), Some(other)),
+            Ok(Inserted::Pending { .. })
+        ));
+    }
+    assert!(matches!(
+        reader.guild.insert(messages[count + 3].clone()),
+        Ok(Inserted::Pending { .. })
+    ));
+    assert_eq!(
+        reader.guild.pending_bytes_from(&other),
+        3 * messages[0].encoded_len()
+    );
+
+    // Once the channel arrives, what waited applies and no peer is charged any more.
+    reader.guild.insert(channel).unwrap();
+    assert_eq!(reader.guild.pending_len(), 0);
+    assert_eq!(reader.guild.pending_bytes_from(&flooder), 0);
+    assert_eq!(reader.guild.pending_bytes_from(&other), 0);
+    for op in &messages[..count] {
+        assert!(matches!(
+            reader.guild.insert_from(op.clone(), Some(flooder)),
+            Ok(Inserted::Applied { .. } | Inserted::Duplicate)
+        ));
+    }
+}
