@@ -1299,12 +1299,28 @@ async fn a_private_channel_is_sealed_from_nodes_with_no_viewer_until_one_is_gran
     assert!(g.lock().unwrap().keyring().get(&later_key).is_none());
 }
 
+/// A federated node with one guild Alice made on it: the node, Alice, the guild and its id.
+async fn lone_guild(
+    name: &str,
+    configure: impl FnOnce(&mut NetConfig),
+) -> (TestNode, Client, guildhall_client::Guild, GuildId) {
+    let a = TestNode::federated_with(&[], configure).await;
+    let (alice, _) = a.user("alice").await;
+    let guild = alice.create_guild(name).await.unwrap();
+    let gid = guild.id.parse().unwrap();
+    (a, alice, guild, gid)
+}
+
+/// Alice still chats in her guild's first channel.
+async fn still_chats(alice: &Client, guild: &guildhall_client::Guild) {
+    let channel = guild.first_text_channel().unwrap().id.clone();
+    alice.send(&guild.id, &channel, "still here").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stranger_asking_for_channel_keys_is_refused_then_blocked() {
-    let a = TestNode::federated_with(&[], |c| c.channel_key_budget = Budget::new(2.0, 10.0)).await;
-    let (alice, _) = a.user("alice").await;
-    let guild = alice.create_guild("Keys").await.unwrap();
-    let gid: GuildId = guild.id.parse().unwrap();
+    let (a, alice, guild, gid) =
+        lone_guild("Keys", |c| c.channel_key_budget = Budget::new(2.0, 10.0)).await;
     let a_id = a.net().peer_id();
     let rogue = rogue_peer(&a, gid).await;
     let ask = |count: usize| guildhall_net::protocol::Request::ChannelKeys {
@@ -1341,22 +1357,12 @@ async fn a_stranger_asking_for_channel_keys_is_refused_then_blocked() {
     let faults = a.net().faults().await;
     assert!(faults["too_many_keys"] >= 1, "{faults:?}");
     assert!(faults["not_entitled"] >= 2, "{faults:?}");
-    alice
-        .send(
-            &guild.id,
-            guild.first_text_channel().unwrap().id.as_str(),
-            "still here",
-        )
-        .await
-        .unwrap();
+    still_chats(&alice, &guild).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_push_of_too_many_items_is_refused_and_struck_before_anything_is_judged() {
-    let a = TestNode::federated(&[]).await;
-    let (alice, _) = a.user("alice").await;
-    let guild = alice.create_guild("Pushed").await.unwrap();
-    let gid: GuildId = guild.id.parse().unwrap();
+    let (a, alice, guild, gid) = lone_guild("Pushed", |_| {}).await;
     let a_id = a.net().peer_id();
     let held_before = a.node.guild(&gid).unwrap().lock().unwrap().len();
     let rogue = rogue_peer(&a, gid).await;
@@ -1389,26 +1395,16 @@ async fn a_push_of_too_many_items_is_refused_and_struck_before_anything_is_judge
         a.node.guild(&gid).unwrap().lock().unwrap().len(),
         held_before
     );
-    alice
-        .send(
-            &guild.id,
-            guild.first_text_channel().unwrap().id.as_str(),
-            "unbothered",
-        )
-        .await
-        .unwrap();
+    still_chats(&alice, &guild).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_is_kept_about_strangers_that_left_is_dropped_after_a_while() {
-    let a = TestNode::federated_with(&[], |c| {
+    let (a, alice, guild, gid) = lone_guild("Forgetful", |c| {
         c.forget_peers_after = Duration::from_millis(300);
         c.catchup_interval = Duration::from_millis(100);
     })
     .await;
-    let (alice, _) = a.user("alice").await;
-    let guild = alice.create_guild("Forgetful").await.unwrap();
-    let gid: GuildId = guild.id.parse().unwrap();
     let a_id = a.net().peer_id();
     let mut strangers = Vec::new();
     for _ in 0..20 {
@@ -1426,12 +1422,5 @@ async fn what_is_kept_about_strangers_that_left_is_dropped_after_a_while() {
         a.net().tracked_peers().await == 0
     })
     .await;
-    alice
-        .send(
-            &guild.id,
-            guild.first_text_channel().unwrap().id.as_str(),
-            "still fine",
-        )
-        .await
-        .unwrap();
+    still_chats(&alice, &guild).await;
 }

@@ -546,19 +546,29 @@ proptest! {
     }
 }
 
-#[test]
-fn pending_ops_are_bounded_in_bytes_and_expire() {
+/// A guild with a channel and `count(bytes of one)` messages of the largest size in it: the
+/// replica, the channel's op and the messages' ops. A replica without the channel parks them.
+fn messages_of_the_largest_size(
+    count: impl Fn(usize) -> usize,
+) -> (Replica, VerifiedOp, Vec<VerifiedOp>) {
     let mut author = Replica::new(&key(1));
     let general = author.text_channel(&key(1), "general");
     let big = "😀".repeat(crate::limits::MAX_CONTENT_CHARS);
-    let count = crate::guild::MAX_PENDING_BYTES / big.len() + 10;
-    let messages: Vec<VerifiedOp> = (0..count)
+    let messages = (0..count(big.len()))
         .map(|_| {
             let (id, _) = author.say(&key(1), general, &big);
             author.guild.op(&id).unwrap().clone()
         })
         .collect();
     let channel = author.guild.op(&general).unwrap().clone();
+    (author, channel, messages)
+}
+
+#[test]
+fn pending_ops_are_bounded_in_bytes_and_expire() {
+    let (author, channel, messages) =
+        messages_of_the_largest_size(|big| crate::guild::MAX_PENDING_BYTES / big + 10);
+    let count = messages.len();
 
     // Without the channel, every message waits, until the bytes they take reach the cap.
     let mut reader = Replica::new(&key(1));
@@ -594,17 +604,9 @@ fn pending_ops_are_bounded_in_bytes_and_expire() {
 #[test]
 fn each_peer_may_park_only_its_share_of_pending_bytes_and_is_released_when_they_apply() {
     use crate::guild::MAX_PENDING_BYTES_PER_PEER;
-    let mut author = Replica::new(&key(1));
-    let general = author.text_channel(&key(1), "general");
-    let big = "😀".repeat(crate::limits::MAX_CONTENT_CHARS);
-    let count = MAX_PENDING_BYTES_PER_PEER / big.len() + 5;
-    let messages: Vec<VerifiedOp> = (0..2 * count)
-        .map(|_| {
-            let (id, _) = author.say(&key(1), general, &big);
-            author.guild.op(&id).unwrap().clone()
-        })
-        .collect();
-    let channel = author.guild.op(&general).unwrap().clone();
+    let (_, channel, messages) =
+        messages_of_the_largest_size(|big| 2 * (MAX_PENDING_BYTES_PER_PEER / big + 5));
+    let count = messages.len() / 2;
 
     let mut reader = Replica::new(&key(1));
     let (flooder, other) = (node(7), node(8));
