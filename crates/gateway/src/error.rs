@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use guildhall_proto::access::Denied;
 use guildhall_proto::error::AuthError;
 use guildhall_proto::guild::InsertError;
 use guildhall_proto::op::OpError;
@@ -111,6 +112,19 @@ impl From<AuthError> for ApiError {
             retry_after,
             ..ApiError::new(status, e.code(), e.to_string())
         }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        let status = match e {
+            Denied::NotMember | Denied::UnknownChannel | Denied::NotVoice => StatusCode::NOT_FOUND,
+            Denied::GuildDeleted => StatusCode::GONE,
+            Denied::Banned | Denied::CannotRead | Denied::CannotSend | Denied::CannotConnect => {
+                StatusCode::FORBIDDEN
+            }
+        };
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 

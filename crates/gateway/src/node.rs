@@ -9,15 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use guildhall_net::{Applied, Multiaddr, NetHandle};
-use guildhall_proto::body::{Body, ChannelKind};
-use guildhall_proto::error::AuthError;
+use guildhall_proto::access;
+use guildhall_proto::body::Body;
 use guildhall_proto::guild::{Guild, InsertError, Inserted, Verdict};
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, NodeId, OpId, UserId};
 use guildhall_proto::op::{Envelope, VerifiedOp};
-use guildhall_proto::perm::Permissions;
 use guildhall_proto::signal::{Signal, SignalKind};
-use guildhall_proto::state::GuildState;
 use guildhall_store::{BackfillProgress, Store, StoreError, TokenRecord, Write};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -187,24 +185,6 @@ fn visible((status, sessions): (Status, usize)) -> Status {
         Status::Offline
     } else {
         status
-    }
-}
-
-/// Whether `user` may read and write the guild, with the one answer every endpoint gives: a
-/// banned user is told so, anyone else outside it finds no such guild (its existence is not
-/// revealed), and a member of a deleted guild learns it is gone.
-fn member_gate(state: &GuildState, user: &UserId) -> Result<(), ApiError> {
-    if state.bans.contains_key(user) {
-        Err(AuthError::Banned.into())
-    } else if !state.is_member(user) {
-        Err(ApiError::not_found(
-            "unknown_guild",
-            "no such guild, or you are not a member",
-        ))
-    } else if state.deleted {
-        Err(AuthError::GuildDeleted.into())
-    } else {
-        Ok(())
     }
 }
 
@@ -419,7 +399,7 @@ impl Node {
     ) -> Result<T, ApiError> {
         let guild = self.guild(id)?;
         let guild = guild.lock().expect("guild lock");
-        member_gate(guild.state(), user)?;
+        access::member(guild.state(), user)?;
         f(&guild)
     }
 
@@ -616,7 +596,7 @@ impl Node {
             // Writes answer outsiders as reads do. Accepting an invite is the one op a
             // non-member makes; the core judges it.
             if !matches!(body, Body::Join { .. }) {
-                member_gate(g.state(), user)?;
+                access::member(g.state(), user)?;
             }
             let mut envelope = g.next_envelope(*user, now_ms(), body);
             let made_key =
@@ -976,29 +956,14 @@ impl Node {
         net.signal(*guild, signal.sign(&key));
     }
 
-    /// The channel whose VIEW_CHANNEL gates `user` typing in `channel` (a thread's parent),
-    /// if they may send there: a text channel or a thread of one, with SEND_MESSAGES (or
-    /// SEND_MESSAGES_IN_THREADS).
+    /// The channel whose VIEW_CHANNEL gates `user` typing in `channel` (`access::typing`).
     fn typing_gate(
         &self,
         user: &UserId,
         guild: &GuildId,
         channel: &ChannelId,
     ) -> Result<ChannelId, ApiError> {
-        let gate = self.with_member_guild(user, guild, |g| {
-            let (gate, needed) = match views::thread_parent(g, channel) {
-                Some(parent) => (parent, Permissions::SEND_MESSAGES_IN_THREADS),
-                None => (*channel, Permissions::SEND_MESSAGES),
-            };
-            let state = g.state();
-            let text = state
-                .channels
-                .get(&gate)
-                .is_some_and(|c| c.kind == ChannelKind::Text);
-            let allowed = state.channel_permissions(user, &gate).contains(needed);
-            Ok((text && allowed).then_some(gate))
-        })?;
-        gate.ok_or_else(|| ApiError::forbidden("you cannot send messages in this channel"))
+        self.with_member_guild(user, guild, |g| Ok(access::typing(g, user, channel)?))
     }
 
     fn publish_typing(&self, user: &UserId, guild: &GuildId, channel: &ChannelId, gate: ChannelId) {

@@ -1027,17 +1027,9 @@ pub async fn accept_invite(
 
 // ---- messages ----
 
-/// Checks `me` may view `channel` (a channel or a thread) and returns the gating channel.
+/// Checks `me` may read `channel` (a channel or a thread).
 fn viewable(g: &Guild, me: &UserId, channel: &ChannelId) -> Result<()> {
-    let gate = views::gate_channel(g, channel);
-    if !g.state().channels.contains_key(&gate) {
-        return Err(ApiError::not_found("unknown_channel", "no such channel"));
-    }
-    let perms = g.state().channel_permissions(me, &gate);
-    if !perms.contains(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY) {
-        return Err(ApiError::forbidden("you cannot read this channel"));
-    }
-    Ok(())
+    Ok(guildhall_proto::access::read(g, me, channel)?)
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use guildhall_proto::access;
 use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::guild::{Guild, Verdict};
 use guildhall_proto::history::MessageView;
@@ -162,26 +163,11 @@ pub fn read_states_json(states: &[(ChannelId, OpId)]) -> Value {
     )
 }
 
-/// The parent channel of a thread; `None` if `channel` is not a thread.
-pub(crate) fn thread_parent(guild: &Guild, channel: &ChannelId) -> Option<ChannelId> {
-    match guild.op(channel).map(|op| &op.envelope().body) {
-        Some(Body::ThreadCreate {
-            channel: parent, ..
-        }) => Some(*parent),
-        _ => None,
-    }
-}
-
-/// The channel whose permissions gate a message's channel or thread.
-pub(crate) fn gate_channel(guild: &Guild, channel: &ChannelId) -> ChannelId {
-    thread_parent(guild, channel).unwrap_or(*channel)
-}
-
 fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Event> {
     let view = guild.message(message)?;
     Some(Event {
         guild: guild.id(),
-        gate: Gate::Channel(gate_channel(guild, &view.channel)),
+        gate: Gate::Channel(access::gate_channel(guild, &view.channel)),
         name,
         data: message_json(guild, &view),
     })
@@ -192,7 +178,7 @@ fn delete_event(guild: &Guild, message: &OpId) -> Option<Event> {
     match &guild.op(message)?.envelope().body {
         Body::MessageCreate { channel, .. } => Some(Event {
             guild: guild.id(),
-            gate: Gate::Channel(gate_channel(guild, channel)),
+            gate: Gate::Channel(access::gate_channel(guild, channel)),
             name: "MESSAGE_DELETE",
             data: json!({ "id": message, "channel_id": channel }),
         }),

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
-use guildhall_proto::body::ChannelKind;
 use guildhall_proto::guild::Guild;
 use guildhall_proto::id::{ChannelId, GuildId, UserId};
 use guildhall_proto::perm::Permissions;
@@ -110,30 +109,13 @@ fn room(guild: &GuildId, channel: &ChannelId) -> String {
     format!("{guild}/{channel}")
 }
 
-/// Whether `user` may be in `channel` (a voice channel it can view and connect to), and if
-/// so whether it may speak there.
+/// Whether `user` may be in `channel`, and if so whether it may speak there (`access::voice`).
 fn voice_rights(guild: &Guild, user: &UserId, channel: &ChannelId) -> Result<bool, ApiError> {
-    let state = guild.state();
-    if state.deleted || !state.is_member(user) {
-        return Err(ApiError::not_found(
-            "unknown_guild",
-            "no such guild, or you are not a member",
-        ));
-    }
-    let kind = state.channels.get(channel).map(|c| c.kind);
-    if kind != Some(ChannelKind::Voice) {
-        return Err(ApiError::not_found(
-            "unknown_channel",
-            "no such voice channel in this guild",
-        ));
-    }
-    let permissions = state.channel_permissions(user, channel);
-    if !permissions.contains(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
-        return Err(ApiError::forbidden(
-            "you need CONNECT in this voice channel",
-        ));
-    }
-    Ok(permissions.contains(Permissions::SPEAK))
+    Ok(guildhall_proto::access::voice(
+        guild.state(),
+        user,
+        channel,
+    )?)
 }
 
 /// Whether an event can change who may be in, or speak in, a voice channel (messages, typing,

@@ -12,7 +12,6 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use guildhall_proto::body::Body;
 use guildhall_proto::id::{ChannelId, GuildId, UserId};
-use guildhall_proto::perm::Permissions;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
@@ -198,10 +197,7 @@ impl Session {
             Gate::Users(users) => return users.contains(&self.user),
             Gate::Channel(channel) => *channel,
         };
-        if !state
-            .channel_permissions(&self.user, &channel)
-            .contains(Permissions::VIEW_CHANNEL)
-        {
+        if !guildhall_proto::access::may_view(&guild, &self.user, &channel) {
             return false;
         }
         let inner = self.inner.lock().expect("session lock");

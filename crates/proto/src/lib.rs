@@ -1,6 +1,7 @@
 //! Guildhall's sans-IO core: identities, signed ops, permissions, authorization and the
 //! materialization of guild state and channel history, as pure functions over data.
 
+pub mod access;
 pub mod bitset;
 pub mod body;
 pub mod change_scan;

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::Guild;
+use crate::access;
 use crate::body::Body;
 use crate::id::{ChannelId, NodeId, OpId, UserId};
 use crate::keyring::Keyring;
@@ -28,14 +29,7 @@ impl Guild {
             },
             _ => return None,
         };
-        Some(self.thread_parent(&named).unwrap_or(named))
-    }
-
-    fn thread_parent(&self, channel: &ChannelId) -> Option<ChannelId> {
-        match &self.ops.get(channel)?.envelope().body {
-            Body::ThreadCreate { channel, .. } => Some(*channel),
-            _ => None,
-        }
+        Some(access::gate_channel(self, &named))
     }
 
     /// Seals the plain text of a new op by `author` if its channel is not open to all in the
@@ -86,7 +80,7 @@ impl Guild {
         match text {
             Text::Plain(plain) => Some(Cow::Borrowed(plain)),
             Text::Sealed(sealed) => {
-                let channel = self.thread_parent(channel).unwrap_or(*channel);
+                let channel = access::gate_channel(self, channel);
                 self.keyring.open(author, sealed, &channel).map(Cow::Owned)
             }
         }

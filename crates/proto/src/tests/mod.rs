@@ -1,5 +1,6 @@
 //! Unit and property tests of the core, with a small kit for building guild histories.
 
+mod access;
 mod auth;
 mod change_scan;
 mod convergence;
