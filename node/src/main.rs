@@ -351,7 +351,7 @@ async fn admin(config: NodeConfig, action: Admin) -> Result<(), String> {
                     "{id}  {:<32} {} members, {} channels",
                     guild
                         .meta()
-                        .get_str("guild.name")
+                        .get_str(guildhall_proto::meta::MetaKey::GuildName)
                         .unwrap_or_else(|| state.name.clone()),
                     state.members.len(),
                     state.channels.len()

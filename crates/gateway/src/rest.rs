@@ -16,7 +16,7 @@ use guildhall_proto::guild::Guild;
 use guildhall_proto::history::MessageView;
 use guildhall_proto::hlc::Hlc;
 use guildhall_proto::id::{ChannelId, GuildId, Keypair, MessageId, OpId, RoleId, UserId};
-use guildhall_proto::meta::MetaValue;
+use guildhall_proto::meta::{MetaKey, MetaValue};
 use guildhall_proto::perm::Permissions;
 use guildhall_store::{AccountRecord, TokenRecord, Write};
 use serde::Deserialize;
@@ -375,23 +375,21 @@ fn meta_change(
     node: &Node,
     me: &UserId,
     gid: &GuildId,
-    edits: &[(String, Option<MetaValue>)],
+    edits: &[(MetaKey, Option<MetaValue>)],
 ) -> Result<Body> {
     if edits.is_empty() {
         return Err(ApiError::bad_request("empty_update", "nothing to change"));
     }
     node.with_member_guild(me, gid, |g| {
-        let edits: Vec<(&str, Option<MetaValue>)> =
-            edits.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let change = g
             .meta()
-            .make_change(me, &edits)
+            .make_change(me, edits)
             .ok_or_else(|| ApiError::bad_request("empty_update", "nothing would change"))?;
         Ok(Body::MetaChange { change })
     })
 }
 
-fn text_edit(key: String, value: Option<String>) -> Option<(String, Option<MetaValue>)> {
+fn text_edit(key: MetaKey, value: Option<String>) -> Option<(MetaKey, Option<MetaValue>)> {
     value.map(|v| {
         let v = (!v.is_empty()).then_some(MetaValue::Str(v));
         (key, v)
@@ -419,9 +417,9 @@ pub async fn update_guild(
         ));
     }
     let edits: Vec<_> = [
-        text_edit("guild.name".into(), req.name),
-        text_edit("guild.description".into(), req.description),
-        text_edit("guild.icon".into(), req.icon),
+        text_edit(MetaKey::GuildName, req.name),
+        text_edit(MetaKey::GuildDescription, req.description),
+        text_edit(MetaKey::GuildIcon, req.icon),
     ]
     .into_iter()
     .flatten()
@@ -532,14 +530,14 @@ pub async fn update_channel(
         ));
     }
     let mut edits: Vec<_> = [
-        text_edit(format!("channel.{cid}.name"), req.name),
-        text_edit(format!("channel.{cid}.topic"), req.topic),
+        text_edit(MetaKey::ChannelName(cid), req.name),
+        text_edit(MetaKey::ChannelTopic(cid), req.topic),
     ]
     .into_iter()
     .flatten()
     .collect();
     if let Some(p) = req.position {
-        edits.push((format!("channel.{cid}.position"), Some(MetaValue::Int(p))));
+        edits.push((MetaKey::ChannelPosition(cid), Some(MetaValue::Int(p))));
     }
     let body = meta_change(&node, &me.user_id, &gid, &edits)?;
     node.submit(&me.user_id, &gid, body).await?;
@@ -575,7 +573,7 @@ pub async fn reorder_channels(
         .iter()
         .map(|r| {
             (
-                format!("channel.{}.position", r.id),
+                MetaKey::ChannelPosition(r.id),
                 Some(MetaValue::Int(r.position)),
             )
         })
@@ -703,13 +701,9 @@ pub async fn update_role(
         ));
     }
     let edits: Vec<_> = [
-        text_edit(format!("role.{rid}.name"), req.name),
-        req.color.map(|c| {
-            (
-                format!("role.{rid}.color"),
-                Some(MetaValue::Int(i64::from(c))),
-            )
-        }),
+        text_edit(MetaKey::RoleName(rid), req.name),
+        req.color
+            .map(|c| (MetaKey::RoleColor(rid), Some(MetaValue::Int(i64::from(c))))),
     ]
     .into_iter()
     .flatten()
@@ -829,7 +823,7 @@ pub async fn update_member(
 ) -> Result<Json<Value>> {
     let gid: GuildId = id(&g, "guild id")?;
     let member = member_param(&me.user_id, &u)?;
-    let edits: Vec<_> = text_edit(format!("member.{member}.nick"), req.nick)
+    let edits: Vec<_> = text_edit(MetaKey::MemberNick(member), req.nick)
         .into_iter()
         .collect();
     let body = meta_change(&node, &me.user_id, &gid, &edits)?;

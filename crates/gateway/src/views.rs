@@ -8,7 +8,7 @@ use guildhall_proto::body::{Body, ChannelKind};
 use guildhall_proto::guild::{Guild, Verdict};
 use guildhall_proto::history::MessageView;
 use guildhall_proto::id::{ChannelId, GuildId, OpId, UserId};
-use guildhall_proto::meta::MetaValue;
+use guildhall_proto::meta::MetaKey;
 use guildhall_proto::perm::Permissions;
 use guildhall_proto::sealed::Text;
 use guildhall_proto::state::Channel;
@@ -63,7 +63,7 @@ pub fn thread_json(guild: &Guild, id: &OpId) -> Option<Value> {
     Some(json!({ "id": id, "channel_id": channel, "name": name, "message_id": message }))
 }
 
-fn meta_str(guild: &Guild, key: &str) -> Option<String> {
+fn meta_str(guild: &Guild, key: MetaKey) -> Option<String> {
     guild.meta().get_str(key)
 }
 
@@ -75,14 +75,14 @@ pub fn channel_json(guild: &Guild, id: &ChannelId, c: &Channel) -> Value {
         .collect();
     let position = guild
         .meta()
-        .get_int(&format!("channel.{id}.position"))
+        .get_int(MetaKey::ChannelPosition(*id))
         .unwrap_or(i64::from(c.position));
     json!({
         "id": id,
         "guild_id": guild.id(),
         "kind": c.kind,
-        "name": meta_str(guild, &format!("channel.{id}.name")).unwrap_or_else(|| c.name.clone()),
-        "topic": meta_str(guild, &format!("channel.{id}.topic")),
+        "name": meta_str(guild, MetaKey::ChannelName(*id)).unwrap_or_else(|| c.name.clone()),
+        "topic": meta_str(guild, MetaKey::ChannelTopic(*id)),
         "parent_id": c.parent,
         "position": position,
         "overwrites": overwrites,
@@ -114,10 +114,10 @@ pub fn guild_json(guild: &Guild, user: &UserId) -> Value {
         .map(|(id, r)| {
             json!({
                 "id": id,
-                "name": meta_str(guild, &format!("role.{id}.name")).unwrap_or_else(|| r.name.clone()),
+                "name": meta_str(guild, MetaKey::RoleName(*id)).unwrap_or_else(|| r.name.clone()),
                 "color": guild
                     .meta()
-                    .get_int(&format!("role.{id}.color"))
+                    .get_int(MetaKey::RoleColor(*id))
                     .unwrap_or(i64::from(r.color)),
                 "permissions": r.permissions,
                 "position": r.position,
@@ -126,9 +126,9 @@ pub fn guild_json(guild: &Guild, user: &UserId) -> Value {
         .collect();
     json!({
         "id": guild.id(),
-        "name": meta_str(guild, "guild.name").unwrap_or_else(|| state.name.clone()),
-        "description": meta_str(guild, "guild.description"),
-        "icon": meta_str(guild, "guild.icon"),
+        "name": meta_str(guild, MetaKey::GuildName).unwrap_or_else(|| state.name.clone()),
+        "description": meta_str(guild, MetaKey::GuildDescription),
+        "icon": meta_str(guild, MetaKey::GuildIcon),
         "owner_id": state.owner,
         "member_count": state.members.len(),
         "roles": roles,
@@ -139,13 +139,7 @@ pub fn guild_json(guild: &Guild, user: &UserId) -> Value {
 
 pub fn member_json(guild: &Guild, user: &UserId) -> Option<Value> {
     let member = guild.state().members.get(user)?;
-    let nick = guild
-        .meta()
-        .get(&format!("member.{user}.nick"))
-        .and_then(|v| match v {
-            MetaValue::Str(s) => Some(s),
-            MetaValue::Int(_) => None,
-        });
+    let nick = meta_str(guild, MetaKey::MemberNick(*user));
     Some(json!({
         "user_id": user,
         "roles": member.roles,

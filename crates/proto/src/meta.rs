@@ -7,6 +7,8 @@
 //! never create rival nested objects, and every key maps to exactly one permission check.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
@@ -14,7 +16,7 @@ use serde::Serialize;
 
 use crate::change_scan;
 use crate::error::AuthError;
-use crate::id::{OpId, UserId};
+use crate::id::{ChannelId, OpId, RoleId, UserId};
 use crate::limits;
 use crate::perm::Permissions;
 use crate::state::GuildState;
@@ -44,23 +46,86 @@ enum Shape {
     Color,
 }
 
+/// A metadata key: what it belongs to and which field (`spec/auth.md` §7). Its string form
+/// (`channel.<id>.topic`) is the key in the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKey {
+    GuildName,
+    GuildDescription,
+    GuildIcon,
+    GuildSystemChannel,
+    ChannelName(ChannelId),
+    ChannelTopic(ChannelId),
+    ChannelPosition(ChannelId),
+    ChannelParent(ChannelId),
+    RoleName(RoleId),
+    RoleColor(RoleId),
+    MemberNick(UserId),
+}
+
+impl fmt::Display for MetaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaKey::GuildName => f.write_str("guild.name"),
+            MetaKey::GuildDescription => f.write_str("guild.description"),
+            MetaKey::GuildIcon => f.write_str("guild.icon"),
+            MetaKey::GuildSystemChannel => f.write_str("guild.system_channel"),
+            MetaKey::ChannelName(c) => write!(f, "channel.{c}.name"),
+            MetaKey::ChannelTopic(c) => write!(f, "channel.{c}.topic"),
+            MetaKey::ChannelPosition(c) => write!(f, "channel.{c}.position"),
+            MetaKey::ChannelParent(c) => write!(f, "channel.{c}.parent"),
+            MetaKey::RoleName(r) => write!(f, "role.{r}.name"),
+            MetaKey::RoleColor(r) => write!(f, "role.{r}.color"),
+            MetaKey::MemberNick(u) => write!(f, "member.{u}.nick"),
+        }
+    }
+}
+
+impl FromStr for MetaKey {
+    type Err = ();
+
+    fn from_str(key: &str) -> Result<MetaKey, ()> {
+        let parts: Vec<&str> = key.split('.').collect();
+        let id = |s: &str| s.parse::<OpId>().map_err(drop);
+        Ok(match parts.as_slice() {
+            ["guild", "name"] => MetaKey::GuildName,
+            ["guild", "description"] => MetaKey::GuildDescription,
+            ["guild", "icon"] => MetaKey::GuildIcon,
+            ["guild", "system_channel"] => MetaKey::GuildSystemChannel,
+            ["channel", c, "name"] => MetaKey::ChannelName(id(c)?),
+            ["channel", c, "topic"] => MetaKey::ChannelTopic(id(c)?),
+            ["channel", c, "position"] => MetaKey::ChannelPosition(id(c)?),
+            ["channel", c, "parent"] => MetaKey::ChannelParent(id(c)?),
+            ["role", r, "name"] => MetaKey::RoleName(id(r)?),
+            ["role", r, "color"] => MetaKey::RoleColor(id(r)?),
+            ["member", u, "nick"] => MetaKey::MemberNick(u.parse().map_err(drop)?),
+            _ => return Err(()),
+        })
+    }
+}
+
+impl MetaKey {
+    /// What the key belongs to (whose permission it needs) and the shape of its value.
+    fn rule(self) -> (Scope, Shape) {
+        match self {
+            MetaKey::GuildName => (Scope::Guild, Shape::Name),
+            MetaKey::GuildDescription | MetaKey::GuildIcon => (Scope::Guild, Shape::Text),
+            MetaKey::GuildSystemChannel => (Scope::Guild, Shape::Id),
+            MetaKey::ChannelName(c) => (Scope::Channel(c), Shape::Name),
+            MetaKey::ChannelTopic(c) => (Scope::Channel(c), Shape::Text),
+            MetaKey::ChannelPosition(c) => (Scope::Channel(c), Shape::Position),
+            MetaKey::ChannelParent(c) => (Scope::Channel(c), Shape::Id),
+            MetaKey::RoleName(r) => (Scope::Role(r), Shape::Name),
+            MetaKey::RoleColor(r) => (Scope::Role(r), Shape::Color),
+            MetaKey::MemberNick(u) => (Scope::Member(u), Shape::Name),
+        }
+    }
+}
+
 fn parse_key(key: &str) -> Result<(Scope, Shape), String> {
-    let bad = || format!("unknown metadata key {key:?}");
-    let parts: Vec<&str> = key.split('.').collect();
-    let id = |s: &str| s.parse::<OpId>().map_err(|_| bad());
-    Ok(match parts.as_slice() {
-        ["guild", "name"] => (Scope::Guild, Shape::Name),
-        ["guild", "description" | "icon"] => (Scope::Guild, Shape::Text),
-        ["guild", "system_channel"] => (Scope::Guild, Shape::Id),
-        ["channel", c, "name"] => (Scope::Channel(id(c)?), Shape::Name),
-        ["channel", c, "topic"] => (Scope::Channel(id(c)?), Shape::Text),
-        ["channel", c, "position"] => (Scope::Channel(id(c)?), Shape::Position),
-        ["channel", c, "parent"] => (Scope::Channel(id(c)?), Shape::Id),
-        ["role", r, "name"] => (Scope::Role(id(r)?), Shape::Name),
-        ["role", r, "color"] => (Scope::Role(id(r)?), Shape::Color),
-        ["member", u, "nick"] => (Scope::Member(u.parse().map_err(|_| bad())?), Shape::Name),
-        _ => return Err(bad()),
-    })
+    key.parse::<MetaKey>()
+        .map(MetaKey::rule)
+        .map_err(|()| format!("unknown metadata key {key:?}"))
 }
 
 fn check_value(key: &str, shape: Shape, value: &ScalarValue) -> Result<(), String> {
@@ -264,7 +329,7 @@ impl MetaDoc {
         Ok(())
     }
 
-    pub fn get(&self, key: &str) -> Option<MetaValue> {
+    fn get(&self, key: &str) -> Option<MetaValue> {
         match self.doc.get(ROOT, key).ok().flatten()?.0 {
             automerge::Value::Scalar(s) => match s.as_ref() {
                 ScalarValue::Str(s) => Some(MetaValue::Str(s.to_string())),
@@ -275,15 +340,15 @@ impl MetaDoc {
         }
     }
 
-    pub fn get_str(&self, key: &str) -> Option<String> {
-        match self.get(key)? {
+    pub fn get_str(&self, key: MetaKey) -> Option<String> {
+        match self.get(&key.to_string())? {
             MetaValue::Str(s) => Some(s),
             MetaValue::Int(_) => None,
         }
     }
 
-    pub fn get_int(&self, key: &str) -> Option<i64> {
-        match self.get(key)? {
+    pub fn get_int(&self, key: MetaKey) -> Option<i64> {
+        match self.get(&key.to_string())? {
             MetaValue::Int(i) => Some(i),
             MetaValue::Str(_) => None,
         }
@@ -299,18 +364,20 @@ impl MetaDoc {
 
     /// Builds (but does not apply) a change by `author` that puts the given values; `None`
     /// deletes a key. The change depends on everything applied so far. `None` when the edits
-    /// would change nothing.
-    pub fn make_change(
+    /// would change nothing. Keys are `MetaKey`s, or any text (a test or an attacker crafting
+    /// a change authorization must refuse).
+    pub fn make_change<K: fmt::Display>(
         &self,
         author: &UserId,
-        edits: &[(&str, Option<MetaValue>)],
+        edits: &[(K, Option<MetaValue>)],
     ) -> Option<Vec<u8>> {
         let mut fork = self.doc.clone().with_actor(actor_for(author));
         for (key, value) in edits {
+            let key = key.to_string();
             let result = match value {
-                Some(MetaValue::Str(s)) => fork.put(ROOT, *key, s.as_str()),
-                Some(MetaValue::Int(i)) => fork.put(ROOT, *key, *i),
-                None if fork.get(ROOT, *key).ok().flatten().is_some() => fork.delete(ROOT, *key),
+                Some(MetaValue::Str(s)) => fork.put(ROOT, &key, s.as_str()),
+                Some(MetaValue::Int(i)) => fork.put(ROOT, &key, *i),
+                None if fork.get(ROOT, &key).ok().flatten().is_some() => fork.delete(ROOT, &key),
                 None => Ok(()),
             };
             result.expect("writes to the root map of a local fork cannot fail");

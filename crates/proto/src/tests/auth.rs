@@ -917,7 +917,10 @@ fn metadata_changes_are_checked_key_by_key() {
     let rename = change(&r, 1, "guild.name", MetaValue::Str("Renamed".into()));
     r.ok(&key(1), rename);
     assert_eq!(
-        r.guild.meta().get_str("guild.name").as_deref(),
+        r.guild
+            .meta()
+            .get_str(crate::meta::MetaKey::GuildName)
+            .as_deref(),
         Some("Renamed")
     );
 
@@ -972,7 +975,10 @@ fn metadata_changes_are_checked_key_by_key() {
     );
     assert_eq!(r.act(&key(2), recolor).1, invalid(AuthError::Hierarchy));
     assert_eq!(
-        r.guild.meta().get_str("guild.name").as_deref(),
+        r.guild
+            .meta()
+            .get_str(crate::meta::MetaKey::GuildName)
+            .as_deref(),
         Some("Renamed")
     );
 }
@@ -1088,4 +1094,36 @@ fn guild_state_ops_are_bounded_per_author_and_minute() {
     // A minute after the first of them, there is room again.
     r.now += 60_000;
     r.ok(&key(1), role(max + 1));
+}
+
+#[test]
+fn metadata_keys_round_trip_through_their_text_and_nothing_else_parses() {
+    use crate::meta::MetaKey;
+    let (c, u) = (OpId([7; 32]), user(2));
+    let keys = [
+        (MetaKey::GuildName, "guild.name".to_owned()),
+        (MetaKey::GuildDescription, "guild.description".into()),
+        (MetaKey::GuildIcon, "guild.icon".into()),
+        (MetaKey::GuildSystemChannel, "guild.system_channel".into()),
+        (MetaKey::ChannelName(c), format!("channel.{c}.name")),
+        (MetaKey::ChannelTopic(c), format!("channel.{c}.topic")),
+        (MetaKey::ChannelPosition(c), format!("channel.{c}.position")),
+        (MetaKey::ChannelParent(c), format!("channel.{c}.parent")),
+        (MetaKey::RoleName(c), format!("role.{c}.name")),
+        (MetaKey::RoleColor(c), format!("role.{c}.color")),
+        (MetaKey::MemberNick(u), format!("member.{u}.nick")),
+    ];
+    for (key, text) in keys {
+        assert_eq!(key.to_string(), text);
+        assert_eq!(text.parse::<MetaKey>(), Ok(key));
+    }
+    for bad in [
+        "guild",
+        "guild.owner",
+        "channel.xyz.name",
+        "role.{c}.position",
+        "",
+    ] {
+        assert_eq!(bad.parse::<MetaKey>(), Err(()), "{bad}");
+    }
 }
