@@ -108,7 +108,8 @@ pub enum Gate {
 #[derive(Debug)]
 pub struct Published {
     pub event: Event,
-    pub data: Box<str>,
+    /// `event.data` as JSON, serialized once and shared by every session buffering it.
+    pub data: Arc<str>,
 }
 
 pub use guildhall_proto::signal::Status;

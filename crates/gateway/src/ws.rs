@@ -80,10 +80,10 @@ impl Sessions {
     }
 
     /// Queues a dispatch for every session of one user (DMs: addressed to users, not guilds).
-    pub fn push_to_user(&self, user: &UserId, name: &str, data: &Value) {
-        let data = data.to_string();
+    pub fn push_to_user(&self, user: &UserId, name: &'static str, data: &Value) {
+        let data: Arc<str> = data.to_string().into();
         for session in self.of_user(user, |_| true) {
-            session.push_encoded(name, &data);
+            session.push_encoded(name, data.clone());
         }
     }
 
@@ -108,10 +108,26 @@ struct Session {
     wake: Notify,
 }
 
+#[derive(Clone)]
+struct Buffered {
+    seq: u64,
+    name: &'static str,
+    data: Arc<str>,
+}
+
+impl Buffered {
+    fn frame(&self) -> Utf8Bytes {
+        let (name, seq, data) = (self.name, self.seq, &self.data);
+        format!(r#"{{"op":"dispatch","t":"{name}","s":{seq},"d":{data}}}"#).into()
+    }
+}
+
 #[derive(Default)]
 struct SessionInner {
     seq: u64,
-    buffer: VecDeque<(u64, Utf8Bytes)>,
+    /// Dispatches not yet acknowledged, each as its seq, name and shared JSON payload: the
+    /// frame is rendered when sent, so a thousand sessions keep one copy of an event.
+    buffer: VecDeque<Buffered>,
     /// Per guild, the channels asked for; a guild absent here means all it may view.
     subscriptions: HashMap<GuildId, HashSet<ChannelId>>,
     attached: bool,
@@ -125,17 +141,16 @@ struct SessionInner {
 }
 
 impl Session {
-    fn push(&self, name: &str, data: Value) {
-        self.push_encoded(name, &data.to_string());
+    fn push(&self, name: &'static str, data: Value) {
+        self.push_encoded(name, data.to_string().into());
     }
 
     /// Queues a dispatch whose payload is already JSON (serialized once for all sessions).
-    fn push_encoded(&self, name: &str, data: &str) {
+    fn push_encoded(&self, name: &'static str, data: Arc<str>) {
         let mut inner = self.inner.lock().expect("session lock");
         inner.seq += 1;
         let seq = inner.seq;
-        let frame = format!(r#"{{"op":"dispatch","t":"{name}","s":{seq},"d":{data}}}"#);
-        inner.buffer.push_back((seq, frame.into()));
+        inner.buffer.push_back(Buffered { seq, name, data });
         if inner.buffer.len() > MAX_BUFFERED {
             inner.buffer.pop_front();
             if !inner.attached {
@@ -149,18 +164,18 @@ impl Session {
     /// Drops frames the client says it has (its heartbeat's `seq`): resume never needs them.
     fn forget_through(&self, seen: u64) {
         let mut inner = self.inner.lock().expect("session lock");
-        while inner.buffer.front().is_some_and(|(s, _)| *s <= seen) {
+        while inner.buffer.front().is_some_and(|b| b.seq <= seen) {
             inner.buffer.pop_front();
         }
     }
 
     /// Frames after `after`, or `None` if some of them are gone.
-    fn frames_after(&self, after: u64) -> Option<Vec<(u64, Utf8Bytes)>> {
+    fn frames_after(&self, after: u64) -> Option<Vec<Buffered>> {
         let inner = self.inner.lock().expect("session lock");
         if inner.broken {
             return None;
         }
-        let first = inner.buffer.front().map_or(inner.seq + 1, |(s, _)| *s);
+        let first = inner.buffer.front().map_or(inner.seq + 1, |b| b.seq);
         if after + 1 < first || after > inner.seq {
             return None;
         }
@@ -168,7 +183,7 @@ impl Session {
             inner
                 .buffer
                 .iter()
-                .filter(|(s, _)| *s > after)
+                .filter(|b| b.seq > after)
                 .cloned()
                 .collect(),
         )
@@ -224,7 +239,7 @@ async fn pump(
                         continue;
                     }
                     if session.wants(&node, event) {
-                        session.push_encoded(event.name, &published.data);
+                        session.push_encoded(event.name, published.data.clone());
                         node.metrics.dispatches.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -546,11 +561,16 @@ async fn serve(conn: &mut Conn, session: &Arc<Session>, mut sent: u64, generatio
         }
         match session.frames_after(sent) {
             Some(frames) => {
-                for (seq, frame) in frames {
-                    if conn.socket.send(Message::Text(frame)).await.is_err() {
+                for buffered in frames {
+                    if conn
+                        .socket
+                        .send(Message::Text(buffered.frame()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
-                    sent = seq;
+                    sent = buffered.seq;
                 }
             }
             None => {
