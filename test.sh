@@ -22,3 +22,5 @@ command -v npm >/dev/null || { echo "npm (Node.js 20 or newer) is required for t
 (cd tests/browser && npm ci --no-audit --no-fund)
 
 cargo test --workspace --all-targets
+# The tests that need a browser or root, left out of a plain `cargo test` (`#[ignore]`).
+cargo test -p guildhall --test web --test mdns -- --ignored

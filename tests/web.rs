@@ -166,6 +166,7 @@ async fn run_node(args: Vec<String>, playwright: bool) {
 static BROWSER: Mutex<()> = Mutex::new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's chromium and the npm packages of tests/browser: ./test.sh runs it"]
 async fn two_users_chat_in_the_browser() {
     // The script seeds 500 messages over REST as one user; the default burst would slow it down.
     let node = TestNode::start_with(|c| c.user_burst = 10_000.0).await;
@@ -183,6 +184,7 @@ async fn web_dm_crypto_matches_the_vectors() {
 /// edits, reactions, deletes), reload, and the node's copy holds no plaintext
 /// (tests/browser/dm.mjs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's chromium and the npm packages of tests/browser: ./test.sh runs it"]
 async fn users_exchange_encrypted_dms_in_the_browser() {
     let node = TestNode::start().await;
     run_browser_script("dm.mjs", &node.base).await;
@@ -192,6 +194,7 @@ async fn users_exchange_encrypted_dms_in_the_browser() {
 /// muting, a disconnect, SPEAK denied and a moderator's server mute each stop exactly the
 /// streams they should (tests/browser/voice.mjs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's chromium and the npm packages of tests/browser: ./test.sh runs it"]
 async fn three_users_talk_in_a_voice_channel() {
     let node = TestNode::start_with(|_| {}).await.with_voice();
     run_browser_script("voice.mjs", &node.base).await;
