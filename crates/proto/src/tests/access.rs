@@ -31,14 +31,7 @@ fn outsiders_the_banned_and_members_of_a_deleted_guild_each_get_their_answer() {
 fn a_thread_is_read_and_typed_in_by_its_parents_rules() {
     let (mut r, general, _) = guild_with_members();
     let (message, _) = r.say(&key(2), general, "start a thread here");
-    let thread = r.ok(
-        &key(2),
-        Body::ThreadCreate {
-            channel: general,
-            name: "side".into(),
-            message: Some(message),
-        },
-    );
+    let thread = r.thread_on(&key(2), general, message, "side");
     assert_eq!(access::gate_channel(&r.guild, &thread), general);
     assert_eq!(access::gate_channel(&r.guild, &general), general);
     assert_eq!(access::read(&r.guild, &user(3), &thread), Ok(()));

@@ -467,14 +467,7 @@ fn messages_edit_delete_react_pin_and_reply() {
 fn threads_inherit_parent_permissions() {
     let (mut r, general, _) = guild_with_members();
     let (m, _) = r.say(&key(2), general, "let's discuss");
-    let thread = r.ok(
-        &key(3),
-        Body::ThreadCreate {
-            channel: general,
-            name: "discussion".into(),
-            message: Some(m),
-        },
-    );
+    let thread = r.thread_on(&key(3), general, m, "discussion");
     assert_eq!(r.say(&key(2), thread, "in thread").1, Verdict::Valid);
     assert_eq!(r.guild.message(&m).unwrap().thread, Some(thread));
     assert_eq!(

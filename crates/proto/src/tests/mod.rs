@@ -198,6 +198,24 @@ impl Replica {
         )
     }
 
+    /// A thread named `name` that `who` starts on `message` in `channel`; it must be valid.
+    pub fn thread_on(
+        &mut self,
+        who: &Keypair,
+        channel: ChannelId,
+        message: OpId,
+        name: &str,
+    ) -> OpId {
+        self.ok(
+            who,
+            Body::ThreadCreate {
+                channel,
+                name: name.into(),
+                message: Some(message),
+            },
+        )
+    }
+
     pub fn invite(&mut self, who: &Keypair) -> OpId {
         self.ok(who, Body::invite_create(SECRET, 0, 0))
     }
