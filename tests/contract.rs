@@ -437,6 +437,92 @@ async fn rest_responses_and_gateway_dispatches_keep_their_shape() {
         None,
     )
     .await;
+
+    // The rest of the guild's settings, then the guild itself.
+    r.call(
+        Some(&ada),
+        M::PATCH,
+        &format!("/guilds/{g}/roles/{role_id}"),
+        Some(json!({ "name": "moderators", "permissions": "8256" })),
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::PATCH,
+        &format!("/guilds/{g}/channels"),
+        Some(json!([{ "id": c, "position": 9 }])),
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::PATCH,
+        &format!("/guilds/{g}/channels"),
+        Some(json!([])),
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::DELETE,
+        &format!("/guilds/{g}/channels/{c}/overwrites/role/{role_id}"),
+        None,
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::DELETE,
+        &format!("/guilds/{g}/roles/{role_id}"),
+        None,
+    )
+    .await;
+    let invite_id = invite["id"].as_str().unwrap().to_owned();
+    r.call(
+        Some(&ada),
+        M::DELETE,
+        &format!("/guilds/{g}/invites/{invite_id}"),
+        None,
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::PATCH,
+        &format!("/guilds/{g}"),
+        Some(json!({ "name": "Contract, renamed", "description": "pinned shapes" })),
+    )
+    .await;
+    let d = ada_gw.wait_for("GUILD_UPDATE", WAIT).await.unwrap();
+    r.dispatch("ada", &d);
+    r.call(
+        Some(&ada),
+        M::GET,
+        &format!("/guilds/{g}/voice-states"),
+        None,
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::DELETE,
+        &format!("/guilds/{g}/channels/{c}"),
+        None,
+    )
+    .await;
+    r.call(Some(&ada), M::DELETE, &format!("/guilds/{g}"), None)
+        .await;
+    r.call(Some(&ada), M::GET, &format!("/guilds/{g}"), None)
+        .await;
+    r.call(
+        Some(&ada),
+        M::POST,
+        "/users/@me/key",
+        Some(json!({ "password": "wrong password" })),
+    )
+    .await;
+    r.call(
+        Some(&ada),
+        M::POST,
+        "/users/@me/key",
+        Some(json!({ "password": password })),
+    )
+    .await;
     r.call(None, M::GET, "/unknown-endpoint", None).await;
     r.call(Some(&ada), M::POST, "/auth/logout", Some(json!({})))
         .await;
