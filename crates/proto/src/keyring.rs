@@ -47,14 +47,6 @@ impl Keyring {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     pub fn get(&self, id: &KeyId) -> Option<&ChannelKey> {
         self.keys.get(id)
     }
@@ -105,15 +97,8 @@ impl Keyring {
         (key, true)
     }
 
-    /// Keys of held sealed text not held here, each with the first op sealed under it.
-    pub fn missing(&self) -> impl Iterator<Item = (&KeyId, &OpId)> {
-        self.missing
-            .iter()
-            .filter_map(|(id, m)| Some((id, m.ops.first()?)))
-    }
-
-    /// `missing`, less the keys no peer gave at guild-state `version` whose retry is not due
-    /// at `now_ms`.
+    /// Keys of held sealed text not held here, each with the first op sealed under it, less
+    /// those no peer gave at guild-state `version` whose retry is not due at `now_ms`.
     pub fn due(&self, now_ms: u64, version: u64) -> impl Iterator<Item = (&KeyId, &OpId)> {
         self.missing
             .iter()

@@ -202,12 +202,21 @@ impl GuildState {
     pub fn viewer_nodes(&self, channel: &ChannelId) -> BTreeSet<NodeId> {
         self.members
             .iter()
-            .filter(|(user, _)| {
-                self.channel_permissions(user, channel)
-                    .contains(Permissions::VIEW_CHANNEL)
-            })
+            .filter(|(user, _)| self.may_view(user, channel))
             .flat_map(|(_, member)| member.homes.iter().copied())
             .collect()
+    }
+
+    /// Whether `node` is among `viewer_nodes(channel)`, without collecting them.
+    pub fn is_viewer_node(&self, channel: &ChannelId, node: &NodeId) -> bool {
+        self.members
+            .iter()
+            .any(|(user, member)| member.homes.contains(node) && self.may_view(user, channel))
+    }
+
+    fn may_view(&self, user: &UserId, channel: &ChannelId) -> bool {
+        self.channel_permissions(user, channel)
+            .contains(Permissions::VIEW_CHANNEL)
     }
 
     pub fn require_in_channel(

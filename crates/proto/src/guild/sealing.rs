@@ -20,7 +20,7 @@ impl Guild {
     /// The channel whose key seals `body`'s text: the channel it names, a thread's parent, or
     /// the channel of the message an edit targets. `None` for a body without text, or an edit
     /// of a message not held.
-    pub fn sealing_channel(&self, body: &Body) -> Option<ChannelId> {
+    fn sealing_channel(&self, body: &Body) -> Option<ChannelId> {
         let named = match body {
             Body::MessageCreate { channel, .. } | Body::ThreadCreate { channel, .. } => *channel,
             Body::MessageEdit { message, .. } => match &self.ops.get(message)?.envelope().body {
@@ -90,20 +90,14 @@ impl Guild {
     /// view now, and not asked for in vain too recently at `now_ms`: the ones worth asking
     /// other viewer nodes for.
     pub fn wanted_keys(&self, node: &NodeId, limit: usize, now_ms: u64) -> Vec<KeyId> {
-        let mut views = HashMap::new();
+        let mut views = self.viewer_node_of(node);
         self.keyring
             .due(now_ms, self.state_version)
             .filter(|(_, op)| {
-                let Some(channel) = self
-                    .ops
+                self.ops
                     .get(*op)
                     .and_then(|op| self.sealing_channel(&op.envelope().body))
-                else {
-                    return true;
-                };
-                *views
-                    .entry(channel)
-                    .or_insert_with(|| self.current.viewer_nodes(&channel).contains(node))
+                    .is_none_or(|channel| views(&channel))
             })
             .map(|(id, _)| *id)
             .take(limit)
@@ -113,15 +107,22 @@ impl Guild {
     /// The keys among `ids` held here whose channel `node` may view now: what a node asking
     /// for them is given.
     pub fn keys_for(&self, node: &NodeId, ids: &[KeyId]) -> Vec<ChannelKey> {
-        let mut views = HashMap::new();
+        let mut views = self.viewer_node_of(node);
         ids.iter()
             .filter_map(|id| self.keyring.get(id))
-            .filter(|key| {
-                *views
-                    .entry(key.channel)
-                    .or_insert_with(|| self.current.viewer_nodes(&key.channel).contains(node))
-            })
+            .filter(|key| views(&key.channel))
             .cloned()
             .collect()
+    }
+
+    /// Whether `node` is a viewer node of a channel in the current state, each channel found
+    /// once however many keys ask about it.
+    fn viewer_node_of<'a>(&'a self, node: &'a NodeId) -> impl FnMut(&ChannelId) -> bool + 'a {
+        let mut seen = HashMap::new();
+        move |channel| {
+            *seen
+                .entry(*channel)
+                .or_insert_with(|| self.current.is_viewer_node(channel, node))
+        }
     }
 }

@@ -79,6 +79,9 @@ fn a_channel_is_open_to_all_only_when_no_overwrite_keeps_anyone_out() {
         r.guild.state().viewer_nodes(&general),
         [node(2), node(3)].into_iter().collect()
     );
+    for (channel, n, viewer) in [(staff, 2, true), (staff, 3, false), (general, 3, true)] {
+        assert_eq!(r.guild.state().is_viewer_node(&channel, &node(n)), viewer);
+    }
 }
 
 #[test]
