@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use guildhall_proto::access;
 use guildhall_proto::body::{Body, ChannelKind, OverwriteTarget};
 use guildhall_proto::guild::Guild;
 use guildhall_proto::history::MessageView;
@@ -1021,11 +1022,6 @@ pub async fn accept_invite(
 
 // ---- messages ----
 
-/// Checks `me` may read `channel` (a channel or a thread).
-fn viewable(g: &Guild, me: &UserId, channel: &ChannelId) -> Result<()> {
-    Ok(guildhall_proto::access::read(g, me, channel)?)
-}
-
 #[derive(Deserialize)]
 pub struct Page {
     before: Option<String>,
@@ -1062,7 +1058,7 @@ pub async fn list_messages(
     }
     let read = || {
         node.with_member_guild(&me.user_id, &gid, |g| {
-            viewable(g, &me.user_id, &cid)?;
+            access::read(g, &me.user_id, &cid)?;
             let before = cursor(g, &page.before)?;
             let after = cursor(g, &page.after)?;
             let messages: Vec<Value> = g
@@ -1177,7 +1173,7 @@ fn in_channel(g: &Guild, channel: &ChannelId, message: &MessageId) -> Result<Mes
 /// `message` as `me` sees it in `channel`: shown there, and the channel readable.
 fn shown(g: &Guild, me: &UserId, channel: &ChannelId, message: &MessageId) -> Result<MessageView> {
     let m = in_channel(g, channel, message)?;
-    viewable(g, me, channel)?;
+    access::read(g, me, channel)?;
     Ok(m)
 }
 
@@ -1307,7 +1303,7 @@ pub async fn list_pins(
     let gid: GuildId = id(&g, "guild id")?;
     let cid: ChannelId = id(&c, "channel id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
-        viewable(g, &me.user_id, &cid)?;
+        access::read(g, &me.user_id, &cid)?;
         let pins: Vec<Value> = g
             .messages(&cid, None, None, usize::MAX)
             .iter()
@@ -1333,7 +1329,7 @@ pub async fn mark_read(
     let gid: GuildId = id(&g, "guild id")?;
     let channel: ChannelId = id(&c, "channel id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
-        viewable(g, &me.user_id, &channel)?;
+        access::read(g, &me.user_id, &channel)?;
         in_channel(g, &channel, &req.message_id).map(drop)
     })?;
     node.store
@@ -1388,7 +1384,7 @@ pub async fn list_threads(
     let gid: GuildId = id(&g, "guild id")?;
     let cid: ChannelId = id(&c, "channel id")?;
     node.with_member_guild(&me.user_id, &gid, |g| {
-        viewable(g, &me.user_id, &cid)?;
+        access::read(g, &me.user_id, &cid)?;
         let threads: Vec<Value> = g
             .threads(&cid)
             .iter()
@@ -1426,7 +1422,7 @@ pub async fn search(
     node.with_member_guild(&me.user_id, &gid, |g| {
         let mut hits = Vec::new();
         for cid in g.state().channels.keys() {
-            if viewable(g, &me.user_id, cid).is_err() {
+            if access::read(g, &me.user_id, cid).is_err() {
                 continue;
             }
             let threads = g.threads(cid).into_iter().map(|(t, _)| t);

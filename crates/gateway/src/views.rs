@@ -157,6 +157,16 @@ pub fn read_states_json(states: &[(ChannelId, OpId)]) -> Value {
     )
 }
 
+/// `name` for the thread `thread`, gated by its parent channel.
+fn thread_event(guild: &Guild, name: &'static str, thread: &OpId) -> Option<Event> {
+    Some(Event {
+        guild: guild.id(),
+        gate: Gate::Channel(access::gate_channel(guild, thread)),
+        name,
+        data: thread_json(guild, thread)?,
+    })
+}
+
 fn message_event(guild: &Guild, name: &'static str, message: &OpId) -> Option<Event> {
     let view = guild.message(message)?;
     Some(Event {
@@ -206,12 +216,7 @@ pub fn events_for(guild: &Guild, changes: &[(OpId, Verdict)]) -> Vec<Event> {
             | Body::Pin { message }
             | Body::Unpin { message } => message_event(guild, "MESSAGE_UPDATE", message),
             Body::MessageDelete { message } => delete_event(guild, message),
-            Body::ThreadCreate { channel, .. } => thread_json(guild, id).map(|data| Event {
-                guild: gid,
-                gate: Gate::Channel(*channel),
-                name: "THREAD_CREATE",
-                data,
-            }),
+            Body::ThreadCreate { .. } => thread_event(guild, "THREAD_CREATE", id),
             Body::ChannelCreate { .. } => guild.state().channels.get(id).map(|c| Event {
                 guild: gid,
                 gate: if c.kind == ChannelKind::Category {
@@ -278,12 +283,7 @@ pub fn events_opened(guild: &Guild, ops: &[OpId]) -> Vec<Event> {
         .filter_map(|id| match &guild.op(id)?.envelope().body {
             Body::MessageCreate { .. } => message_event(guild, "MESSAGE_UPDATE", id),
             Body::MessageEdit { message, .. } => message_event(guild, "MESSAGE_UPDATE", message),
-            Body::ThreadCreate { channel, .. } => thread_json(guild, id).map(|data| Event {
-                guild: guild.id(),
-                gate: Gate::Channel(*channel),
-                name: "THREAD_UPDATE",
-                data,
-            }),
+            Body::ThreadCreate { .. } => thread_event(guild, "THREAD_UPDATE", id),
             _ => None,
         })
         .collect();

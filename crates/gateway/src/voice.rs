@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
+use guildhall_proto::access;
 use guildhall_proto::guild::Guild;
 use guildhall_proto::id::{ChannelId, GuildId, UserId};
 use guildhall_proto::perm::Permissions;
@@ -107,15 +108,6 @@ impl VoiceState {
 
 fn room(guild: &GuildId, channel: &ChannelId) -> String {
     format!("{guild}/{channel}")
-}
-
-/// Whether `user` may be in `channel`, and if so whether it may speak there (`access::voice`).
-fn voice_rights(guild: &Guild, user: &UserId, channel: &ChannelId) -> Result<bool, ApiError> {
-    Ok(guildhall_proto::access::voice(
-        guild.state(),
-        user,
-        channel,
-    )?)
 }
 
 /// Whether an event can change who may be in, or speak in, a voice channel (messages, typing,
@@ -312,8 +304,11 @@ impl Node {
         channel: &ChannelId,
     ) -> Result<bool, ApiError> {
         let guild = self.guild(guild)?;
-        let guild = guild.lock().expect("guild lock");
-        voice_rights(&guild, user, channel)
+        Ok(access::voice(
+            guild.lock().expect("guild lock").state(),
+            user,
+            channel,
+        )?)
     }
 
     /// Leaves voice, if `user` is in it (and, with `session`, only if that session joined).
@@ -400,7 +395,7 @@ impl Node {
                         "you need MOVE_MEMBERS in the target channel",
                     ));
                 }
-                voice_rights(&guild, target, &to)?;
+                access::voice(guild.state(), target, &to)?;
             }
         }
         let moderation = {
