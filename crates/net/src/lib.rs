@@ -411,6 +411,11 @@ impl NetHandle {
                 else {
                     return Vec::new();
                 };
+                // Counted before any is hashed: an honest answer holds at most what was asked.
+                if keys.len() > ids.len() {
+                    self.strike(peer, "bad_channel_key");
+                    return Vec::new();
+                }
                 let keys: Vec<ChannelKey> = keys
                     .into_iter()
                     .map(|(channel, key)| ChannelKey {
@@ -426,14 +431,13 @@ impl NetHandle {
                 keys
             }
         });
-        let mut given: Vec<ChannelKey> = futures_util::future::join_all(asks)
+        let given: BTreeMap<KeyId, ChannelKey> = futures_util::future::join_all(asks)
             .await
             .into_iter()
             .flatten()
+            .map(|key| (key.id(), key))
             .collect();
-        given.sort_by_key(ChannelKey::id);
-        given.dedup_by_key(|key| key.id());
-        given
+        given.into_values().collect()
     }
 
     /// Hands DMs to the home node at `addr` (ending in `/p2p/<peer id>`); returns once that
